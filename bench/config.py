@@ -1,0 +1,217 @@
+"""Typed run config: dataclasses, loaded from YAML files and dotted command-line overrides.
+
+A run is fully described by a `RunConfig`. Its resolved form (`to_dict`) is what the run id hashes
+and what the run record stores, so two runs with the same resolved config are the same run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import FERBenchError
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthfer"
+    root: str | None = None  # raw dataset folder; synthfer is generated into the cache when None
+    protocol: str = "fraction"
+    budget: float = 0.1
+    image_size: int = 48
+    unlabeled: str = "all"  # "all": every training image is also unlabeled (USB); "rest": the others
+    cache_dir: str | None = None  # default: $FERBENCH_CACHE or ~/.cache/ferbench
+    on_bad_image: str = "fail"  # "fail" | "skip"
+    synthfer: dict[str, Any] = field(default_factory=lambda: {"n_train": 6000, "n_test": 1500, "seed": 0})
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "ferbench_cnn_small"
+    pretrained_file: str | None = None  # local checkpoint only; never a hub download
+    drop_rate: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adam | adamw
+    lr: float = 0.03
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"  # cosine (FixMatch's cos(7*pi*k / 16K)) | constant
+    warmup_iters: int = 0
+
+
+@dataclass
+class AugmentConfig:
+    crop_prob: float = 1.0  # probability of the padded random crop in the weak view
+    pad_frac: float = 0.125  # padding as a fraction of the image side
+    randaugment_n: int = 3  # ops per strong view (sampled with replacement)
+    cutout_max: float = 0.5  # cutout side ~ U(0, cutout_max) * image side
+    normalize_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    normalize_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 1000
+    batch_size: int = 32  # global labeled batch (all processes together)
+    mu: int = 3  # unlabeled batch = mu * batch_size
+    ema_decay: float = 0.999  # 0 disables the EMA model
+    eval_every: int = 100
+    log_every: int = 10
+    checkpoint_every: int = 200
+    mixed_precision: str = "no"
+    stop_after: int | None = None  # stop (checkpointed) at this iteration: a simulated interruption
+
+
+@dataclass
+class RunConfig:
+    method: str = "fixmatch"
+    seed: int = 0
+    split_seed: int | None = None  # defaults to seed: seed i fixes both the split and the training
+    method_args: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output_dir: str = "runs"
+
+    @property
+    def effective_split_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Fields that say where things go or how to watch them, not what is computed: left out of the run id.
+_NOT_IN_RUN_ID = {
+    ("output_dir",),
+    ("data", "cache_dir"),
+    ("data", "root"),
+    ("train", "stop_after"),
+    ("train", "log_every"),
+    ("train", "checkpoint_every"),
+}
+
+
+def _strip(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = prefix + (k,)
+        if key in _NOT_IN_RUN_ID:
+            continue
+        out[k] = _strip(v, key) if isinstance(v, dict) else v
+    return out
+
+
+def run_id(cfg: RunConfig) -> str:
+    """Readable prefix + a hash of the resolved config (paths and watch settings excluded)."""
+    payload = json.dumps(_strip(cfg.to_dict()), sort_keys=True, default=str)
+    digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
+    budget = f"{cfg.data.budget:g}"
+    return f"{cfg.method}_{cfg.data.name}_{cfg.data.protocol}{budget}_s{cfg.seed}_{digest}"
+
+
+def _coerce(value: str, current: Any, where: str) -> Any:
+    """Parse a command-line string into the type of the field it overrides (YAML syntax)."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise FERBenchError(f"override {where}={value!r}: not valid YAML ({e})") from e
+    if isinstance(current, bool) and not isinstance(parsed, bool):
+        raise FERBenchError(f"override {where}={value!r}: expected true or false")
+    if isinstance(current, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
+        return float(parsed)
+    if isinstance(current, tuple) and isinstance(parsed, list):
+        return tuple(parsed)
+    return parsed
+
+
+def _apply(obj: Any, key_path: list[str], value: Any, where: str, from_cli: bool) -> None:
+    head, rest = key_path[0], key_path[1:]
+    if isinstance(obj, dict):  # free-form sections (method_args, data.synthfer)
+        if rest:
+            _apply(obj.setdefault(head, {}), rest, value, where, from_cli)
+        else:
+            obj[head] = yaml.safe_load(value) if from_cli and isinstance(value, str) else value
+        return
+    names = {f.name for f in dataclasses.fields(obj)}
+    if head not in names:
+        raise FERBenchError(f"unknown config key {where!r}; expected one of: {', '.join(sorted(names))}")
+    current = getattr(obj, head)
+    if rest:
+        if not (dataclasses.is_dataclass(current) or isinstance(current, dict)):
+            raise FERBenchError(f"unknown config key {where!r}: {head} has no sub-keys")
+        _apply(current, rest, value, where, from_cli)
+        return
+    if dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise FERBenchError(f"config key {where!r} is a section; expected a mapping")
+        for k, v in value.items():
+            _apply(current, [k], v, f"{where}.{k}", from_cli)
+        return
+    if from_cli and isinstance(value, str):
+        value = _coerce(value, current, where)
+    elif isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    elif isinstance(current, tuple) and isinstance(value, list):
+        value = tuple(value)
+    setattr(obj, head, value)
+
+
+def apply_mapping(cfg: RunConfig, mapping: dict[str, Any], source: str = "config") -> RunConfig:
+    """Merge a nested mapping (e.g. a parsed YAML file) into `cfg`."""
+    for k, v in mapping.items():
+        _apply(cfg, [k], v, k if source == "config" else f"{source}:{k}", from_cli=False)
+    return cfg
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
+    """Apply `a.b.c=value` strings (values parsed as YAML, typed like the field they replace)."""
+    for item in overrides:
+        if "=" not in item:
+            raise FERBenchError(f"override {item!r}: expected KEY=VALUE, e.g. train.iterations=500")
+        key, value = item.split("=", 1)
+        _apply(cfg, key.strip().split("."), value, key.strip(), from_cli=True)
+    return cfg
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FERBenchError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise FERBenchError(f"{path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise FERBenchError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def build_config(
+    files: list[str | Path] | None = None, overrides: list[str] | None = None, base: dict | None = None
+) -> RunConfig:
+    """Defaults <- `base` mapping <- each YAML file in order <- dotted overrides."""
+    cfg = RunConfig()
+    if base:
+        apply_mapping(cfg, base)
+    for f in files or []:
+        apply_mapping(cfg, load_yaml(f), source=str(f))
+    apply_overrides(cfg, list(overrides or []))
+    return cfg
+
+
+def config_from_dict(d: dict[str, Any]) -> RunConfig:
+    """Rebuild a RunConfig from `to_dict()` output (e.g. a record's or a sweep job's config)."""
+    return apply_mapping(RunConfig(), d)

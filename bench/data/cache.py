@@ -1,0 +1,230 @@
+"""Prepared-data cache: raw records -> decoded, face-cropped, resized uint8 images in Arrow files.
+
+Images are decoded once, here; training reads the Arrow files (HF `datasets`, memory-mapped) straight
+into uint8 tensors. The cache folder is named by a fingerprint of the source (ids, labels, splits,
+boxes, file sizes and mtimes) and of the image size, so preparing twice reuses it and a changed source
+makes a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+from datasets.arrow_writer import ArrowWriter
+from PIL import Image
+
+from bench.data.datasets import get_dataset
+from bench.data.records import SampleRecord
+from bench.errors import FERBenchError
+
+PREPARE_VERSION = 1
+SPLITS = ("train", "test")
+
+
+def default_cache_dir(cache_dir: str | None = None) -> Path:
+    return Path(cache_dir or os.environ.get("FERBENCH_CACHE") or Path.home() / ".cache" / "ferbench")
+
+
+@dataclass
+class PreparedSplit:
+    ids: list[str]
+    images: np.ndarray  # (N, H, W, 3) uint8, memory-mapped
+    labels: np.ndarray  # (N,) int64 canonical labels
+    native_labels: np.ndarray
+
+
+@dataclass
+class PreparedDataset:
+    name: str
+    path: Path
+    class_names: tuple[str, ...]
+    fingerprint: str
+    info: dict[str, Any]
+    train: PreparedSplit
+    test: PreparedSplit
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _features(size: int) -> datasets.Features:
+    return datasets.Features(
+        {
+            "id": datasets.Value("string"),
+            "image": datasets.Array3D(shape=(size, size, 3), dtype="uint8"),
+            "label": datasets.Value("int16"),
+            "native_label": datasets.Value("int16"),
+        }
+    )
+
+
+def source_fingerprint(records: list[SampleRecord], image_size: int) -> str:
+    h = hashlib.sha256(f"v{PREPARE_VERSION}|size={image_size}".encode())
+    for r in records:
+        try:
+            st = os.stat(r.path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        h.update(f"{r.id}|{r.label}|{r.native_label}|{r.split}|{r.box}|{r.path}|{stamp}\n".encode())
+    return h.hexdigest()
+
+
+def decode_image(path: str, size: int, box: tuple[float, float, float, float] | None) -> np.ndarray:
+    """Decode, crop to the face box if any, resize to size x size RGB uint8 (raises on bad files)."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if box is not None:
+            im = im.crop(tuple(int(round(v)) for v in box))
+        if im.size != (size, size):
+            im = im.resize((size, size), Image.BILINEAR)
+        return np.asarray(im, dtype=np.uint8)
+
+
+def _decode_chunk(args: tuple[list[tuple[str, Any]], int]) -> list[np.ndarray | str]:
+    items, size = args
+    out: list[np.ndarray | str] = []
+    for path, box in items:
+        try:
+            out.append(decode_image(path, size, box))
+        except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for missing/corrupt files
+            out.append(f"{type(e).__name__}: {e}")
+    return out
+
+
+def _decoded(records: list[SampleRecord], size: int, workers: int, chunk: int = 256) -> Iterator[np.ndarray | str]:
+    chunks = [
+        ([(r.path, r.box) for r in records[i : i + chunk]], size) for i in range(0, len(records), chunk)
+    ]
+    if workers <= 1:
+        for c in chunks:
+            yield from _decode_chunk(c)
+        return
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        for res in pool.map(_decode_chunk, chunks):
+            yield from res
+
+
+def prepare_dataset(
+    name: str,
+    root: str | None = None,
+    image_size: int = 48,
+    cache_dir: str | None = None,
+    options: dict[str, Any] | None = None,
+    on_bad_image: str = "fail",
+    workers: int | None = None,
+    progress: bool = False,
+) -> Path:
+    """Build (or reuse) the Arrow cache of a dataset and return its folder."""
+    if on_bad_image not in ("fail", "skip"):
+        raise FERBenchError(f"on_bad_image={on_bad_image!r}: expected 'fail' or 'skip'")
+    if image_size < 8 or image_size > 1024:
+        raise FERBenchError(f"image_size={image_size}: expected 8..1024 pixels")
+    spec = get_dataset(name)
+    cache = default_cache_dir(cache_dir)
+    records = spec.read(root, dict(options or {}), cache)
+    if not records:
+        raise FERBenchError(f"dataset {name!r} at {root}: the reader found no images")
+    fp = source_fingerprint(records, image_size)
+    out = cache / "prepared" / f"{name}-{image_size}px-{fp[:16]}"
+    if (out / "info.json").is_file():
+        return out
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    bad: list[dict[str, str]] = []
+    counts: dict[str, dict[str, int]] = {}
+    try:
+        for split in SPLITS:
+            recs = [r for r in records if r.split == split]
+            if not recs:
+                raise FERBenchError(f"dataset {name!r} at {root}: no {split} images found")
+            writer = ArrowWriter(features=_features(image_size), path=str(tmp / f"{split}.arrow"))
+            batch: dict[str, list] = {"id": [], "image": [], "label": [], "native_label": []}
+            it = _decoded(recs, image_size, workers)
+            if progress:
+                from tqdm import tqdm
+
+                it = tqdm(it, total=len(recs), desc=f"prepare {name} {split}", unit="img")
+            for r, img in zip(recs, it):
+                if isinstance(img, str):
+                    if on_bad_image == "fail":
+                        raise FERBenchError(
+                            f"{r.path}: unreadable image ({img}); use --on-bad-image skip to leave such images out"
+                        )
+                    bad.append({"id": r.id, "path": r.path, "error": img})
+                    continue
+                for k, v in (("id", r.id), ("image", img), ("label", r.label), ("native_label", r.native_label)):
+                    batch[k].append(v)
+                if len(batch["id"]) >= 1024:
+                    writer.write_batch(batch)
+                    batch = {k: [] for k in batch}
+            if batch["id"]:
+                writer.write_batch(batch)
+            n, _ = writer.finalize()
+            counts[split] = {"images": n}
+        info = {
+            "dataset": name,
+            "root": str(root) if root else None,
+            "options": options or {},
+            "image_size": image_size,
+            "fingerprint": fp,
+            "class_names": list(spec.class_names),
+            "counts": counts,
+            "bad_images": bad,
+            "prepare_version": PREPARE_VERSION,
+        }
+        (tmp / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        if out.exists():  # another process finished first: keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _array3d(table_column: Any, size: int) -> np.ndarray:
+    """Zero-copy view of an Array3D(uint8) Arrow column as (N, H, W, 3)."""
+    col = table_column.combine_chunks()
+    storage = col.storage if hasattr(col, "storage") else col
+    flat = storage.flatten().flatten().flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(-1, size, size, 3)
+
+
+def load_prepared(path: str | Path) -> PreparedDataset:
+    path = Path(path)
+    info = json.loads((path / "info.json").read_text())
+    size = info["image_size"]
+    splits = {}
+    for split in SPLITS:
+        ds = datasets.Dataset.from_file(str(path / f"{split}.arrow"))
+        table = ds.data.table
+        splits[split] = PreparedSplit(
+            ids=table.column("id").to_pylist(),
+            images=_array3d(table.column("image"), size),
+            labels=table.column("label").to_numpy().astype(np.int64),
+            native_labels=table.column("native_label").to_numpy().astype(np.int64),
+        )
+    return PreparedDataset(
+        name=info["dataset"],
+        path=path,
+        class_names=tuple(info["class_names"]),
+        fingerprint=info["fingerprint"],
+        info=info,
+        train=splits["train"],
+        test=splits["test"],
+    )

@@ -1,0 +1,90 @@
+"""Models: any timm backbone (by name) + a linear head; forward returns logits (and features on request).
+
+Pretrained weights come only from a local file (`pretrained_file`), through timm's
+`pretrained_cfg_overlay=dict(file=...)`; nothing is fetched from a hub.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from timm.models import register_model
+from torch import Tensor, nn
+
+from bench.config import ModelConfig
+from bench.errors import FERBenchError
+
+
+class SmallCNN(nn.Module):
+    """A compact VGG-style CNN for CPU runs at 32-64 px (tests, the synthfer demo)."""
+
+    def __init__(self, widths: tuple[int, ...] = (32, 64, 128), num_classes: int = 0, drop_rate: float = 0.0,
+                 in_chans: int = 3, **_: object) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = in_chans
+        for w in widths:
+            layers += [
+                nn.Conv2d(c, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            c = w
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features = c
+        self.drop = nn.Dropout(drop_rate)
+        self.head = nn.Linear(c, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.drop(self.pool(self.features(x)).flatten(1)))
+
+
+@register_model
+def ferbench_cnn_small(pretrained: bool = False, **kwargs: object) -> SmallCNN:
+    return SmallCNN((32, 64, 128), **kwargs)
+
+
+@register_model
+def ferbench_cnn_tiny(pretrained: bool = False, **kwargs: object) -> SmallCNN:
+    return SmallCNN((16, 32, 64), **kwargs)
+
+
+class FERModel(nn.Module):
+    """Backbone (timm, no classifier) -> features -> dropout -> linear classifier."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_features = int(backbone.num_features)
+        self.drop = nn.Dropout(drop_rate)
+        self.classifier = nn.Linear(self.num_features, num_classes)
+
+    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        feats = self.backbone(x)
+        logits = self.classifier(self.drop(feats))
+        return (logits, feats) if return_features else logits
+
+
+def build_model(cfg: ModelConfig, num_classes: int) -> FERModel:
+    kwargs: dict = {"num_classes": 0}
+    if cfg.pretrained_file:
+        path = Path(cfg.pretrained_file)
+        if not path.is_file():
+            raise FERBenchError(f"model.pretrained_file {path}: file not found (weights load only from local files)")
+        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path), "num_classes": -1})
+    try:
+        backbone = timm.create_model(cfg.backbone, **kwargs)
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise FERBenchError(f"model.backbone {cfg.backbone!r}: not a timm model name") from e
+        raise
+    return FERModel(backbone, num_classes, cfg.drop_rate)
+
+
+def parameter_checksum(model: nn.Module) -> float:
+    """Sum of all parameters in float64: a cheap fingerprint for hand-off and resume tests."""
+    with torch.no_grad():
+        return float(sum(p.double().sum() for p in model.parameters()))

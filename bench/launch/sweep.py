@@ -1,0 +1,120 @@
+"""Sweeps: a YAML spec expanded into runs (methods x budgets x seeds), run in turn, skipping finished ones.
+
+Spec:
+    name: demo
+    output_dir: runs/demo            # records in <output_dir>/records, run folders in <output_dir>/runs
+    leaderboard_dir: leaderboards    # optional: regenerate the leaderboards when the sweep ends
+    base: {data: {...}, train: {...}}   # a RunConfig mapping shared by every run
+    methods: [supervised, {name: fixmatch, args: {threshold: 0.9}, config: {train: {mu: 2}}}]
+    budgets: [0.02, 0.1]
+    seeds: [0, 1, 2]
+    references: [fullysupervised]    # methods trained on all labels: one run per seed, not per budget
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.config import RunConfig, apply_mapping, apply_overrides, load_yaml
+from bench.errors import FERBenchError
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    output_dir: str
+    base: dict[str, Any]
+    methods: list[dict[str, Any]]
+    budgets: list[float]
+    seeds: list[int]
+    references: list[dict[str, Any]] = field(default_factory=list)
+    leaderboard_dir: str | None = None
+
+
+def _method_entries(items: Any, where: str) -> list[dict[str, Any]]:
+    if not isinstance(items, list):
+        raise FERBenchError(f"{where}: expected a list of method names or mappings")
+    out = []
+    for m in items:
+        if isinstance(m, str):
+            out.append({"name": m, "args": {}, "config": {}})
+        elif isinstance(m, dict) and isinstance(m.get("name"), str):
+            out.append({"name": m["name"], "args": dict(m.get("args") or {}), "config": dict(m.get("config") or {})})
+        else:
+            raise FERBenchError(f"{where}: entry {m!r} must be a method name or a mapping with 'name'")
+    return out
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    d = load_yaml(path)
+    missing = [k for k in ("methods", "seeds") if k not in d]
+    if missing:
+        raise FERBenchError(f"{path}: sweep spec is missing {', '.join(missing)}")
+    known = {"name", "output_dir", "base", "methods", "budgets", "seeds", "references", "leaderboard_dir"}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise FERBenchError(f"{path}: unknown sweep key(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
+    return SweepSpec(
+        name=str(d.get("name", Path(path).stem)),
+        output_dir=str(d.get("output_dir", f"runs/{Path(path).stem}")),
+        base=dict(d.get("base") or {}),
+        methods=_method_entries(d["methods"], f"{path}: methods"),
+        budgets=[float(b) for b in d.get("budgets", [])],
+        seeds=[int(s) for s in d["seeds"]],
+        references=_method_entries(d.get("references", []), f"{path}: references"),
+        leaderboard_dir=d.get("leaderboard_dir"),
+    )
+
+
+def expand(spec: SweepSpec, overrides: list[str] | None = None) -> list[RunConfig]:
+    """Every run of the sweep, in a stable order (references first, then by budget, method, seed)."""
+
+    def one(entry: dict[str, Any], budget: float | None, seed: int) -> RunConfig:
+        cfg = apply_mapping(RunConfig(), copy.deepcopy(spec.base))
+        apply_mapping(cfg, copy.deepcopy(entry["config"]))
+        cfg.method = entry["name"]
+        cfg.method_args = {**cfg.method_args, **entry["args"]}
+        cfg.seed = seed
+        cfg.output_dir = spec.output_dir
+        if budget is not None:
+            cfg.data.budget = budget
+        else:  # trained on every label; the budget field is fixed so the run id does not vary
+            cfg.data.budget = 1.0
+        return apply_overrides(cfg, list(overrides or []))
+
+    runs = [one(r, None, s) for r in spec.references for s in spec.seeds]
+    runs += [one(m, b, s) for b in spec.budgets for m in spec.methods for s in spec.seeds]
+    return runs
+
+
+def run_local(runs: list[RunConfig], show_progress: bool = True) -> tuple[list[dict], list[tuple[RunConfig, str]]]:
+    """Run each config in this process, skipping those with a record; returns (records, failures)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from bench.engine.trainer import run_paths, train
+
+    records: list[dict] = []
+    failures: list[tuple[RunConfig, str]] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, disable=not show_progress) as progress:
+        overall = progress.add_task("sweep", total=len(runs))
+        for cfg in runs:
+            done = run_paths(cfg).record.exists()
+            try:
+                rec = train(cfg, progress=None if done else progress)
+            except FERBenchError as e:
+                failures.append((cfg, str(e)))
+                progress.console.print(f"[red]failed[/red] {cfg.method} budget={cfg.data.budget} seed={cfg.seed}: {e}")
+                rec = None
+            if rec is not None:
+                records.append(rec)
+                if not done:
+                    acc = rec["metrics"]["final"]["accuracy"]
+                    progress.console.print(
+                        f"{rec['run_id']}: accuracy {acc:.4f} in {rec['wall_time_s']:.0f} s"
+                    )
+            progress.advance(overall)
+    return records, failures

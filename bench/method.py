@@ -1,0 +1,90 @@
+"""The method plugin contract.
+
+A method holds only what is specific to it: its losses, thresholds and state. The engine gives it a
+batch whose views it declared and a context; it returns the loss to minimise and scalars to log
+(the shape of Lightning's `training_step`). It never sees file formats or data loading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from bench.errors import FERBenchError
+
+
+@dataclass
+class Batch:
+    """Augmented, normalised float images by view name, plus labels and dataset indices.
+
+    labeled:   {"weak": (B,3,H,W), "y": (B,), "idx": (B,)} and any other declared labeled views.
+    unlabeled: {view: (mu*B,3,H,W) for view in Method.views} and "idx": (mu*B,) (indices into the
+               unlabeled pool, for methods with per-sample state); None when views is empty.
+    """
+
+    labeled: dict[str, Tensor]
+    unlabeled: dict[str, Tensor] | None = None
+
+
+@dataclass
+class StepContext:
+    step: int  # 0-based iteration being trained
+    total_steps: int
+    num_classes: int
+    ema_model: nn.Module | None = None  # the EMA (teacher) model when the run keeps one
+    stage: str = "main"
+
+
+@dataclass
+class StepOutput:
+    loss: Tensor
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Method:
+    """Base class of method plugins; subclasses register with `@register_method(name)`."""
+
+    name: ClassVar[str] = ""
+    #: views the unlabeled stream must carry, e.g. ("weak", "strong"); () = no unlabeled stream.
+    #: A view is named by its kind ("weak" or "strong") with an optional suffix ("weak2"); each
+    #: name is an independent draw.
+    views: ClassVar[tuple[str, ...]] = ()
+    labeled_views: ClassVar[tuple[str, ...]] = ("weak",)
+    #: "subset": the labeled split of the budget; "all": every training label (reference row).
+    labeled_source: ClassVar[str] = "subset"
+    defaults: ClassVar[dict[str, Any]] = {}
+    #: where the losses and defaults come from (paper, official code), shown by `ferbench methods`.
+    reference: ClassVar[str] = ""
+
+    def __init__(self, num_classes: int, **hparams: Any) -> None:
+        unknown = sorted(set(hparams) - set(self.defaults))
+        if unknown:
+            raise FERBenchError(
+                f"method {self.name!r}: unknown argument(s) {', '.join(unknown)}; "
+                f"accepted: {', '.join(sorted(self.defaults)) or 'none'}"
+            )
+        self.num_classes = num_classes
+        self.hparams: dict[str, Any] = {**self.defaults, **hparams}
+
+    def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """State that must survive checkpoint/resume (class counts, EMAs of confidence, ...)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise FERBenchError(f"method {self.name!r} has no state, but a checkpoint gave {sorted(state)}")
+
+    def to(self, device: torch.device) -> Method:
+        """Move tensor state to `device` (called by the engine after placement)."""
+        return self
+
+
+def cross_entropy_masked_mean(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
+    """mean_b mask_b * CE(logits_b, targets_b): FixMatch-style, averaged over the whole batch."""
+    return (nn.functional.cross_entropy(logits, targets, reduction="none") * mask).mean()

@@ -1,0 +1,206 @@
+"""PNG plots of run records: per-run training curves and per-dataset accuracy vs label budget.
+
+Figures are built on an explicit Agg canvas (no pyplot, so no global backend switch and no figure
+registry) under matplotlib's default rcParams, and saved with the "Software" PNG tag removed:
+the same input gives a byte-identical file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib as mpl
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from bench.errors import FERBenchError
+from bench.results.stats import Summary
+
+# Without this matplotlib writes its version into the PNG; nothing else time- or host-dependent
+# is written by the Agg PNG writer.
+_PNG_METADATA: dict[str, str | None] = {"Software": None}
+_DPI = 100
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png", dpi=_DPI, metadata=_PNG_METADATA)
+    return path
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _g(x: float) -> str:
+    return format(round(x, 6), "g")
+
+
+def budget_label(protocol: str, budget: float) -> str:
+    """Label of a label budget, as in leaderboard column headers: `2%`, `k=25/class`, `N=1000`."""
+    if protocol == "fraction":
+        return f"{_g(budget * 100.0)}%"
+    if protocol == "per_class":
+        return f"k={_g(budget)}/class"
+    if protocol == "total":
+        return f"N={_g(budget)}"
+    return f"{protocol}={_g(budget)}"
+
+
+def _budget_x(protocol: str, budget: float) -> float:
+    # Fractions are drawn in percent so the axis reads like the table headers.
+    return budget * 100.0 if protocol == "fraction" else budget
+
+
+def _budget_xlabel(protocol: str) -> str:
+    return {
+        "fraction": "labeled fraction (%, log scale)",
+        "per_class": "labels per class (k)",
+        "total": "labeled images (N)",
+    }.get(protocol, f"label budget ({protocol})")
+
+
+def plot_budget_curves(
+    dataset: str,
+    panels: Mapping[str, Mapping[str, Mapping[float, Summary]]],
+    path: Path,
+    reference: Summary | None = None,
+    reference_label: str = "fullysupervised (all labels)",
+) -> Path:
+    """Accuracy (%) vs label budget, one subplot per protocol and one line per method.
+
+    `panels` maps protocol -> method -> budget -> Summary of accuracy fractions; methods are drawn
+    in the mapping's order. Error bars are the 95% t half-widths (none where n < 2). `reference`,
+    if given, is drawn in every subplot as a dashed horizontal line with its CI as a shaded band.
+    """
+    protocols = sorted(panels)
+    if not protocols:
+        raise ValueError("plot_budget_curves() needs at least one protocol")
+    with mpl.rc_context():
+        mpl.rcdefaults()  # a user's matplotlibrc or style must not change the bytes
+        fig = Figure(figsize=(6.4 * len(protocols), 4.8))
+        axes = fig.subplots(1, len(protocols), squeeze=False)[0]
+        # One color per method across all subplots, in first-seen order.
+        colors: dict[str, str] = {}
+        for protocol in protocols:
+            for method in panels[protocol]:
+                colors.setdefault(method, f"C{len(colors) % 10}")
+        for ax, protocol in zip(axes, protocols):
+            methods = panels[protocol]
+            for method, by_budget in methods.items():
+                color = colors[method]
+                budgets = sorted(by_budget)
+                xs = [_budget_x(protocol, b) for b in budgets]
+                ys = [by_budget[b].mean * 100.0 for b in budgets]
+                ax.plot(xs, ys, marker="o", color=color, label=method)
+                with_ci = [(x, y, by_budget[b].ci95) for x, y, b in zip(xs, ys, budgets)
+                           if by_budget[b].ci95 is not None]
+                if with_ci:
+                    ax.errorbar([p[0] for p in with_ci], [p[1] for p in with_ci],
+                                yerr=[p[2] * 100.0 for p in with_ci], fmt="none", ecolor=color, capsize=3)
+            if reference is not None:
+                y = reference.mean * 100.0
+                ax.axhline(y, color="black", linestyle="--", linewidth=1.2, label=reference_label)
+                if reference.ci95 is not None:
+                    ax.axhspan(y - reference.ci95 * 100.0, y + reference.ci95 * 100.0,
+                               color="black", alpha=0.12, linewidth=0)
+            if protocol == "fraction":
+                ax.set_xscale("log")
+            # Ticks at the measured budgets, labelled like the table columns (not "2x10^0").
+            all_budgets = sorted({b for by_budget in methods.values() for b in by_budget})
+            if all_budgets:
+                ax.set_xticks([_budget_x(protocol, b) for b in all_budgets],
+                              [budget_label(protocol, b) if protocol == "fraction" else _g(b) for b in all_budgets])
+                ax.minorticks_off()
+            ax.set_ylim(top=min(ax.get_ylim()[1], 100.5))  # an error bar past 100% carries no information
+            ax.set_xlabel(_budget_xlabel(protocol))
+            ax.set_ylabel("top-1 accuracy (%), final checkpoint")
+            ax.set_title(f"{dataset} — protocol {protocol}")
+            ax.grid(True, which="major", alpha=0.3)
+            ax.legend(fontsize="small", loc="best")
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+def _numeric_series(entries: Sequence[Mapping], key: str, run_id: str, field: str) -> tuple[list, list]:
+    xs, ys = [], []
+    for i, e in enumerate(entries):
+        if key not in e:
+            continue
+        v, step = e[key], e.get("step")
+        if not _is_number(step):
+            raise FERBenchError(f"run {run_id}: {field}[{i}].step is {step!r}; expected an integer step")
+        if _is_number(v):
+            xs.append(step)
+            ys.append(float(v))
+    return xs, ys
+
+
+def plot_run_curves(record: dict, path: Path) -> Path:
+    """Training curves of one run record: losses, rates (if any) and test accuracy vs iteration.
+
+    Every numeric key of `record["curves"]` entries other than "step" is drawn: in the rate panel
+    if its name contains "rate" (mask rate and the like live in [0, 1]), else in the loss panel.
+    The accuracy panel shows `record["history"]` accuracy and mean class accuracy in percent.
+    """
+    run_id = record.get("run_id")
+    if not isinstance(run_id, str) or not run_id:
+        raise FERBenchError(f"run record: missing field run_id (got {run_id!r}); expected a string")
+    curves = record.get("curves") or []
+    history = record.get("history") or []
+    if not isinstance(curves, list) or not all(isinstance(e, dict) for e in curves):
+        raise FERBenchError(f"run {run_id}: field curves is not a list of objects")
+    if not isinstance(history, list) or not all(isinstance(e, dict) for e in history):
+        raise FERBenchError(f"run {run_id}: field history is not a list of objects")
+
+    keys = sorted({k for e in curves for k, v in e.items() if k != "step" and _is_number(v)})
+    rate_keys = [k for k in keys if "rate" in k]
+    loss_keys = [k for k in keys if "rate" not in k]
+
+    with mpl.rc_context():
+        mpl.rcdefaults()
+        n_panels = 3 if rate_keys else 2
+        fig = Figure(figsize=(5.0 * n_panels, 4.0))
+        axes = list(fig.subplots(1, n_panels, squeeze=False)[0])
+        ax_loss = axes[0]
+        ax_rate = axes[1] if rate_keys else None
+        ax_acc = axes[-1]
+
+        for k in loss_keys:
+            xs, ys = _numeric_series(curves, k, run_id, "curves")
+            ax_loss.plot(xs, ys, marker="." if len(xs) < 50 else None, label=k)
+        ax_loss.set_title("training losses")
+        ax_loss.set_xlabel("iteration")
+        if loss_keys:
+            ax_loss.legend(fontsize="small")
+        else:
+            ax_loss.text(0.5, 0.5, "no curves recorded", ha="center", va="center", transform=ax_loss.transAxes)
+
+        if ax_rate is not None:
+            for k in rate_keys:
+                xs, ys = _numeric_series(curves, k, run_id, "curves")
+                ax_rate.plot(xs, ys, marker="." if len(xs) < 50 else None, label=k)
+            ax_rate.set_title("rates")
+            ax_rate.set_xlabel("iteration")
+            ax_rate.legend(fontsize="small")
+
+        for k, label in (("accuracy", "accuracy"), ("mean_class_accuracy", "mean class accuracy")):
+            xs, ys = _numeric_series(history, k, run_id, "history")
+            if xs:
+                ax_acc.plot(xs, [y * 100.0 for y in ys], marker=".", label=label)
+        ax_acc.set_title("test accuracy (%)")
+        ax_acc.set_xlabel("iteration")
+        if ax_acc.lines:
+            ax_acc.legend(fontsize="small")
+        else:
+            ax_acc.text(0.5, 0.5, "no evaluations recorded", ha="center", va="center",
+                        transform=ax_acc.transAxes)
+        for ax in axes:
+            ax.grid(True, alpha=0.3)
+        fig.suptitle(run_id, fontsize="medium")
+        fig.tight_layout()
+        return _save(fig, path)
+

@@ -1,0 +1,89 @@
+"""Bad input: one clear line on stderr, exit status 2, and no record written."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tiny_overrides
+from replicas import write_rafdb_replica
+
+from bench.cli import main
+
+
+def _ferbench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def _assert_one_line(stderr: str, expected: str) -> None:
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("ferbench: error: ") and expected in lines[0], lines[0]
+
+
+def test_unknown_method_as_a_real_subprocess(tmp_path: Path) -> None:
+    res = _ferbench("run", "method=nosuch", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert res.returncode == 2
+    _assert_one_line(res.stderr, "unknown method 'nosuch'; registered methods: fixmatch, fullysupervised")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_data_root_as_a_real_subprocess(tmp_path: Path) -> None:
+    res = _ferbench("run", "data.name=rafdb", f"data.root={tmp_path / 'nowhere'}", f"output_dir={tmp_path / 'out'}",
+                    f"data.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert res.returncode == 2
+    _assert_one_line(res.stderr, f"dataset root {tmp_path / 'nowhere'}: folder not found")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("data.name=affectnet9", "unknown dataset 'affectnet9'; known datasets: rafdb, synthfer"),
+        ("data.budget=1.5", "budget 1.5 out of range for protocol 'fraction': expected 0 < budget <= 1"),
+        ("data.budget=0", "budget 0.0 out of range for protocol 'fraction'"),
+        ("data.protocol=percent", "unknown label protocol 'percent'"),
+        ("train.iteratons=3", "unknown config key 'train.iteratons'"),
+        ("method_args.treshold=0.9", "method 'fixmatch': unknown argument(s) treshold"),
+    ],
+)
+def test_bad_values(shared_cache: Path, tmp_path: Path, capsys, override: str, expected: str) -> None:
+    args = tiny_overrides(shared_cache, tmp_path / "out", method="fixmatch") + [override]
+    assert main(["run", "--quiet", *args]) == 2
+    _assert_one_line(capsys.readouterr().err, expected)
+    assert not (tmp_path / "out" / "records").exists()
+
+
+def test_malformed_label_file(shared_cache: Path, tmp_path: Path, capsys) -> None:
+    basic = write_rafdb_replica(tmp_path / "raf", [1, 2, 3, 4, 5, 6, 7] * 2, [1, 2, 3, 4, 5, 6, 7], size=32)
+    label_file = basic / "EmoLabel" / "list_patition_label.txt"
+    lines = label_file.read_text().splitlines()
+    lines[2] = "train_00003.jpg nine"
+    label_file.write_text("\n".join(lines) + "\n")
+    args = tiny_overrides(shared_cache, tmp_path / "out", method="supervised")
+    args += ["data.name=rafdb", f"data.root={basic}"]
+    assert main(["run", "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    _assert_one_line(err, f"{label_file}:3")
+    assert not (tmp_path / "out" / "records").exists()
+
+
+def test_corrupt_image_fails_with_its_path_or_is_skipped(shared_cache: Path, tmp_path: Path, capsys) -> None:
+    basic = write_rafdb_replica(tmp_path / "raf", [1, 2, 3, 4, 5, 6, 7] * 3, [1, 2, 3, 4, 5, 6, 7], size=32)
+    bad = basic / "Image" / "aligned" / "train_00002_aligned.jpg"
+    bad.write_bytes(b"not a jpeg")
+    args = tiny_overrides(shared_cache, tmp_path / "out", method="supervised") + [
+        "data.name=rafdb", f"data.root={basic}", "data.budget=1.0"]
+    assert main(["run", "--quiet", *args]) == 2
+    _assert_one_line(capsys.readouterr().err, f"{bad}: unreadable image")
+    assert not (tmp_path / "out" / "records").exists()
+    assert main(["run", "--quiet", *args, "data.on_bad_image=skip"]) == 0
+    import json
+
+    rec = json.loads(next((tmp_path / "out" / "records").glob("*.json")).read_text())
+    assert rec["split"]["n_labeled"] == 20  # 21 train images, one unreadable and skipped

@@ -1,0 +1,48 @@
+"""The method registry: built-ins found by walking `methods/`, third-party ones through entry points."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import registry
+from bench.errors import FERBenchError
+
+
+def test_builtin_methods_are_discovered() -> None:
+    names = registry.method_names()
+    assert {"supervised", "fullysupervised", "fixmatch"} <= set(names)
+    fm = registry.get_method_class("fixmatch")
+    assert fm.views == ("weak", "strong") and fm.defaults == {"threshold": 0.95, "lambda_u": 1.0}
+    assert registry.get_method_class("fullysupervised").labeled_source == "all"
+
+
+def test_unknown_method() -> None:
+    with pytest.raises(FERBenchError, match="unknown method 'nope'; registered methods: "):
+        registry.get_method_class("nope")
+
+
+def test_entry_point_plugin_registers_without_touching_the_repo(tmp_path: Path, monkeypatch) -> None:
+    # A third-party distribution on sys.path: a module and an entry point in the ferbench.methods group.
+    (tmp_path / "my_plugin.py").write_text(
+        "from bench.method import Method\n"
+        "from bench.registry import register_method\n\n"
+        "@register_method('my_method')\n"
+        "class MyMethod(Method):\n"
+        "    defaults = {'alpha': 0.5}\n"
+    )
+    dist = tmp_path / "my_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[ferbench.methods]\nmy_method = my_plugin\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_DISCOVERED", False)
+    try:
+        assert "my_method" in registry.method_names()
+        m = registry.create_method("my_method", num_classes=7, args={"alpha": 0.1})
+        assert m.hparams == {"alpha": 0.1} and m.name == "my_method"
+    finally:
+        registry._REGISTRY.pop("my_method", None)
+        sys.modules.pop("my_plugin", None)

@@ -1,0 +1,56 @@
+"""A small local sweep: expansion, skip-if-done on resubmission, and the leaderboard it renders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from bench.cli import main
+from bench.launch.sweep import expand, load_sweep
+
+
+def _spec(tmp_path: Path, cache: Path) -> Path:
+    spec = {
+        "name": "tiny",
+        "output_dir": str(tmp_path / "out"),
+        "base": {
+            "data": {"cache_dir": str(cache), "image_size": 32,
+                     "synthfer": {"n_train": 280, "n_test": 140, "seed": 0, "size": 32}},
+            "model": {"backbone": "ferbench_cnn_tiny"},
+            "train": {"iterations": 4, "batch_size": 8, "mu": 1, "eval_every": 2, "checkpoint_every": 100},
+        },
+        "methods": ["supervised", {"name": "fixmatch", "args": {"threshold": 0.5}}],
+        "budgets": [0.1],
+        "seeds": [0, 1],
+        "references": ["fullysupervised"],
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_expand_orders_and_counts(tmp_path: Path) -> None:
+    runs = expand(load_sweep(_spec(tmp_path, tmp_path / "c")))
+    assert [(r.method, r.data.budget, r.seed) for r in runs] == [
+        ("fullysupervised", 1.0, 0), ("fullysupervised", 1.0, 1),
+        ("supervised", 0.1, 0), ("supervised", 0.1, 1), ("fixmatch", 0.1, 0), ("fixmatch", 0.1, 1),
+    ]
+    assert runs[-1].method_args == {"threshold": 0.5}
+
+
+def test_sweep_runs_skips_and_renders(shared_cache: Path, tmp_path: Path, capsys) -> None:
+    spec = _spec(tmp_path, shared_cache)
+    lb = tmp_path / "lb"
+    assert main(["sweep", str(spec), "--leaderboard-dir", str(lb)]) == 0
+    assert len(list((tmp_path / "out" / "records").glob("*.json"))) == 6
+    md = (lb / "synthfer.md").read_text()
+    assert "| fixmatch |" in md and "| supervised |" in md and "fullysupervised" in md
+    assert (lb / "synthfer.png").stat().st_size > 1000
+    capsys.readouterr()
+    # Resubmitting runs nothing.
+    assert main(["sweep", str(spec), "--dry-run"]) == 0
+    assert "6 already done, 0 to run" in capsys.readouterr().out
+    first = md
+    assert main(["leaderboard", str(tmp_path / "out" / "records"), "-o", str(lb)]) == 0
+    assert (lb / "synthfer.md").read_text() == first
