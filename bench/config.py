@@ -116,7 +116,12 @@ def _strip(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[str, Any]:
 
 def run_id(cfg: RunConfig) -> str:
     """Readable prefix + a hash of the resolved config (paths and watch settings excluded)."""
-    payload = json.dumps(_strip(cfg.to_dict()), sort_keys=True, default=str)
+    resolved = _strip(cfg.to_dict())
+    if cfg.data.name == "synthfer":  # the generator's defaults and version decide the data: hash them too
+        from bench.data.synthfer import resolved_params
+
+        resolved["data"]["synthfer"] = resolved_params(**cfg.data.synthfer)
+    payload = json.dumps(resolved, sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
     budget = f"{cfg.data.budget:g}"
     return f"{cfg.method}_{cfg.data.name}_{cfg.data.protocol}{budget}_s{cfg.seed}_{digest}"

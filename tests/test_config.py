@@ -45,3 +45,14 @@ def test_run_id_hashes_what_is_computed_not_where_it_goes() -> None:
     assert run_id(a) == run_id(b)
     assert len({run_id(a), run_id(c), run_id(d)}) == 3
     assert run_id(a).startswith("fixmatch_synthfer_fraction0.1_s0_")
+
+
+def test_run_id_covers_synthfer_generator_defaults() -> None:
+    from bench.data.synthfer import DEFAULTS
+
+    plain = build_config()
+    explicit = build_config(overrides=[f"data.synthfer.nuisance={DEFAULTS['nuisance']}"])
+    harder = build_config(overrides=[f"data.synthfer.nuisance={DEFAULTS['nuisance'] + 0.5}"])
+    assert run_id(plain) == run_id(explicit) != run_id(harder)
+    with pytest.raises(FERBenchError, match="synthfer: unknown parameter\\(s\\) nuisanse"):
+        run_id(build_config(overrides=["data.synthfer.nuisanse=1"]))

@@ -59,12 +59,12 @@ PROTOTYPES: dict[int, dict[int, float]] = {
 }
 
 DEFAULTS: dict[str, Any] = {
-    "intensity_range": (0.2, 1.0),
+    "intensity_range": (0.4, 1.0),
     "au_jitter": 0.3,
     "spurious_au_prob": 0.1,
-    "nuisance": 1.0,
-    "occlusion_prob": 0.25,
-    "blur_prob": 0.2,
+    "nuisance": 0.6,
+    "occlusion_prob": 0.15,
+    "blur_prob": 0.1,
     "label_noise": 0.0,
     "jpeg_quality": (30, 90),
     "face_scale": 0.36,  # face half-width / image side: tight crops, like RAF-DB aligned faces
@@ -614,6 +614,15 @@ def synthfer_hash(n_train: int = 6000, n_test: int = 1500, seed: int = 0, size: 
     """Short hash of the output-determining parameters (not workers/progress)."""
     blob = json.dumps(_params(n_train, n_test, seed, size, knobs), sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def resolved_params(n_train: int = 6000, n_test: int = 1500, seed: int = 0, size: int = 100,
+                    **knobs: Any) -> dict[str, Any]:
+    """Every output-determining parameter, defaults and generator version included (for run ids)."""
+    unknown = sorted(set(knobs) - set(DEFAULTS))
+    if unknown:
+        raise FERBenchError(f"synthfer: unknown parameter(s) {', '.join(unknown)}")
+    return _params(n_train, n_test, seed, size, knobs)
 
 
 def ensure_synthfer(cache_dir: Path, **params: Any) -> Path:
