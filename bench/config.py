@@ -72,9 +72,27 @@ class TrainConfig:
     stop_after: int | None = None  # stop (checkpointed) at this iteration: a simulated interruption
 
 
+# Named hyper-parameter presets (reference/methods.md §1, §7), selectable for any method. A preset is
+# applied where it appears: first in a YAML mapping, in order among command-line overrides.
+PRESETS: dict[str, dict[str, Any]] = {
+    # USB's CIFAR defaults: SGD 0.03 (nesterov, wd 5e-4), cosine, B=64, mu=7, EMA 0.999.
+    "usb": {
+        "optim": {"name": "sgd", "lr": 0.03, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
+                  "schedule": "cosine", "warmup_iters": 0},
+        "train": {"batch_size": 64, "mu": 7, "ema_decay": 0.999},
+    },
+    # The Ada-CM code lineage (Ada-CM, LEAF, SIT-FER): Adam 5e-4, constant LR, B=16, mu=1, EMA 0.999.
+    "adacm": {
+        "optim": {"name": "adam", "lr": 5e-4, "weight_decay": 0.0, "schedule": "constant", "warmup_iters": 0},
+        "train": {"batch_size": 16, "mu": 1, "ema_decay": 0.999},
+    },
+}
+
+
 @dataclass
 class RunConfig:
     method: str = "fixmatch"
+    preset: str | None = None
     seed: int = 0
     split_seed: int | None = None  # defaults to seed: seed i fixes both the split and the training
     method_args: dict[str, Any] = field(default_factory=dict)
@@ -174,9 +192,24 @@ def _apply(obj: Any, key_path: list[str], value: Any, where: str, from_cli: bool
     setattr(obj, head, value)
 
 
+def apply_preset(cfg: RunConfig, name: str | None) -> RunConfig:
+    if name is None:
+        cfg.preset = None
+        return cfg
+    if name not in PRESETS:
+        raise FERBenchError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+    apply_mapping(cfg, PRESETS[name])
+    cfg.preset = name
+    return cfg
+
+
 def apply_mapping(cfg: RunConfig, mapping: dict[str, Any], source: str = "config") -> RunConfig:
-    """Merge a nested mapping (e.g. a parsed YAML file) into `cfg`."""
+    """Merge a nested mapping (e.g. a parsed YAML file) into `cfg`; its `preset`, if any, goes first."""
+    if "preset" in mapping:
+        apply_preset(cfg, mapping["preset"])
     for k, v in mapping.items():
+        if k == "preset":
+            continue
         _apply(cfg, [k], v, k if source == "config" else f"{source}:{k}", from_cli=False)
     return cfg
 
@@ -187,6 +220,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if "=" not in item:
             raise FERBenchError(f"override {item!r}: expected KEY=VALUE, e.g. train.iterations=500")
         key, value = item.split("=", 1)
+        if key.strip() == "preset":
+            apply_preset(cfg, yaml.safe_load(value))
+            continue
         _apply(cfg, key.strip().split("."), value, key.strip(), from_cli=True)
     return cfg
 

@@ -7,6 +7,7 @@ batch whose views it declared and a context; it returns the loss to minimise and
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,6 +40,26 @@ class StepContext:
 
 
 @dataclass
+class SetupInfo:
+    """What a method may size its state by; given once, before any checkpoint is loaded."""
+
+    num_classes: int
+    num_labeled: int
+    num_unlabeled: int  # unlabeled indices in Batch.unlabeled["idx"] lie in [0, num_unlabeled)
+    total_steps: int
+
+
+@dataclass
+class HookContext:
+    """Given to `Method.on_hook` every `hook_every()` iterations (e.g. Ada-CM's per-epoch thresholds)."""
+
+    step: int  # iterations completed
+    epoch: int  # completed hook intervals, 1-based
+    #: (probs (N, C), labels (N,)) of the evaluation model (EMA when kept) on weak views of the labeled set
+    predict_labeled: Callable[[], tuple[Tensor, Tensor]]
+
+
+@dataclass
 class StepOutput:
     loss: Tensor
     logs: dict[str, float] = field(default_factory=dict)
@@ -58,6 +79,8 @@ class Method:
     defaults: ClassVar[dict[str, Any]] = {}
     #: where the losses and defaults come from (paper, official code), shown by `ferbench methods`.
     reference: ClassVar[str] = ""
+    #: the method trains against the EMA model (a teacher), so the run must keep one.
+    requires_ema: ClassVar[bool] = False
 
     def __init__(self, num_classes: int, **hparams: Any) -> None:
         unknown = sorted(set(hparams) - set(self.defaults))
@@ -69,8 +92,18 @@ class Method:
         self.num_classes = num_classes
         self.hparams: dict[str, Any] = {**self.defaults, **hparams}
 
+    def setup(self, info: SetupInfo) -> None:
+        """Allocate state whose size depends on the data (called before a checkpoint is restored)."""
+
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         raise NotImplementedError
+
+    def hook_every(self) -> int | None:
+        """Iterations between `on_hook` calls; None for no hook."""
+        return None
+
+    def on_hook(self, ctx: HookContext) -> None:
+        """Periodic work outside the training step (e.g. thresholds from the labeled set)."""
 
     def state_dict(self) -> dict[str, Any]:
         """State that must survive checkpoint/resume (class counts, EMAs of confidence, ...)."""

@@ -87,3 +87,18 @@ def test_corrupt_image_fails_with_its_path_or_is_skipped(shared_cache: Path, tmp
 
     rec = json.loads(next((tmp_path / "out" / "records").glob("*.json")).read_text())
     assert rec["split"]["n_labeled"] == 20  # 21 train images, one unreadable and skipped
+
+
+def test_teacher_methods_need_an_ema(shared_cache: Path, tmp_path: Path, capsys) -> None:
+    args = tiny_overrides(shared_cache, tmp_path / "out", method="meanteacher") + ["train.ema_decay=0"]
+    assert main(["run", "--quiet", *args]) == 2
+    _assert_one_line(capsys.readouterr().err, "method 'meanteacher' trains against an EMA teacher")
+
+
+def test_methods_lists_every_plugin(capsys) -> None:
+    assert main(["methods"]) == 0
+    out = capsys.readouterr().out
+    for name in ("supervised", "fullysupervised", "fixmatch", "flexmatch", "freematch", "softmatch",
+                 "meanteacher", "adacm"):
+        assert f" {name} " in out
+    assert "weak, weak2, strong" in out  # Ada-CM's views

@@ -56,3 +56,16 @@ def test_run_id_covers_synthfer_generator_defaults() -> None:
     assert run_id(plain) == run_id(explicit) != run_id(harder)
     with pytest.raises(FERBenchError, match="synthfer: unknown parameter\\(s\\) nuisanse"):
         run_id(build_config(overrides=["data.synthfer.nuisanse=1"]))
+
+
+def test_presets_apply_where_they_appear() -> None:
+    cfg = build_config(overrides=["preset=adacm", "train.mu=2"])
+    assert cfg.preset == "adacm"
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.schedule) == ("adam", 5e-4, "constant")
+    assert (cfg.train.batch_size, cfg.train.mu, cfg.train.ema_decay) == (16, 2, 0.999)
+    usb = build_config(base={"train": {"iterations": 9}, "preset": "usb"})
+    assert (usb.optim.name, usb.optim.lr, usb.train.batch_size, usb.train.mu) == ("sgd", 0.03, 64, 7)
+    assert usb.train.iterations == 9 and usb.to_dict()["preset"] == "usb"
+    assert run_id(usb) != run_id(build_config(base={"train": {"iterations": 9}}))
+    with pytest.raises(FERBenchError, match="unknown preset 'fast'; known presets: adacm, usb"):
+        build_config(overrides=["preset=fast"])

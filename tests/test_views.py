@@ -122,3 +122,14 @@ def test_views_are_deterministic_under_a_seed() -> None:
     assert a.dtype == torch.float32 and a.shape == (16, 3, 32, 32)
     with pytest.raises(ValueError, match="unknown view kind"):
         vm.make("medium", x, torch.Generator())
+
+
+def test_crop_equals_a_window_of_the_reflect_padded_image() -> None:
+    x = _images(n=20, size=12)
+    pad = 3
+    out = V.padded_random_crop(x, torch.Generator().manual_seed(5), pad, prob=1.0)
+    padded = torch.nn.functional.pad(x.float(), (pad,) * 4, mode="reflect").to(torch.uint8)
+    for i in range(len(x)):
+        windows = [(oy, ox) for oy in range(2 * pad + 1) for ox in range(2 * pad + 1)
+                   if torch.equal(padded[i, :, oy:oy + 12, ox:ox + 12], out[i])]
+        assert windows, f"sample {i} is no window of its padded image"

@@ -218,22 +218,30 @@ def cutout(x: Tensor, gen: torch.Generator, max_frac: float) -> Tensor:
     return torch.where(box, fill, x)
 
 
+def _reflect(i: Tensor, n: int) -> Tensor:
+    """Map indices in [-n+1, 2n-2] into [0, n-1] as reflect padding does (edge pixel not repeated)."""
+    i = i.abs()
+    return torch.where(i > n - 1, 2 * (n - 1) - i, i)
+
+
 def padded_random_crop(x: Tensor, gen: torch.Generator, pad: int, prob: float) -> Tensor:
-    """Pad by `pad` pixels (reflect) and crop back at a random offset, for a `prob` share of samples."""
+    """Reflect-pad by `pad` pixels and crop back at a random offset, for a `prob` share of samples.
+
+    Implemented as one gather with reflected indices: no padded copy, no float round trip.
+    """
     if pad <= 0 or prob <= 0:
         return x
     n, c, h, w = x.shape
-    padded = F.pad(x.float(), (pad, pad, pad, pad), mode="reflect").to(x.dtype)
     oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
     ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=x.device)
     keep = _rand(n, gen, x.device) >= prob
-    oy = torch.where(keep, torch.full_like(oy, pad), oy)
-    ox = torch.where(keep, torch.full_like(ox, pad), ox)
-    rows = oy.view(n, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1)  # (n, h, 1)
-    cols = ox.view(n, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w)  # (n, 1, w)
+    oy = torch.where(keep, torch.full_like(oy, pad), oy) - pad
+    ox = torch.where(keep, torch.full_like(ox, pad), ox) - pad
+    rows = _reflect(oy.view(n, 1, 1) + torch.arange(h, device=x.device).view(1, h, 1), h)  # (n, h, 1)
+    cols = _reflect(ox.view(n, 1, 1) + torch.arange(w, device=x.device).view(1, 1, w), w)  # (n, 1, w)
     batch = torch.arange(n, device=x.device).view(n, 1, 1)
-    # Advanced indexing around the channel slice gives (n, h, w, c).
-    return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
+    # Advanced indexing around the channel axis gives (n, h, w, c).
+    return x.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
 def horizontal_flip(x: Tensor, gen: torch.Generator, prob: float = 0.5) -> Tensor:

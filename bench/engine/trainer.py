@@ -33,7 +33,7 @@ from bench.engine.model import build_model
 from bench.engine.provenance import git_commit, host_info, package_versions
 from bench.engine.streams import IndexStream, step_seed
 from bench.errors import FERBenchError
-from bench.method import Batch, Method, StepContext
+from bench.method import Batch, HookContext, Method, SetupInfo, StepContext
 from bench.registry import create_method, get_method_class
 from bench.results.record import SCHEMA, record_path, write_json_atomic
 
@@ -120,6 +120,8 @@ def validate(cfg: RunConfig) -> type[Method]:
         raise FERBenchError(f"train.iterations={t.iterations}: expected a positive number of iterations")
     if t.batch_size < 1 or t.mu < 0:
         raise FERBenchError(f"train.batch_size={t.batch_size}, train.mu={t.mu}: expected batch_size >= 1, mu >= 0")
+    if cls.requires_ema and cfg.train.ema_decay <= 0:
+        raise FERBenchError(f"method {cfg.method!r} trains against an EMA teacher: train.ema_decay must be > 0")
     if cls.views and t.mu < 1:
         raise FERBenchError(f"method {cfg.method!r} needs unlabeled data: train.mu must be >= 1")
     labeled_counts([1], cfg.data.protocol, cfg.data.budget)  # unknown protocol / budget out of range
@@ -161,6 +163,7 @@ def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
         return json.loads(paths.record.read_text())
 
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # multi-process launches on CPU-only hosts: MULTI_CPU over gloo
         mixed_precision=cfg.train.mixed_precision,
         log_with=_tracker(),
         project_config=ProjectConfiguration(project_dir=str(paths.run_dir), logging_dir=str(paths.run_dir / "tb")),
@@ -194,6 +197,9 @@ def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
     labeled_pool = np.asarray(manifest["labeled_index"], dtype=np.int64)
     all_train = np.arange(len(data.train.ids))
     unlabeled_pool = all_train if cfg.data.unlabeled == "all" else np.setdiff1d(all_train, labeled_pool)
+    # Methods see an unlabeled image's position in the pool, so per-sample state has exactly one slot each.
+    pool_position = np.full(len(all_train), -1, dtype=np.int64)
+    pool_position[unlabeled_pool] = np.arange(len(unlabeled_pool))
 
     B, mu = cfg.train.batch_size, cfg.train.mu
     lab_stream = IndexStream(labeled_pool, B, cfg.seed, "labeled")
@@ -208,6 +214,8 @@ def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
     method = create_method(cfg.method, data.num_classes, cfg.method_args)
+    method.setup(SetupInfo(num_classes=data.num_classes, num_labeled=len(labeled_pool),
+                           num_unlabeled=len(unlabeled_pool), total_steps=cfg.train.iterations))
     model, optimizer = accelerator.prepare(model, optimizer)
     method.to(accelerator.device)
     ema = None
@@ -237,6 +245,22 @@ def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
         accelerator.log({f"test/{k}": v for k, v in entry.items() if k != "step"}, step=state.step)
         return m
 
+    @torch.no_grad()
+    def predict_labeled() -> tuple[torch.Tensor, torch.Tensor]:
+        eval_model = ema.module if ema is not None else accelerator.unwrap_model(model)
+        was_training = eval_model.training
+        eval_model.eval()
+        g = torch.Generator(device=accelerator.device).manual_seed(step_seed(cfg.seed, state.step, 0, "hook"))
+        probs = []
+        for start in range(0, len(labeled_pool), 512):
+            idx = labeled_pool[start : start + 512]
+            x = views.make("weak", train_images[idx].to(accelerator.device), g)
+            with accelerator.autocast():
+                probs.append(torch.softmax(eval_model(x).float(), dim=-1))
+        eval_model.train(was_training)
+        return torch.cat(probs), train_labels[labeled_pool].to(accelerator.device)
+
+    hook_every = method.hook_every()
     final_metrics: dict[str, Any] | None = None
     model.train()
     while state.step < stop_at:
@@ -254,7 +278,7 @@ def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
             ui = unl_stream.indices(step, rank, world)
             u_u8 = train_images[ui].to(accelerator.device)
             unlabeled = {v: views.make(v, u_u8, gen) for v in method.views}
-            unlabeled["idx"] = torch.from_numpy(ui).to(accelerator.device)
+            unlabeled["idx"] = torch.from_numpy(pool_position[ui]).to(accelerator.device)
         ctx = StepContext(step=step, total_steps=total, num_classes=data.num_classes,
                           ema_model=ema.module if ema is not None else None)
         with accelerator.autocast():
@@ -269,6 +293,9 @@ def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
             ema.update(accelerator.unwrap_model(model), step=step)
         state.step += 1
         state.images_seen += images_per_step * world
+        if hook_every and state.step % hook_every == 0:
+            epoch = state.step // hook_every
+            method.on_hook(HookContext(step=state.step, epoch=epoch, predict_labeled=predict_labeled))
         state.train_time_s += time.perf_counter() - t0
 
         for k, v in {"loss": out.loss.item(), **out.logs}.items():
@@ -369,6 +396,7 @@ def build_record(
         },
         "config": cfg.to_dict(),
         "method_hparams": method.hparams,
+        "preset": cfg.preset,
         "backbone": cfg.model.backbone,
         "pretrained_file": cfg.model.pretrained_file,
         "image_size": cfg.data.image_size,

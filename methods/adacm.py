@@ -1,0 +1,101 @@
+"""Ada-CM (Li et al., CVPR 2022): adaptive confidence margins, as in hangyu94/Ada-CM (reference/methods.md §6).
+
+- Class-wise thresholds T_c (init 0.8) recomputed every `epoch_iters` iterations from the EMA model on
+  weak views of the labeled set: T_c = max(0.8, 0.97 * sigmoid(t) * mean max-prob of the correctly
+  predicted class-c samples), t = epochs completed; T_c = 0.8 when none is correct.
+- p~ = (softmax f(weak1 u) + softmax f(weak2 u)) / 2, y^ = argmax p~; subset I: max p~ >= T_{y^}.
+- L_u = (1/B) sum_b 1[b in I] CE(f(strong u_b), y^_b);
+- L_s = NT-Xent (SupCon without labels, tau 0.07) over the L2-normalised features of the two weak views
+  of the subset-II samples (0 when subset II is empty);
+- L = 0.5 L_x + L_u + 0.1 L_s.
+Not reproduced: Ada-CM's "customised weight decay" of the student after each EMA update, and its
+L2-normalised feature in front of the linear classifier (FERBench's shared head sees the raw feature).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from bench.method import Batch, HookContext, Method, StepContext, StepOutput, cross_entropy_masked_mean
+from bench.registry import register_method
+
+
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.07) -> Tensor:
+    """SimCLR's NT-Xent (SupCon with labels=None, base temperature = temperature) over pairs (z1_i, z2_i)."""
+    z = nn.functional.normalize(torch.cat([z1, z2]), dim=-1)
+    n = len(z1)
+    sim = z @ z.T / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return nn.functional.cross_entropy(sim, positive)
+
+
+@register_method("adacm")
+class AdaCM(Method):
+    views = ("weak", "weak2", "strong")
+    defaults = {"initial_threshold": 0.8, "scale": 0.97, "epoch_iters": 800, "temperature": 0.07,
+                "lambda_x": 0.5, "lambda_u": 1.0, "lambda_s": 0.1}
+    reference = "Li et al. CVPR 2022; hangyu94/Ada-CM main.py (T0 0.8, 0.97*sigmoid(epoch), 0.5/1/0.1)"
+
+    def __init__(self, num_classes: int, **hparams: object) -> None:
+        super().__init__(num_classes, **hparams)
+        self.thresholds = torch.full((num_classes,), float(self.hparams["initial_threshold"]))
+
+    def to(self, device: torch.device) -> AdaCM:
+        self.thresholds = self.thresholds.to(device)
+        return self
+
+    def state_dict(self) -> dict:
+        return {"thresholds": self.thresholds.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.thresholds = state["thresholds"].to(self.thresholds.device)
+
+    def hook_every(self) -> int | None:
+        return int(self.hparams["epoch_iters"])
+
+    def update_thresholds(self, probs: Tensor, labels: Tensor, epoch: int) -> None:
+        floor = float(self.hparams["initial_threshold"])
+        conf, pred = probs.max(dim=-1)
+        factor = self.hparams["scale"] / (1.0 + math.exp(-epoch))
+        new = torch.full_like(self.thresholds, floor)
+        for c in range(self.num_classes):
+            correct = (labels == c) & (pred == c)
+            if correct.any():
+                new[c] = max(floor, factor * conf[correct].mean().item())
+        self.thresholds = new
+
+    def on_hook(self, ctx: HookContext) -> None:
+        probs, labels = ctx.predict_labeled()
+        self.update_thresholds(probs, labels, ctx.epoch)
+
+    def losses(self, logits_w1: Tensor, logits_w2: Tensor, logits_s: Tensor, feat_w1: Tensor,
+               feat_w2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(L_u, L_s, subset-I mask) from the unlabeled logits and features."""
+        p = (logits_w1.float().softmax(-1) + logits_w2.float().softmax(-1)) / 2
+        max_p, pseudo = p.detach().max(dim=-1)
+        confident = max_p >= self.thresholds[pseudo]
+        loss_u = cross_entropy_masked_mean(logits_s.float(), pseudo, confident.float())
+        low = ~confident
+        loss_s = nt_xent(feat_w1[low].float(), feat_w2[low].float(), self.hparams["temperature"]) if low.any() \
+            else loss_u * 0
+        return loss_u, loss_s, confident.float()
+
+    def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        x, y = batch.labeled["weak"], batch.labeled["y"]
+        u = batch.unlabeled
+        logits, feats = model(torch.cat([x, u["weak"], u["weak2"], u["strong"]]), return_features=True)
+        n = len(x)
+        logits_x = logits[:n]
+        l1, l2, ls = logits[n:].chunk(3)
+        f1, f2, _ = feats[n:].chunk(3)
+        loss_x = nn.functional.cross_entropy(logits_x, y)
+        loss_u, loss_s, mask = self.losses(l1, l2, ls, f1, f2)
+        h = self.hparams
+        loss = h["lambda_x"] * loss_x + h["lambda_u"] * loss_u + h["lambda_s"] * loss_s
+        return StepOutput(loss, {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "loss_s": loss_s.item(),
+                                 "mask_rate": mask.mean().item(),
+                                 "threshold_mean": self.thresholds.mean().item()})

@@ -1,0 +1,74 @@
+"""FlexMatch (Zhang et al., NeurIPS 2021): curriculum pseudo-labelling with class-wise flexible thresholds.
+
+As in USB `semilearn/algorithms/flexmatch` (reference/methods.md §7):
+- selected_label[i] is the last class unlabeled sample i was confidently (>= tau) predicted as, or -1.
+- sigma_c = #{selected_label == c}; beta_c = sigma_c / max(max_c' sigma_c', #unused) with warm-up
+  (the -1 bucket counts in the max), else sigma_c / max_c' sigma_c'.
+- mask_i = 1[max p_i >= tau * M(beta_{y_i})], M(b) = b / (2 - b) (the convex mapping).
+The mask uses the thresholds from before this batch; the batch's confident samples then update
+selected_label and beta for the next step, as USB's hook does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bench.method import Batch, Method, SetupInfo, StepContext, StepOutput, cross_entropy_masked_mean
+from bench.registry import register_method
+
+
+@register_method("flexmatch")
+class FlexMatch(Method):
+    views = ("weak", "strong")
+    defaults = {"threshold": 0.95, "lambda_u": 1.0, "thresh_warmup": True}
+    reference = "Zhang et al. 2021; USB semilearn/algorithms/flexmatch (tau 0.95, warm-up, convex mapping)"
+
+    def setup(self, info: SetupInfo) -> None:
+        self.selected_label = torch.full((info.num_unlabeled,), -1, dtype=torch.long)
+        self.classwise_acc = torch.zeros(self.num_classes)
+
+    def to(self, device: torch.device) -> FlexMatch:
+        self.selected_label = self.selected_label.to(device)
+        self.classwise_acc = self.classwise_acc.to(device)
+        return self
+
+    def state_dict(self) -> dict:
+        return {"selected_label": self.selected_label.cpu(), "classwise_acc": self.classwise_acc.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.selected_label = state["selected_label"].to(self.selected_label.device)
+        self.classwise_acc = state["classwise_acc"].to(self.classwise_acc.device)
+
+    def mask(self, probs: Tensor, idx: Tensor) -> Tensor:
+        """Mask from the current class-wise thresholds, then record this batch's confident predictions."""
+        tau = self.hparams["threshold"]
+        max_probs, pseudo = probs.max(dim=-1)
+        beta = self.classwise_acc[pseudo]
+        mask = (max_probs >= tau * (beta / (2.0 - beta))).float()
+        select = max_probs >= tau
+        if select.any():
+            self.selected_label[idx[select]] = pseudo[select]
+        self._update_classwise_acc()
+        return mask
+
+    def _update_classwise_acc(self) -> None:
+        counts = torch.bincount(self.selected_label + 1, minlength=self.num_classes + 1).float()
+        per_class = counts[1:]
+        if counts.max() >= len(self.selected_label):
+            return  # every sample in one bucket (e.g. none selected yet): USB leaves beta as it is
+        denom = counts.max() if self.hparams["thresh_warmup"] else per_class.max()
+        self.classwise_acc = per_class / denom
+
+    def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        x, y = batch.labeled["weak"], batch.labeled["y"]
+        uw, us = batch.unlabeled["weak"], batch.unlabeled["strong"]
+        logits = model(torch.cat([x, uw, us]))
+        logits_x = logits[: len(x)]
+        logits_uw, logits_us = logits[len(x) :].chunk(2)
+        loss_x = nn.functional.cross_entropy(logits_x, y)
+        probs = torch.softmax(logits_uw.detach().float(), dim=-1)
+        mask = self.mask(probs, batch.unlabeled["idx"])
+        loss_u = cross_entropy_masked_mean(logits_us.float(), probs.argmax(-1), mask)
+        loss = loss_x + self.hparams["lambda_u"] * loss_u
+        return StepOutput(loss, {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "mask_rate": mask.mean().item()})

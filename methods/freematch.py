@@ -1,0 +1,86 @@
+"""FreeMatch (Wang et al., ICLR 2023): self-adaptive thresholds and a fairness term.
+
+As in USB `semilearn/algorithms/freematch` (reference/methods.md §7), with EMA momentum m:
+- tau_t <- m tau_t + (1-m) mean(max p_w);  p~_t <- m p~_t + (1-m) mean(p_w);
+  h_t <- m h_t + (1-m) hist(argmax p_w) / B   (all initialised to 1/C), updated before masking;
+- mask = 1[max p_w >= tau_t * p~_t(y^) / max_c p~_t(c)];
+- fairness L_f = sum_c SumNorm(p~_t / h_t)_c * log SumNorm(mean p_s / h_s)_c over the masked strong
+  predictions (p_s, with h_s their argmax histogram): the sign of the paper and of USB's code;
+- L = L_x + lambda_u * L_u + lambda_e * L_f (L_f = 0 when nothing is masked in).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bench.method import Batch, Method, StepContext, StepOutput, cross_entropy_masked_mean
+from bench.registry import register_method
+
+
+def _safe_inverse(x: Tensor) -> Tensor:
+    return torch.nan_to_num(1.0 / x, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def fairness_loss(mask: Tensor, logits_strong: Tensor, p_model: Tensor, label_hist: Tensor) -> Tensor:
+    """USB's `entropy_loss`: the fairness term on the masked-in strong predictions."""
+    probs_s = logits_strong[mask.bool()].softmax(dim=-1)
+    hist_s = torch.bincount(probs_s.argmax(-1), minlength=logits_strong.shape[1]).to(probs_s.dtype)
+    hist_s = hist_s / hist_s.sum()
+    target = p_model * _safe_inverse(label_hist)
+    target = target / target.sum()
+    mean_s = probs_s.mean(dim=0) * _safe_inverse(hist_s).detach()
+    mean_s = mean_s / mean_s.sum()
+    return (target * torch.log(mean_s + 1e-12)).sum()
+
+
+@register_method("freematch")
+class FreeMatch(Method):
+    views = ("weak", "strong")
+    defaults = {"lambda_u": 1.0, "lambda_e": 0.001, "ema_p": 0.999}
+    reference = "Wang et al. 2023; USB semilearn/algorithms/freematch (ema_p 0.999, ent_loss_ratio 0.001)"
+
+    def __init__(self, num_classes: int, **hparams: object) -> None:
+        super().__init__(num_classes, **hparams)
+        self.time_p = torch.tensor(1.0 / num_classes)
+        self.p_model = torch.full((num_classes,), 1.0 / num_classes)
+        self.label_hist = torch.full((num_classes,), 1.0 / num_classes)
+
+    def to(self, device: torch.device) -> FreeMatch:
+        self.time_p, self.p_model, self.label_hist = (
+            t.to(device) for t in (self.time_p, self.p_model, self.label_hist))
+        return self
+
+    def state_dict(self) -> dict:
+        return {"time_p": self.time_p.cpu(), "p_model": self.p_model.cpu(), "label_hist": self.label_hist.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.p_model.device
+        self.time_p, self.p_model, self.label_hist = (
+            state[k].to(device) for k in ("time_p", "p_model", "label_hist"))
+
+    def mask(self, probs: Tensor) -> Tensor:
+        """Update the EMAs with this batch, then threshold it."""
+        m = self.hparams["ema_p"]
+        max_probs, pseudo = probs.max(dim=-1)
+        self.time_p = m * self.time_p + (1 - m) * max_probs.mean()
+        self.p_model = m * self.p_model + (1 - m) * probs.mean(dim=0)
+        hist = torch.bincount(pseudo, minlength=self.num_classes).to(probs.dtype)
+        self.label_hist = m * self.label_hist + (1 - m) * hist / hist.sum()
+        modulation = self.p_model / self.p_model.max()
+        return (max_probs >= self.time_p * modulation[pseudo]).float()
+
+    def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        x, y = batch.labeled["weak"], batch.labeled["y"]
+        uw, us = batch.unlabeled["weak"], batch.unlabeled["strong"]
+        logits = model(torch.cat([x, uw, us]))
+        logits_x = logits[: len(x)]
+        logits_uw, logits_us = logits[len(x) :].chunk(2)
+        loss_x = nn.functional.cross_entropy(logits_x, y)
+        probs = torch.softmax(logits_uw.detach().float(), dim=-1)
+        mask = self.mask(probs)
+        loss_u = cross_entropy_masked_mean(logits_us.float(), probs.argmax(-1), mask)
+        loss_f = fairness_loss(mask, logits_us.float(), self.p_model, self.label_hist) if mask.any() else loss_u * 0
+        loss = loss_x + self.hparams["lambda_u"] * loss_u + self.hparams["lambda_e"] * loss_f
+        return StepOutput(loss, {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "loss_fair": loss_f.item(),
+                                 "mask_rate": mask.mean().item(), "tau_global": self.time_p.item()})

@@ -1,0 +1,67 @@
+"""SoftMatch (Chen et al., ICLR 2023): truncated-Gaussian sample weights with uniform alignment.
+
+As in USB `semilearn/algorithms/softmatch` (reference/methods.md §7):
+- uniform distribution alignment, for the weights only: p_a = SumNorm(p_w * (1/C) / p^_model), with
+  p^_model <- m p^_model + (1-m) mean(p_w) (initialised uniform) updated first;
+- mu_t <- m mu_t + (1-m) mean(max p_a), var_t <- m var_t + (1-m) var(max p_a) (unbiased), init 1/C, 1;
+- w = exp(-min(max p_a - mu_t, 0)^2 / (2 var_t / n_sigma^2)), n_sigma = 2;
+- L_u = mean_b w_b CE(f(strong(u_b)), argmax p_w) with the pseudo-label of the *unaligned* p_w.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from bench.method import Batch, Method, StepContext, StepOutput, cross_entropy_masked_mean
+from bench.registry import register_method
+
+
+@register_method("softmatch")
+class SoftMatch(Method):
+    views = ("weak", "strong")
+    defaults = {"lambda_u": 1.0, "ema_p": 0.999, "n_sigma": 2.0, "dist_align": True}
+    reference = "Chen et al. 2023; USB semilearn/algorithms/softmatch (ema 0.999, n_sigma 2, uniform alignment)"
+
+    def __init__(self, num_classes: int, **hparams: object) -> None:
+        super().__init__(num_classes, **hparams)
+        self.p_model = torch.full((num_classes,), 1.0 / num_classes)
+        self.mu_t = torch.tensor(1.0 / num_classes)
+        self.var_t = torch.tensor(1.0)
+
+    def to(self, device: torch.device) -> SoftMatch:
+        self.p_model, self.mu_t, self.var_t = (t.to(device) for t in (self.p_model, self.mu_t, self.var_t))
+        return self
+
+    def state_dict(self) -> dict:
+        return {"p_model": self.p_model.cpu(), "mu_t": self.mu_t.cpu(), "var_t": self.var_t.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.p_model.device
+        self.p_model, self.mu_t, self.var_t = (state[k].to(device) for k in ("p_model", "mu_t", "var_t"))
+
+    def weights(self, probs: Tensor) -> Tensor:
+        """Align (updating p^_model), update the Gaussian's EMAs, and weight each sample."""
+        m = self.hparams["ema_p"]
+        if self.hparams["dist_align"]:
+            self.p_model = m * self.p_model + (1 - m) * probs.mean(dim=0)
+            probs = probs * (1.0 / self.num_classes + 1e-6) / (self.p_model + 1e-6)
+            probs = probs / probs.sum(dim=-1, keepdim=True)
+        max_probs = probs.max(dim=-1).values
+        self.mu_t = m * self.mu_t + (1 - m) * max_probs.mean()
+        self.var_t = m * self.var_t + (1 - m) * max_probs.var(unbiased=True)
+        gap = torch.clamp(max_probs - self.mu_t, max=0.0)
+        return torch.exp(-(gap**2) / (2 * self.var_t / self.hparams["n_sigma"] ** 2))
+
+    def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        x, y = batch.labeled["weak"], batch.labeled["y"]
+        uw, us = batch.unlabeled["weak"], batch.unlabeled["strong"]
+        logits = model(torch.cat([x, uw, us]))
+        logits_x = logits[: len(x)]
+        logits_uw, logits_us = logits[len(x) :].chunk(2)
+        loss_x = nn.functional.cross_entropy(logits_x, y)
+        probs = torch.softmax(logits_uw.detach().float(), dim=-1)
+        w = self.weights(probs)
+        loss_u = cross_entropy_masked_mean(logits_us.float(), probs.argmax(-1), w)
+        loss = loss_x + self.hparams["lambda_u"] * loss_u
+        return StepOutput(loss, {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "mask_rate": w.mean().item()})

@@ -1,0 +1,154 @@
+"""The SSL baselines' losses, masks, weights and state on small batches worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bench.method import Batch, SetupInfo, StepContext
+from bench.registry import create_method
+
+L = math.log
+
+
+def _t(rows: list[list[float]]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+# --- FlexMatch -------------------------------------------------------------------------------------
+
+
+def _flexmatch(warmup: bool, n_unlabeled: int = 10):
+    fm = create_method("flexmatch", num_classes=3, args={"thresh_warmup": warmup})
+    fm.setup(SetupInfo(num_classes=3, num_labeled=3, num_unlabeled=n_unlabeled, total_steps=10))
+    return fm
+
+
+FIRST = _t([[0.96, 0.02, 0.02], [0.97, 0.02, 0.01], [0.01, 0.97, 0.02]])
+
+
+def test_flexmatch_warmup_counts_the_unused_bucket() -> None:
+    fm = _flexmatch(warmup=True)
+    mask = fm.mask(FIRST, torch.tensor([0, 1, 2]))
+    assert mask.tolist() == [1.0, 1.0, 1.0]  # beta = 0 at first: every threshold is 0
+    assert fm.selected_label.tolist() == [0, 0, 1] + [-1] * 7
+    # sigma = (2, 1, 0), 7 unused: beta_c = sigma_c / max(2, 1, 0, 7)
+    assert fm.classwise_acc.tolist() == pytest.approx([2 / 7, 1 / 7, 0.0])
+
+
+def test_flexmatch_thresholds_without_warmup() -> None:
+    fm = _flexmatch(warmup=False)
+    fm.mask(FIRST, torch.tensor([0, 1, 2]))
+    assert fm.classwise_acc.tolist() == pytest.approx([1.0, 0.5, 0.0])  # sigma_c / max_c sigma_c
+    # Class thresholds tau * b / (2 - b): 0.95, 0.95 / 3, 0.
+    second = _t([[0.90, 0.05, 0.05], [0.20, 0.50, 0.30], [0.10, 0.10, 0.80], [0.02, 0.02, 0.96]])
+    mask = fm.mask(second, torch.tensor([3, 4, 5, 6]))
+    assert mask.tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert fm.selected_label.tolist() == [0, 0, 1, -1, -1, -1, 2, -1, -1, -1]  # only 0.96 >= tau is recorded
+    assert fm.classwise_acc.tolist() == pytest.approx([1.0, 0.5, 0.5])
+
+
+# --- FreeMatch -------------------------------------------------------------------------------------
+
+PROBS = _t([[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]])
+
+
+def test_freematch_self_adaptive_thresholds_and_fairness() -> None:
+    fm = create_method("freematch", num_classes=2, args={"ema_p": 0.5})
+    mask = fm.mask(PROBS.float())
+    # tau = .5*.5 + .5*mean(.9,.6,.8); p~ = .5*[.5,.5] + .5*[17/30, 13/30]; h = .5*[.5,.5] + .5*[2/3, 1/3]
+    tau = 0.25 + 0.5 * (2.3 / 3)
+    p_model = [0.25 + 0.5 * 1.7 / 3, 0.25 + 0.5 * 1.3 / 3]
+    hist = [0.25 + 0.5 * 2 / 3, 0.25 + 0.5 * 1 / 3]
+    assert fm.time_p.item() == pytest.approx(tau)
+    assert fm.p_model.tolist() == pytest.approx(p_model)
+    assert fm.label_hist.tolist() == pytest.approx(hist)
+    # thresholds: class 0 -> tau; class 1 -> tau * p~1 / p~0 = 0.6333 * 0.875 = 0.5542
+    assert mask.tolist() == [1.0, 0.0, 1.0]
+    from methods.freematch import fairness_loss
+
+    strong = torch.tensor([[L(3), 0.0], [5.0, 5.0], [0.0, L(4)]])  # masked-in rows: [.75, .25], [.2, .8]
+    loss_f = fairness_loss(mask, strong, fm.p_model, fm.label_hist)
+    target = [p_model[0] / hist[0], p_model[1] / hist[1]]
+    target = [t / sum(target) for t in target]
+    mean_s = [0.475, 0.525]  # hist_s = [.5, .5], so the histogram scaling cancels after normalising
+    assert loss_f.item() == pytest.approx(target[0] * L(mean_s[0]) + target[1] * L(mean_s[1]), rel=1e-5)
+
+
+# --- SoftMatch -------------------------------------------------------------------------------------
+
+
+def test_softmatch_truncated_gaussian_weights() -> None:
+    sm = create_method("softmatch", num_classes=2, args={"ema_p": 0.5})
+    w = sm.weights(PROBS.float())
+    p_model = [0.25 + 0.5 * 1.7 / 3, 0.25 + 0.5 * 1.3 / 3]
+    aligned_max = []
+    for row in PROBS.tolist():
+        a = [row[0] * 0.5 / p_model[0], row[1] * 0.5 / p_model[1]]
+        aligned_max.append(max(a) / sum(a))
+    mean = sum(aligned_max) / 3
+    var = sum((v - mean) ** 2 for v in aligned_max) / 2
+    mu_t, var_t = 0.5 * 0.5 + 0.5 * mean, 0.5 * 1.0 + 0.5 * var
+    assert sm.mu_t.item() == pytest.approx(mu_t, rel=1e-4) and sm.var_t.item() == pytest.approx(var_t, rel=1e-4)
+    expected = [math.exp(-min(v - mu_t, 0) ** 2 / (2 * var_t / 4)) for v in aligned_max]
+    assert w.tolist() == pytest.approx(expected, rel=1e-4)
+    assert expected[0] == 1.0 and expected[2] == 1.0 and expected[1] < 1.0  # only the low one is down-weighted
+
+
+# --- MeanTeacher -----------------------------------------------------------------------------------
+
+
+def test_meanteacher_ramped_consistency_with_student_gradient() -> None:
+    mt = create_method("meanteacher", num_classes=2)
+    assert mt.rampup(20, 100) == 0.5 and mt.rampup(60, 100) == 1.0
+    x = torch.tensor([[L(3), 0.0]])  # CE(target 0) = ln(4/3)
+    student_view = torch.tensor([[0.0, 0.0]], requires_grad=True)  # softmax [.5, .5]
+    teacher_view = torch.tensor([[L(3), 0.0]])  # softmax [.75, .25]
+    batch = Batch(labeled={"weak": x, "y": torch.tensor([0])},
+                  unlabeled={"weak": teacher_view, "weak2": student_view, "idx": torch.tensor([0])})
+    out = mt.training_step(nn.Identity(), batch, StepContext(20, 100, 2, ema_model=nn.Identity()))
+    # MSE over classes: ((.5-.75)^2 + (.5-.25)^2) / 2 = 0.0625; weight 50 * 0.5
+    assert out.loss.item() == pytest.approx(L(4 / 3) + 25 * 0.0625, rel=1e-6)
+    out.loss.backward()
+    assert student_view.grad is not None and student_view.grad.abs().sum() > 0
+
+
+# --- Ada-CM ----------------------------------------------------------------------------------------
+
+
+def test_adacm_thresholds_from_correct_labeled_predictions() -> None:
+    ac = create_method("adacm", num_classes=3)
+    probs = torch.tensor([[0.96, 0.02, 0.02], [0.94, 0.03, 0.03],  # class 0, both correct: mean 0.95
+                          [0.60, 0.30, 0.10],  # class 1, wrong
+                          [0.05, 0.10, 0.85], [0.50, 0.10, 0.40]])  # class 2: one correct (0.85)
+    labels = torch.tensor([0, 0, 1, 2, 2])
+    ac.update_thresholds(probs, labels, epoch=5)
+    f = 0.97 / (1 + math.exp(-5))
+    assert ac.thresholds.tolist() == pytest.approx([max(0.8, f * 0.95), 0.8, max(0.8, f * 0.85)], rel=1e-6)
+    ac.update_thresholds(probs, labels, epoch=1)  # 0.97 * sigmoid(1) * 0.95 < 0.8: the floor holds
+    assert ac.thresholds.tolist() == pytest.approx([0.8, 0.8, 0.8])
+
+
+def test_adacm_partition_and_losses() -> None:
+    ac = create_method("adacm", num_classes=3, args={"temperature": 1.0})
+    ac.thresholds = torch.tensor([0.9, 0.8, 0.8])
+    # a: p~ = [.85, .075, .075] < T_0 = .9 (subset II); b: p~ = [.1, .85, .05] >= T_1 (subset I);
+    # c: p~ = [.5, .3, .2] (subset II)
+    w1 = torch.tensor([[L(.9), L(.05), L(.05)], [L(.1), L(.85), L(.05)], [L(.5), L(.3), L(.2)]])
+    w2 = torch.tensor([[L(.8), L(.1), L(.1)], [L(.1), L(.85), L(.05)], [L(.5), L(.3), L(.2)]])
+    strong = torch.zeros(3, 3)  # CE = ln 3 for any target
+    f1 = torch.tensor([[1.0, 0.0], [0.3, 0.3], [0.0, 1.0]])
+    f2 = torch.tensor([[0.6, 0.8], [0.1, 0.9], [0.8, 0.6]])
+    loss_u, loss_s, mask = ac.losses(w1, w2, strong, f1, f2)
+    assert mask.tolist() == [0.0, 1.0, 0.0]
+    assert loss_u.item() == pytest.approx(L(3) / 3, rel=1e-6)
+    # NT-Xent over [a1, c1, a2, c2] = [(1,0), (0,1), (.6,.8), (.8,.6)], tau = 1; each anchor's positive
+    # is its other view, the denominators run over the three other vectors.
+    z = [(1.0, 0.0), (0.0, 1.0), (0.6, 0.8), (0.8, 0.6)]
+    dot = [[a[0] * b[0] + a[1] * b[1] for b in z] for a in z]
+    pos = {0: 2, 1: 3, 2: 0, 3: 1}
+    terms = [-(dot[i][pos[i]] - L(sum(math.exp(dot[i][k]) for k in range(4) if k != i))) for i in range(4)]
+    assert loss_s.item() == pytest.approx(sum(terms) / 4, rel=1e-6)
