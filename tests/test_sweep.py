@@ -54,3 +54,13 @@ def test_sweep_runs_skips_and_renders(shared_cache: Path, tmp_path: Path, capsys
     first = md
     assert main(["leaderboard", str(tmp_path / "out" / "records"), "-o", str(lb)]) == 0
     assert (lb / "synthfer.md").read_text() == first
+
+
+def test_extends_inherits_and_overrides(tmp_path: Path) -> None:
+    parent = _spec(tmp_path, tmp_path / "c")
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {parent.name}\nname: child\nmethods: [supervised]\nbudgets: [0.5]\n")
+    spec = load_sweep(child)
+    assert spec.name == "child" and spec.seeds == [0, 1] and spec.budgets == [0.5]
+    assert [m["name"] for m in spec.methods] == ["supervised"]
+    assert spec.base["train"]["iterations"] == 4

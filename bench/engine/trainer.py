@@ -9,6 +9,7 @@ the run record atomically.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -158,8 +159,6 @@ def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
     method_cls = validate(cfg)
     paths = run_paths(cfg)
     if paths.record.exists():
-        import json
-
         return json.loads(paths.record.read_text())
 
     accelerator = Accelerator(
@@ -175,17 +174,10 @@ def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
 
     # --- data: prepared cache, split manifest, index streams -------------------------------------
     cache_dir = default_cache_dir(cfg.data.cache_dir)
-    if accelerator.is_main_process:
-        prep_path = prepare_dataset(
-            cfg.data.name, cfg.data.root, cfg.data.image_size, str(cache_dir), dict(cfg.data.synthfer)
-            if cfg.data.name == "synthfer" else {}, cfg.data.on_bad_image,
-        )
-    accelerator.wait_for_everyone()
-    if not accelerator.is_main_process:  # the main process built it; everyone finds the same folder
-        prep_path = prepare_dataset(
-            cfg.data.name, cfg.data.root, cfg.data.image_size, str(cache_dir), dict(cfg.data.synthfer)
-            if cfg.data.name == "synthfer" else {}, cfg.data.on_bad_image,
-        )
+    options = dict(cfg.data.synthfer) if cfg.data.name == "synthfer" else {}
+    with accelerator.main_process_first():  # the main process builds the cache; the others then find it
+        prep_path = prepare_dataset(cfg.data.name, cfg.data.root, cfg.data.image_size, str(cache_dir), options,
+                                    cfg.data.on_bad_image)
     data = load_prepared(prep_path)
     budget = 1.0 if method_cls.labeled_source == "all" else cfg.data.budget
     protocol = "fraction" if method_cls.labeled_source == "all" else cfg.data.protocol
@@ -223,7 +215,7 @@ def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.train.ema_decay, device=accelerator.device)
         ema.module.eval()
     state = TrainerState()
-    accelerator.register_for_checkpointing(scheduler, state, MethodState(method), *( [ema] if ema else []))
+    accelerator.register_for_checkpointing(scheduler, state, MethodState(method), *([ema] if ema else []))
     if paths.checkpoint.is_dir():
         accelerator.load_state(str(paths.checkpoint))
 

@@ -9,6 +9,7 @@ Spec:
     budgets: [0.02, 0.1]
     seeds: [0, 1, 2]
     references: [fullysupervised]    # methods trained on all labels: one run per seed, not per budget
+    extends: demo.yaml               # optional: start from another spec's keys (relative path)
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def _method_entries(items: Any, where: str) -> list[dict[str, Any]]:
 
 def load_sweep(path: str | Path) -> SweepSpec:
     d = load_yaml(path)
+    if "extends" in d:  # inherit another spec's keys (path relative to this file); ours override them
+        parent = Path(path).parent / str(d.pop("extends"))
+        d = {**load_yaml(parent), **d}
+        d.pop("extends", None)
     missing = [k for k in ("methods", "seeds") if k not in d]
     if missing:
         raise FERBenchError(f"{path}: sweep spec is missing {', '.join(missing)}")

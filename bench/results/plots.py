@@ -142,8 +142,9 @@ def _numeric_series(entries: Sequence[Mapping], key: str, run_id: str, field: st
 def plot_run_curves(record: dict, path: Path) -> Path:
     """Training curves of one run record: losses, rates (if any) and test accuracy vs iteration.
 
-    Every numeric key of `record["curves"]` entries other than "step" is drawn: in the rate panel
-    if its name contains "rate" (mask rate and the like live in [0, 1]), else in the loss panel.
+    Every numeric key of `record["curves"]` entries other than "step" is drawn: in the loss panel if its
+    name contains "loss", else in the panel of rates and schedules (mask rate, thresholds, ramp-up),
+    where the learning rate "lr" gets its own right-hand axis.
     The accuracy panel shows `record["history"]` accuracy and mean class accuracy in percent.
     """
     run_id = record.get("run_id")
@@ -157,8 +158,8 @@ def plot_run_curves(record: dict, path: Path) -> Path:
         raise FERBenchError(f"run {run_id}: field history is not a list of objects")
 
     keys = sorted({k for e in curves for k, v in e.items() if k != "step" and _is_number(v)})
-    rate_keys = [k for k in keys if "rate" in k]
-    loss_keys = [k for k in keys if "rate" not in k]
+    loss_keys = [k for k in keys if "loss" in k]
+    rate_keys = [k for k in keys if "loss" not in k]
 
     with mpl.rc_context():
         mpl.rcdefaults()
@@ -181,11 +182,20 @@ def plot_run_curves(record: dict, path: Path) -> Path:
 
         if ax_rate is not None:
             for k in rate_keys:
+                if k == "lr":
+                    continue
                 xs, ys = _numeric_series(curves, k, run_id, "curves")
                 ax_rate.plot(xs, ys, marker="." if len(xs) < 50 else None, label=k)
-            ax_rate.set_title("rates")
+            if "lr" in rate_keys:  # orders of magnitude below the rates: its own axis
+                xs, ys = _numeric_series(curves, "lr", run_id, "curves")
+                ax_lr = ax_rate.twinx()
+                ax_lr.plot(xs, ys, color="0.5", linestyle="--", label="lr (right axis)")
+                ax_lr.set_ylabel("learning rate")
+                ax_lr.legend(fontsize="small", loc="lower right")
+            ax_rate.set_title("rates and schedule")
             ax_rate.set_xlabel("iteration")
-            ax_rate.legend(fontsize="small")
+            if ax_rate.lines:
+                ax_rate.legend(fontsize="small", loc="upper left")
 
         for k, label in (("accuracy", "accuracy"), ("mean_class_accuracy", "mean class accuracy")):
             xs, ys = _numeric_series(history, k, run_id, "history")
