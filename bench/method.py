@@ -118,6 +118,22 @@ class Method:
         return self
 
 
+def joint_forward(model: nn.Module, labeled: Tensor, *unlabeled: Tensor,
+                  return_features: bool = False) -> tuple[Tensor, ...]:
+    """One forward over the labeled batch and every unlabeled view together, split back into parts.
+
+    BatchNorm then sees all of them as one batch, as USB's algorithms do. Returns the logits of each part
+    in order (labeled first); with `return_features`, the features of each part follow the logits.
+    """
+    inputs = torch.cat([labeled, *unlabeled])
+    n, k = len(labeled), len(unlabeled)
+    if not return_features:  # plain call: models need not accept the keyword
+        logits = model(inputs)
+        return (logits[:n], *logits[n:].chunk(k))
+    logits, feats = model(inputs, return_features=True)
+    return (logits[:n], *logits[n:].chunk(k), feats[:n], *feats[n:].chunk(k))
+
+
 def cross_entropy_masked_mean(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     """mean_b mask_b * CE(logits_b, targets_b): FixMatch-style, averaged over the whole batch."""
     return (nn.functional.cross_entropy(logits, targets, reduction="none") * mask).mean()

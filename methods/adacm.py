@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from bench.method import Batch, HookContext, Method, StepContext, StepOutput, cross_entropy_masked_mean
+from bench.method import Batch, HookContext, Method, StepContext, StepOutput, cross_entropy_masked_mean, joint_forward
 from bench.registry import register_method
 
 
@@ -87,11 +87,8 @@ class AdaCM(Method):
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         x, y = batch.labeled["weak"], batch.labeled["y"]
         u = batch.unlabeled
-        logits, feats = model(torch.cat([x, u["weak"], u["weak2"], u["strong"]]), return_features=True)
-        n = len(x)
-        logits_x = logits[:n]
-        l1, l2, ls = logits[n:].chunk(3)
-        f1, f2, _ = feats[n:].chunk(3)
+        logits_x, l1, l2, ls, _, f1, f2, _ = joint_forward(model, x, u["weak"], u["weak2"], u["strong"],
+                                                          return_features=True)
         loss_x = nn.functional.cross_entropy(logits_x, y)
         loss_u, loss_s, mask = self.losses(l1, l2, ls, f1, f2)
         h = self.hparams

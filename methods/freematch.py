@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bench.method import Batch, Method, StepContext, StepOutput, cross_entropy_masked_mean
+from bench.method import Batch, Method, StepContext, StepOutput, cross_entropy_masked_mean, joint_forward
 from bench.registry import register_method
 
 
@@ -73,9 +73,7 @@ class FreeMatch(Method):
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         x, y = batch.labeled["weak"], batch.labeled["y"]
         uw, us = batch.unlabeled["weak"], batch.unlabeled["strong"]
-        logits = model(torch.cat([x, uw, us]))
-        logits_x = logits[: len(x)]
-        logits_uw, logits_us = logits[len(x) :].chunk(2)
+        logits_x, logits_uw, logits_us = joint_forward(model, x, uw, us)
         loss_x = nn.functional.cross_entropy(logits_x, y)
         probs = torch.softmax(logits_uw.detach().float(), dim=-1)
         mask = self.mask(probs)
