@@ -134,6 +134,16 @@ def joint_forward(model: nn.Module, labeled: Tensor, *unlabeled: Tensor,
     return (logits[:n], *logits[n:].chunk(k), feats[:n], *feats[n:].chunk(k))
 
 
+def weak_strong_forward(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+    """The FixMatch family's forward: (CE on the labeled weak view, detached float softmax of the
+    unlabeled weak view, logits of the unlabeled strong view). What each method does with them is its own.
+    """
+    x, y = batch.labeled["weak"], batch.labeled["y"]
+    logits_x, logits_uw, logits_us = joint_forward(model, x, batch.unlabeled["weak"], batch.unlabeled["strong"])
+    probs_weak = torch.softmax(logits_uw.detach().float(), dim=-1)
+    return nn.functional.cross_entropy(logits_x, y), probs_weak, logits_us
+
+
 def cross_entropy_masked_mean(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     """mean_b mask_b * CE(logits_b, targets_b): FixMatch-style, averaged over the whole batch."""
     return (nn.functional.cross_entropy(logits, targets, reduction="none") * mask).mean()

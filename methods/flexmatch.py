@@ -14,7 +14,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from bench.method import Batch, Method, SetupInfo, StepContext, StepOutput, cross_entropy_masked_mean, joint_forward
+from bench.method import (
+    Batch,
+    Method,
+    SetupInfo,
+    StepContext,
+    StepOutput,
+    cross_entropy_masked_mean,
+    weak_strong_forward,
+)
 from bench.registry import register_method
 
 
@@ -61,11 +69,7 @@ class FlexMatch(Method):
         self.classwise_acc = per_class / denom
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
-        x, y = batch.labeled["weak"], batch.labeled["y"]
-        uw, us = batch.unlabeled["weak"], batch.unlabeled["strong"]
-        logits_x, logits_uw, logits_us = joint_forward(model, x, uw, us)
-        loss_x = nn.functional.cross_entropy(logits_x, y)
-        probs = torch.softmax(logits_uw.detach().float(), dim=-1)
+        loss_x, probs, logits_us = weak_strong_forward(model, batch)
         mask = self.mask(probs, batch.unlabeled["idx"])
         loss_u = cross_entropy_masked_mean(logits_us.float(), probs.argmax(-1), mask)
         loss = loss_x + self.hparams["lambda_u"] * loss_u
