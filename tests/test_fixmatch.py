@@ -20,7 +20,7 @@ STRONG = torch.tensor([[0.0, 0.0, 0.0], [5.0, -3.0, 1.0], [L(1), L(2), L(1)]])
 
 def test_unlabeled_loss_and_mask() -> None:
     fm = create_method("fixmatch", num_classes=3)
-    loss_u, mask = fm.unlabeled_loss(WEAK, STRONG)
+    loss_u, mask = fm.unlabeled_loss(WEAK.softmax(-1), STRONG)
     assert mask.tolist() == [1.0, 0.0, 1.0]  # 0.96 and 0.97 pass tau = 0.95; 0.90 does not
     # Averaged over all three unlabeled samples, masked ones count as zero.
     assert loss_u.item() == pytest.approx((L(3) + L(2)) / 3, rel=1e-6)
@@ -28,7 +28,7 @@ def test_unlabeled_loss_and_mask() -> None:
 
 def test_threshold_is_a_hyperparameter() -> None:
     fm = create_method("fixmatch", num_classes=3, args={"threshold": 0.85})
-    _, mask = fm.unlabeled_loss(WEAK, STRONG)
+    _, mask = fm.unlabeled_loss(WEAK.softmax(-1), STRONG)
     assert mask.tolist() == [1.0, 1.0, 1.0]
 
 

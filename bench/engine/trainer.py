@@ -317,7 +317,8 @@ def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
 
     if final_metrics is None:  # resumed exactly at the end: evaluate the restored weights
         final_metrics = evaluate_now()
-    record = build_record(cfg, rid, data, manifest, manifest_path, final_metrics, state, world, method)
+    record = build_record(cfg, rid, data, manifest, manifest_path, len(unlabeled_pool), final_metrics, state, world,
+                          method)
     if accelerator.is_main_process:
         write_json_atomic(paths.record, record)
         _write_run_artifacts(record, paths, ema.module if ema is not None else accelerator.unwrap_model(model))
@@ -358,14 +359,13 @@ def build_record(
     data: Any,
     manifest: dict[str, Any],
     manifest_path: Path | None,
+    n_unlabeled: int,
     final: dict[str, Any],
     state: TrainerState,
     world: int,
     method: Method,
 ) -> dict[str, Any]:
     accs = [h["accuracy"] for h in state.history]
-    n_train = len(data.train.ids)
-    n_unlabeled = n_train if cfg.data.unlabeled == "all" else n_train - manifest["n_labeled"]
     unl_batch = cfg.train.mu * cfg.train.batch_size if method.views else 0
     final_keys = ("accuracy", "mean_class_accuracy", "macro_f1", "per_class_recall", "confusion_matrix")
     best = max(state.history, key=lambda h: h["accuracy"])

@@ -49,12 +49,16 @@ def _method_entries(items: Any, where: str) -> list[dict[str, Any]]:
     return out
 
 
-def load_sweep(path: str | Path) -> SweepSpec:
+def _spec_mapping(path: Path) -> dict[str, Any]:
+    """A spec's keys, with those of the spec it `extends` (relative path, recursively) underneath."""
     d = load_yaml(path)
-    if "extends" in d:  # inherit another spec's keys (path relative to this file); ours override them
-        parent = Path(path).parent / str(d.pop("extends"))
-        d = {**load_yaml(parent), **d}
-        d.pop("extends", None)
+    if "extends" in d:
+        d = {**_spec_mapping(path.parent / str(d.pop("extends"))), **d}
+    return d
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    d = _spec_mapping(Path(path))
     missing = [k for k in ("methods", "seeds") if k not in d]
     if missing:
         raise FERBenchError(f"{path}: sweep spec is missing {', '.join(missing)}")
