@@ -34,18 +34,113 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reader_options(args: argparse.Namespace) -> dict:
+    """`-o key=value` reader options (values parsed as YAML); synthfer's generator flags for synthfer."""
+    import yaml
+
+    options: dict = {}
+    for item in args.option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise FERBenchError(f"--option {item!r}: expected KEY=VALUE, e.g. -o images=original")
+        options[key.strip()] = yaml.safe_load(value)
+    if args.dataset == "synthfer":
+        options = {"n_train": args.n_train, "n_test": args.n_test, "seed": args.synth_seed, **options}
+    return options
+
+
+def _class_table(title: str, names: tuple[str, ...], codes: dict[int, int], columns: dict[str, list[int]]):
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("class")
+    table.add_column("code", justify="right")
+    for col in columns:
+        table.add_column(col, justify="right")
+    for c, name in enumerate(names):
+        table.add_row(f"{c} {name}", str(codes.get(c, "-")), *(f"{v[c]:,}" for v in columns.values()))
+    table.add_row("total", "", *(f"{sum(v):,}" for v in columns.values()), style="bold")
+    return table
+
+
+def _print_dropped(console, report) -> None:
+    for (split, reason), n in sorted(report.dropped.items()):
+        console.print(f"  dropped from {split}: {n:,} ({reason})")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=200 if not sys.stdout.isatty() else None)
+
+
+def _cmd_data_verify(args: argparse.Namespace) -> int:
+    from bench.data.inspect import check_images, survey
+
+    t0 = time.perf_counter()
+    sv = survey(args.dataset, args.root, args.protocol, _reader_options(args), args.cache_dir, strict=False)
+    problems = list(sv.report.problems) + check_images(sv.records, args.workers, progress=True)
+    console = _console()
+    counts = sv.counts()
+    console.print(f"{sv.key} at {args.root}: {'; '.join(sv.report.notes)}")
+    console.print(f"  {len(sv.records):,} labelled entries: " + ", ".join(f"{s} {sum(v):,}" for s, v in counts.items()))
+    _print_dropped(console, sv.report)
+    if not problems:
+        console.print(f"verify {sv.key}: OK, every entry parsed and every image decoded "
+                      f"({time.perf_counter() - t0:.1f} s)")
+        return 0
+    by_kind: dict[str, list] = {}
+    for pr in problems:
+        by_kind.setdefault(pr.kind, []).append(pr)
+    for kind, items in sorted(by_kind.items()):
+        console.print(f"  {kind}: {len(items):,}")
+        for pr in items[: args.show]:
+            console.print(f"    {pr}", markup=False, highlight=False)
+        if len(items) > args.show:
+            console.print(f"    ... and {len(items) - args.show:,} more")
+    summary = ", ".join(f"{len(v):,} {k}" for k, v in sorted(by_kind.items()))
+    print(f"ferbench: verify {sv.key}: {len(problems):,} problem(s): {summary}", file=sys.stderr)
+    return 1
+
+
+def _cmd_data_stats(args: argparse.Namespace) -> int:
+    from bench.data.inspect import survey
+    from bench.data.splits import labeled_counts
+    from bench.results.plots import budget_label, plot_class_counts
+
+    sv = survey(args.dataset, args.root, args.protocol, _reader_options(args), args.cache_dir, strict=True)
+    columns = sv.counts()
+    if args.budget is not None:
+        want = labeled_counts(columns["train"], args.budget_protocol, args.budget, list(sv.class_names))
+        columns[f"labeled {budget_label(args.budget_protocol, args.budget)}"] = want
+    console = _console()
+    console.print(f"{sv.key} at {args.root}: {'; '.join(sv.report.notes)}")
+    console.print(_class_table(f"{sv.key}: images per class", sv.class_names, sv.native_codes(), columns))
+    _print_dropped(console, sv.report)
+    out = Path(args.out or f"{sv.key}-stats.png")
+    plot_class_counts(f"{sv.key}: images per class", sv.class_names, columns, out)
+    console.print(f"wrote {out}")
+    return 0
+
+
 def _cmd_data_prepare(args: argparse.Namespace) -> int:
     from bench.data.cache import load_prepared, prepare_dataset
 
     t0 = time.perf_counter()
-    options = {}
-    if args.dataset == "synthfer":
-        options = {"n_train": args.n_train, "n_test": args.n_test, "seed": args.synth_seed}
-    path = prepare_dataset(args.dataset, args.root, args.image_size, args.cache_dir, options,
-                           args.on_bad_image, args.workers, progress=True)
+    path = prepare_dataset(args.dataset, args.root, args.image_size, args.cache_dir, _reader_options(args),
+                           args.on_bad_image, args.workers, progress=True, label_protocol=args.protocol)
     data = load_prepared(path)
-    bad = data.info.get("bad_images", [])
-    print(f"prepared {args.dataset}: {len(data.train.ids)} train + {len(data.test.ids)} test images at "
+    info = data.info
+    bad = info.get("bad_images", [])
+    console = _console()
+    codes = {int(c): code for c, code in info.get("native_codes", {}).items()}
+    console.print(_class_table(f"{data.name} at {args.image_size}px", data.class_names, codes,
+                               {s: info["counts"][s]["per_class"] for s in ("train", "test")}))
+    for what, n in info.get("dropped", {}).items():
+        console.print(f"  dropped from {what.split(': ', 1)[0]}: {n:,} ({what.split(': ', 1)[1]})")
+    for b in bad[: 10]:
+        console.print(f"  skipped unreadable image {b['path']}: {b['error']}", markup=False, highlight=False)
+    print(f"prepared {data.name}: {len(data.train.ids)} train + {len(data.test.ids)} test images at "
           f"{args.image_size}px in {path} ({time.perf_counter() - t0:.1f} s; {len(bad)} unreadable skipped)")
     return 0
 
@@ -142,6 +237,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return rc
 
 
+def _cmd_bench_prepare(args: argparse.Namespace) -> int:
+    from bench.benchmarks.prepare_speed import run_prepare_benchmark
+
+    if args.n < 14 or args.workers < 1:
+        raise FERBenchError(f"bench prepare: expected --n >= 14 and --workers >= 1, got {args.n} and {args.workers}")
+    run_prepare_benchmark(args.n, args.size, args.image_size, args.workers, args.work_dir, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -151,17 +255,46 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="dataset tools")
     dsub = d.add_subparsers(dest="data_command", required=True)
-    prep = dsub.add_parser("prepare", help="decode a dataset into the Arrow cache")
-    prep.add_argument("dataset")
-    prep.add_argument("--root", default=None, help="raw dataset folder (not needed for synthfer)")
+    def dataset_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("dataset", help="rafdb, affectnet7, affectnet8, ferplus or synthfer")
+        sp.add_argument("--root", default=None, help="the raw dataset folder (not needed for synthfer)")
+        sp.add_argument("--protocol", default=None, help="label protocol (ferplus: majority8 | argmax7)")
+        sp.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="reader option, e.g. images=original (rafdb), train_with_valid=true (ferplus), "
+                             "layout=csv|npy (affectnet)")
+        sp.add_argument("--cache-dir", default=None)
+        sp.add_argument("--n-train", type=int, default=6000, help="synthfer only")
+        sp.add_argument("--n-test", type=int, default=1500, help="synthfer only")
+        sp.add_argument("--synth-seed", type=int, default=0, help="synthfer only")
+
+    ver = dsub.add_parser("verify", help="check the layout, every label entry and every image; writes nothing")
+    dataset_args(ver)
+    ver.add_argument("--workers", type=int, default=None)
+    ver.add_argument("--show", type=int, default=10, help="problems listed per kind")
+    ver.set_defaults(fn=_cmd_data_verify)
+    st = dsub.add_parser("stats", help="images per split and class, what the protocol drops, and a bar chart")
+    dataset_args(st)
+    st.add_argument("--budget-protocol", default="fraction", choices=("fraction", "total", "per_class"))
+    st.add_argument("--budget", type=float, default=None, help="also show the labeled counts of this budget")
+    st.add_argument("--out", default=None, help="PNG path (default: <dataset>-stats.png)")
+    st.set_defaults(fn=_cmd_data_stats)
+    prep = dsub.add_parser("prepare", help="decode a dataset into the Arrow cache (reused when unchanged)")
+    dataset_args(prep)
     prep.add_argument("--image-size", type=int, default=48)
-    prep.add_argument("--cache-dir", default=None)
     prep.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail")
     prep.add_argument("--workers", type=int, default=None)
-    prep.add_argument("--n-train", type=int, default=6000, help="synthfer only")
-    prep.add_argument("--n-test", type=int, default=1500, help="synthfer only")
-    prep.add_argument("--synth-seed", type=int, default=0, help="synthfer only")
     prep.set_defaults(fn=_cmd_data_prepare)
+
+    b = sub.add_parser("bench", help="speed benchmarks")
+    bsub = b.add_subparsers(dest="bench_command", required=True)
+    bp = bsub.add_parser("prepare", help="images/s of preparing JPEGs into the Arrow cache, 1 vs N workers")
+    bp.add_argument("--n", type=int, default=20000, help="number of JPEGs")
+    bp.add_argument("--size", type=int, default=100, help="JPEG side in pixels")
+    bp.add_argument("--image-size", type=int, default=100, help="prepared image side")
+    bp.add_argument("--workers", type=int, default=2)
+    bp.add_argument("--work-dir", default=None, help="where to write the JPEGs (default: the system temp folder)")
+    bp.add_argument("--json", default=None, help="also write the results here")
+    bp.set_defaults(fn=_cmd_bench_prepare)
 
     r = sub.add_parser("run", help="train one run (resumes from its checkpoint if interrupted)")
     r.add_argument("--config", "-c", action="append", default=[], help="YAML config file (repeatable)")

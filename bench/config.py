@@ -29,6 +29,8 @@ class DataConfig:
     cache_dir: str | None = None  # default: $FERBENCH_CACHE or ~/.cache/ferbench
     on_bad_image: str = "fail"  # "fail" | "skip"
     synthfer: dict[str, Any] = field(default_factory=lambda: {"n_train": 6000, "n_test": 1500, "seed": 0})
+    label_protocol: str | None = None  # the dataset's label rule (ferplus: majority8 | argmax7); None: its default
+    options: dict[str, Any] = field(default_factory=dict)  # reader options (rafdb images, ferplus train_with_valid)
 
 
 @dataclass
@@ -139,10 +141,15 @@ def run_id(cfg: RunConfig) -> str:
         from bench.data.synthfer import resolved_params
 
         resolved["data"]["synthfer"] = resolved_params(**cfg.data.synthfer)
+    from bench.data.datasets import get_dataset
+
+    spec = get_dataset(cfg.data.name)  # defaults spelled out or left implicit name the same run
+    resolved["data"]["label_protocol"] = spec.protocol(cfg.data.label_protocol)
+    resolved["data"]["options"] = spec.resolve_options(cfg.data.options)
     payload = json.dumps(resolved, sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
     budget = f"{cfg.data.budget:g}"
-    return f"{cfg.method}_{cfg.data.name}_{cfg.data.protocol}{budget}_s{cfg.seed}_{digest}"
+    return f"{cfg.method}_{spec.key(cfg.data.label_protocol)}_{cfg.data.protocol}{budget}_s{cfg.seed}_{digest}"
 
 
 def _coerce(value: str, current: Any, where: str) -> Any:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_overrides
-from replicas import write_rafdb_replica
 
 from bench.cli import main
+from bench.data.replicas import write_rafdb_replica
 
 
 def _ferbench(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -44,12 +44,16 @@ def test_missing_data_root_as_a_real_subprocess(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ("data.name=affectnet9", "unknown dataset 'affectnet9'; known datasets: rafdb, synthfer"),
+        ("data.name=affectnet9",
+         "unknown dataset 'affectnet9'; known datasets: affectnet7, affectnet8, ferplus, rafdb, synthfer"),
         ("data.budget=1.5", "budget 1.5 out of range for protocol 'fraction': expected 0 < budget <= 1"),
         ("data.budget=0", "budget 0.0 out of range for protocol 'fraction'"),
         ("data.protocol=percent", "unknown label protocol 'percent'"),
         ("train.iteratons=3", "unknown config key 'train.iteratons'"),
         ("method_args.treshold=0.9", "method 'fixmatch': unknown argument(s) treshold"),
+        ("data.protocol=per_class", "budget 0.1 out of range for protocol 'per_class': expected a whole number"),
+        ("data.label_protocol=majority8", "dataset 'synthfer': unknown label protocol 'majority8'; known: basic"),
+        ("data.options={images: original}", "data.options: synthfer takes its generator parameters in data.synthfer"),
     ],
 )
 def test_bad_values(shared_cache: Path, tmp_path: Path, capsys, override: str, expected: str) -> None:

@@ -7,10 +7,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from replicas import write_rafdb_replica
 
 from bench.data.labels import CANONICAL_CLASSES
 from bench.data.rafdb import find_missing, read_rafdb
+from bench.data.replicas import write_rafdb_replica
 from bench.errors import FERBenchError
 
 # Every class in both splits, with distinct counts so a wrong map shows up in the counts.

@@ -24,7 +24,7 @@ from datasets.arrow_writer import ArrowWriter
 from PIL import Image
 
 from bench.data.datasets import get_dataset
-from bench.data.records import SampleRecord
+from bench.data.records import ReadReport, SampleRecord
 from bench.errors import FERBenchError
 
 PREPARE_VERSION = 1
@@ -69,21 +69,29 @@ def _features(size: int) -> datasets.Features:
     )
 
 
-def source_fingerprint(records: list[SampleRecord], image_size: int) -> str:
-    h = hashlib.sha256(f"v{PREPARE_VERSION}|size={image_size}".encode())
+def source_fingerprint(records: list[SampleRecord], image_size: int, label_protocol: str = "") -> str:
+    h = hashlib.sha256(f"v{PREPARE_VERSION}|size={image_size}|labels={label_protocol}".encode())
+    stamps: dict[str, str] = {}  # formats with inline pixels list one file many times
     for r in records:
-        try:
-            st = os.stat(r.path)
-            stamp = f"{st.st_size}:{st.st_mtime_ns}"
-        except OSError:
-            stamp = "missing"
+        stamp = stamps.get(r.path)
+        if stamp is None:
+            try:
+                st = os.stat(r.path)
+                stamp = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stamp = "missing"
+            stamps[r.path] = stamp
         h.update(f"{r.id}|{r.label}|{r.native_label}|{r.split}|{r.box}|{r.path}|{stamp}\n".encode())
     return h.hexdigest()
 
 
-def decode_image(path: str, size: int, box: tuple[float, float, float, float] | None) -> np.ndarray:
-    """Decode, crop to the face box if any, resize to size x size RGB uint8 (raises on bad files)."""
-    with Image.open(path) as im:
+def decode_image(path: str, size: int, box: tuple[float, float, float, float] | None,
+                 pixels: np.ndarray | None = None) -> np.ndarray:
+    """Decode (or take the inline `pixels`), crop to the face box if any, resize to size x size RGB uint8.
+
+    Raises OSError/ValueError/SyntaxError on missing or corrupt files, as PIL does.
+    """
+    with (Image.fromarray(pixels) if pixels is not None else Image.open(path)) as im:
         im = im.convert("RGB")
         if box is not None:
             im = im.crop(tuple(int(round(v)) for v in box))
@@ -92,28 +100,36 @@ def decode_image(path: str, size: int, box: tuple[float, float, float, float] | 
         return np.asarray(im, dtype=np.uint8)
 
 
-def _decode_chunk(args: tuple[list[tuple[str, Any]], int]) -> list[np.ndarray | str]:
+DecodeItem = tuple[str, Any, Any]  # (path, box, inline pixels)
+
+
+def _decode_chunk(args: tuple[list[DecodeItem], int]) -> list[np.ndarray | str]:
     items, size = args
     out: list[np.ndarray | str] = []
-    for path, box in items:
+    for path, box, pixels in items:
         try:
-            out.append(decode_image(path, size, box))
+            out.append(decode_image(path, size, box, pixels))
         except (OSError, ValueError, SyntaxError) as e:  # PIL raises these for missing/corrupt files
             out.append(f"{type(e).__name__}: {e}")
     return out
 
 
-def _decoded(records: list[SampleRecord], size: int, workers: int, chunk: int = 256) -> Iterator[np.ndarray | str]:
+def decode_records(records: list[SampleRecord], size: int, workers: int,
+                   chunk: int = 256) -> Iterator[np.ndarray | str]:
+    """Decoded images (or error strings) of `records`, in order, decoded by `workers` processes."""
     chunks = [
-        ([(r.path, r.box) for r in records[i : i + chunk]], size) for i in range(0, len(records), chunk)
+        ([(r.path, r.box, r.pixels) for r in records[i : i + chunk]], size) for i in range(0, len(records), chunk)
     ]
     if workers <= 1:
         for c in chunks:
             yield from _decode_chunk(c)
         return
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    pool = ProcessPoolExecutor(max_workers=workers)
+    try:
         for res in pool.map(_decode_chunk, chunks):
             yield from res
+    finally:  # the consumer may stop early (a bad image under "fail"): drop the queued chunks
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def prepare_dataset(
@@ -125,19 +141,26 @@ def prepare_dataset(
     on_bad_image: str = "fail",
     workers: int | None = None,
     progress: bool = False,
+    label_protocol: str | None = None,
 ) -> Path:
-    """Build (or reuse) the Arrow cache of a dataset and return its folder."""
+    """Build (or reuse) the Arrow cache of a dataset and return its folder.
+
+    The folder is complete or absent: it is written under a temporary name and renamed at the end, so an
+    error (an unreadable image under on_bad_image="fail") leaves nothing behind.
+    """
     if on_bad_image not in ("fail", "skip"):
         raise FERBenchError(f"on_bad_image={on_bad_image!r}: expected 'fail' or 'skip'")
     if image_size < 8 or image_size > 1024:
         raise FERBenchError(f"image_size={image_size}: expected 8..1024 pixels")
     spec = get_dataset(name)
+    protocol = spec.protocol(label_protocol)
     cache = default_cache_dir(cache_dir)
-    records = spec.read(root, dict(options or {}), cache)
+    report = ReadReport()
+    records = spec.read_records(root, protocol, options, cache, report)
     if not records:
         raise FERBenchError(f"dataset {name!r} at {root}: the reader found no images")
-    fp = source_fingerprint(records, image_size)
-    out = cache / "prepared" / f"{name}-{image_size}px-{fp[:16]}"
+    fp = source_fingerprint(records, image_size, protocol)
+    out = cache / "prepared" / f"{spec.key(protocol)}-{image_size}px-{fp[:16]}"
     if (out / "info.json").is_file():
         return out
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
@@ -145,7 +168,8 @@ def prepare_dataset(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     bad: list[dict[str, str]] = []
-    counts: dict[str, dict[str, int]] = {}
+    counts: dict[str, dict[str, Any]] = {}
+    num_classes = spec.num_classes_for(protocol)
     try:
         for split in SPLITS:
             recs = [r for r in records if r.split == split]
@@ -153,7 +177,8 @@ def prepare_dataset(
                 raise FERBenchError(f"dataset {name!r} at {root}: no {split} images found")
             writer = ArrowWriter(features=_features(image_size), path=str(tmp / f"{split}.arrow"))
             batch: dict[str, list] = {"id": [], "image": [], "label": [], "native_label": []}
-            it = _decoded(recs, image_size, workers)
+            per_class = [0] * num_classes
+            it = decode_records(recs, image_size, workers)
             if progress:
                 from tqdm import tqdm
 
@@ -168,21 +193,27 @@ def prepare_dataset(
                     continue
                 for k, v in (("id", r.id), ("image", img), ("label", r.label), ("native_label", r.native_label)):
                     batch[k].append(v)
+                per_class[r.label] += 1
                 if len(batch["id"]) >= 1024:
                     writer.write_batch(batch)
                     batch = {k: [] for k in batch}
             if batch["id"]:
                 writer.write_batch(batch)
             n, _ = writer.finalize()
-            counts[split] = {"images": n}
+            counts[split] = {"images": n, "per_class": per_class}
         info = {
-            "dataset": name,
+            "dataset": spec.key(protocol),
+            "dataset_name": name,
+            "label_protocol": protocol,
             "root": str(root) if root else None,
             "options": options or {},
             "image_size": image_size,
             "fingerprint": fp,
-            "class_names": list(spec.class_names),
+            "class_names": list(spec.class_names_for(protocol)),
+            "native_codes": {str(c): code for c, code in spec.native_codes(protocol).items()},
             "counts": counts,
+            "dropped": {f"{split}: {reason}": n for (split, reason), n in sorted(report.dropped.items())},
+            "reader_notes": report.notes,
             "bad_images": bad,
             "prepare_version": PREPARE_VERSION,
         }

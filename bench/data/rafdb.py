@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from bench.data.labels import RAFDB_NATIVE_NAMES, RAFDB_TO_CANONICAL
-from bench.data.records import SampleRecord
+from bench.data.records import ReadReport, SampleRecord
 from bench.errors import FERBenchError
 
 # Official misspelling first: it is what the real download contains.
@@ -51,38 +51,47 @@ def _split_of(name: str) -> str | None:
     return None
 
 
-def _parse_line(label_file: Path, lineno: int, line: str) -> tuple[str, str, int]:
-    """(name, split, native label) of one non-empty label line, or a FERBenchError naming the line."""
-    where = f"{label_file}:{lineno}"
+class LineError(ValueError):
+    """A bad entry in a label file: `kind` is "malformed" or "mislabelled"."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _parse_line(line: str) -> tuple[str, str, int]:
+    """(name, split, native label) of one non-empty label line, or a LineError saying what is wrong."""
     fields = line.split()
     if len(fields) not in (2, 3):
-        raise FERBenchError(f"{where}: expected '<name>.jpg <label>' or '<name>.jpg <train|test> <label>' "
-                            f"(2 or 3 fields), got {len(fields)} fields: {line.strip()!r}")
+        raise LineError("malformed", "expected '<name>.jpg <label>' or '<name>.jpg <train|test> <label>' "
+                        f"(2 or 3 fields), got {len(fields)} fields: {line.strip()!r}")
     name, raw_label = fields[0], fields[-1]
     split = _split_of(name)
     if split is None:
-        raise FERBenchError(f"{where}: expected an image name starting with 'train' or 'test', got {name!r}")
+        raise LineError("malformed", f"expected an image name starting with 'train' or 'test', got {name!r}")
     if "." not in name:
-        raise FERBenchError(f"{where}: expected an image file name like 'train_00001.jpg', got {name!r}")
+        raise LineError("malformed", f"expected an image file name like 'train_00001.jpg', got {name!r}")
     if len(fields) == 3 and fields[1] != split:
-        raise FERBenchError(f"{where}: split field {fields[1]!r} disagrees with the name prefix of {name!r}; "
-                            f"expected {split!r}")
+        raise LineError("malformed", f"split field {fields[1]!r} disagrees with the name prefix of {name!r}; "
+                        f"expected {split!r}")
     try:
         label = int(raw_label)
     except ValueError:
         label = None
     if label not in RAFDB_NATIVE_NAMES:
-        raise FERBenchError(f"{where}: expected a label that is an integer in 1..7, got {raw_label!r}")
+        raise LineError("mislabelled", f"expected a label that is an integer in 1..7, got {raw_label!r}")
     return name, split, label
 
 
-def read_rafdb(root: str | Path, images: str = "aligned") -> list[SampleRecord]:
+def read_rafdb(root: str | Path, images: str = "aligned", report: ReadReport | None = None) -> list[SampleRecord]:
     """All records of a RAF-DB basic folder, in label-file order.
 
     `root` is the `basic/` folder or its parent. `images` picks `Image/aligned/<stem>_aligned.jpg`
     (100x100 crops) or `Image/original/<name>`. Individual missing images are returned anyway
-    (see `find_missing`): the prepare stage counts unreadable images under its own policy.
+    (see `find_missing`): the prepare stage counts unreadable images under its own policy. A bad
+    label line raises, or is recorded in `report` and skipped when the report is not strict.
     """
+    report = report if report is not None else ReadReport()
     if images not in IMAGE_KINDS:
         raise FERBenchError(f"RAF-DB images={images!r}: expected one of {', '.join(IMAGE_KINDS)}")
     basic = find_basic_dir(root)
@@ -101,10 +110,15 @@ def read_rafdb(root: str | Path, images: str = "aligned") -> list[SampleRecord]:
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        name, split, native = _parse_line(label_file, lineno, line)
+        try:
+            name, split, native = _parse_line(line)
+        except LineError as e:
+            report.problem(e.kind, f"{label_file}:{lineno}", str(e))
+            continue
         if name in first_line:
-            raise FERBenchError(f"{label_file}:{lineno}: duplicate image name {name!r} (first on line "
-                                f"{first_line[name]}); expected each image once")
+            report.problem("malformed", f"{label_file}:{lineno}", f"duplicate image name {name!r} (first on "
+                           f"line {first_line[name]}); expected each image once")
+            continue
         first_line[name] = lineno
         stem = name.rsplit(".", 1)[0]
         file_name = f"{stem}_aligned.jpg" if images == "aligned" else name

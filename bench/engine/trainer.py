@@ -27,7 +27,7 @@ from timm.utils import ModelEmaV3
 from bench.config import RunConfig, run_id
 from bench.data.cache import default_cache_dir, load_prepared, prepare_dataset
 from bench.data.datasets import get_dataset
-from bench.data.splits import labeled_counts, make_split, save_manifest
+from bench.data.splits import check_budget, make_split, save_manifest
 from bench.data.views import ViewMaker
 from bench.engine.evaluation import evaluate_model
 from bench.engine.model import build_model
@@ -115,7 +115,12 @@ def lr_factor(cfg: RunConfig, step: int) -> float:
 def validate(cfg: RunConfig) -> type[Method]:
     """Cheap checks before anything is written or computed."""
     cls = get_method_class(cfg.method)
-    cls(num_classes=get_dataset(cfg.data.name).num_classes, **cfg.method_args)  # unknown method arguments
+    spec = get_dataset(cfg.data.name)
+    num_classes = spec.num_classes_for(cfg.data.label_protocol)  # unknown label protocol
+    if cfg.data.name == "synthfer" and cfg.data.options:
+        raise FERBenchError("data.options: synthfer takes its generator parameters in data.synthfer")
+    spec.resolve_options(cfg.data.options)  # unknown reader options
+    cls(num_classes=num_classes, **cfg.method_args)  # unknown method arguments
     t = cfg.train
     if t.iterations < 1:
         raise FERBenchError(f"train.iterations={t.iterations}: expected a positive number of iterations")
@@ -125,7 +130,7 @@ def validate(cfg: RunConfig) -> type[Method]:
         raise FERBenchError(f"method {cfg.method!r} trains against an EMA teacher: train.ema_decay must be > 0")
     if cls.views and t.mu < 1:
         raise FERBenchError(f"method {cfg.method!r} needs unlabeled data: train.mu must be >= 1")
-    labeled_counts([1], cfg.data.protocol, cfg.data.budget)  # unknown protocol / budget out of range
+    check_budget(cfg.data.protocol, cfg.data.budget)  # unknown protocol / budget out of range
     if cfg.data.unlabeled not in ("all", "rest"):
         raise FERBenchError(f"data.unlabeled={cfg.data.unlabeled!r}: expected 'all' or 'rest'")
     return cls
@@ -174,16 +179,16 @@ def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
 
     # --- data: prepared cache, split manifest, index streams -------------------------------------
     cache_dir = default_cache_dir(cfg.data.cache_dir)
-    options = dict(cfg.data.synthfer) if cfg.data.name == "synthfer" else {}
+    options = dict(cfg.data.synthfer) if cfg.data.name == "synthfer" else dict(cfg.data.options)
     with accelerator.main_process_first():  # the main process builds the cache; the others then find it
         prep_path = prepare_dataset(cfg.data.name, cfg.data.root, cfg.data.image_size, str(cache_dir), options,
-                                    cfg.data.on_bad_image)
+                                    cfg.data.on_bad_image, label_protocol=cfg.data.label_protocol)
     data = load_prepared(prep_path)
     budget = 1.0 if method_cls.labeled_source == "all" else cfg.data.budget
     protocol = "fraction" if method_cls.labeled_source == "all" else cfg.data.protocol
     manifest = make_split(
         data.name, data.fingerprint, data.train.ids, data.train.labels, data.num_classes,
-        protocol, budget, cfg.effective_split_seed,
+        protocol, budget, cfg.effective_split_seed, data.class_names,
     )
     manifest_path = save_manifest(manifest, cache_dir / "splits") if accelerator.is_main_process else None
     labeled_pool = np.asarray(manifest["labeled_index"], dtype=np.int64)
@@ -373,12 +378,14 @@ def build_record(
         "schema": SCHEMA,
         "run_id": rid,
         "method": cfg.method,
-        "dataset": cfg.data.name,
+        "dataset": data.name,  # the dataset with a non-default label protocol in its name (ferplus-argmax7)
+        "label_protocol": data.info.get("label_protocol"),
         "protocol": manifest["protocol"],
         "budget": manifest["budget"],
         "seed": cfg.seed,
         "split_seed": cfg.effective_split_seed,
         "class_names": list(data.class_names),
+        "native_codes": data.info.get("native_codes"),  # canonical class -> the dataset's own label code
         "split": {
             "manifest_sha256": manifest["sha256"],
             "manifest_file": str(manifest_path) if manifest_path else None,

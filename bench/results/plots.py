@@ -214,3 +214,23 @@ def plot_run_curves(record: dict, path: Path) -> Path:
         fig.tight_layout()
         return _save(fig, path)
 
+
+
+def plot_class_counts(title: str, class_names: Sequence[str], counts: Mapping[str, Sequence[int]],
+                      path: Path) -> Path:
+    """Grouped bars: images per class for each split (e.g. train / test / labeled), counts on top."""
+    fig = Figure(figsize=(max(6.0, 1.1 * len(class_names) + 1.5), 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    n = max(1, len(counts))
+    width = 0.8 / n
+    for i, (split, values) in enumerate(counts.items()):
+        xs = [c + (i - (n - 1) / 2) * width for c in range(len(class_names))]
+        bars = ax.bar(xs, values, width=width, label=f"{split} ({sum(values):,})")
+        ax.bar_label(bars, labels=[f"{v:,}" for v in values], fontsize=7, padding=1)
+    ax.set_xticks(range(len(class_names)), list(class_names))
+    ax.set_ylabel("images")
+    ax.set_title(title)
+    ax.legend(frameon=False)
+    ax.margins(y=0.12)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,1 @@
+"""Speed benchmarks (`ferbench bench ...`): each prints ratios measured within one run."""
