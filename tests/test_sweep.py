@@ -64,3 +64,15 @@ def test_extends_inherits_and_overrides(tmp_path: Path) -> None:
     assert spec.name == "child" and spec.seeds == [0, 1] and spec.budgets == [0.5]
     assert [m["name"] for m in spec.methods] == ["supervised"]
     assert spec.base["train"]["iterations"] == 4
+
+
+def test_references_use_every_label_whatever_the_budget_protocol(tmp_path: Path, capsys) -> None:
+    spec = _spec(tmp_path, tmp_path / "c")
+    runs = expand(load_sweep(spec), ["data.protocol=per_class"])
+    assert [(r.method, r.data.protocol, r.data.budget) for r in runs[:2]] == [("fullysupervised", "fraction", 1.0)] * 2
+    assert {r.data.protocol for r in runs[2:]} == {"per_class"}
+    # dotted overrides may come after the flags
+    assert main(["sweep", str(spec), "--dry-run", "data.protocol=total", "seeds_unused=1"]) == 2
+    assert "unknown config key 'seeds_unused'" in capsys.readouterr().err
+    assert main(["sweep", str(spec), "--dry-run", "data.protocol=total", "data.budget=20"]) == 0
+    assert "supervised total=20 seed=1" in capsys.readouterr().out

@@ -91,16 +91,20 @@ class DatasetSpec:
                 raise FERBenchError(f"dataset {self.name!r}: option {k}={v!r} should be a {type(default).__name__}")
         return {**self.options, **options}
 
-    def read_records(self, root: str | None, label_protocol: str | None = None, options: dict[str, Any] | None = None,
-                     cache_dir: Path | None = None, report: ReadReport | None = None) -> list[SampleRecord]:
-        """Records (canonical labels) of the dataset under a label protocol; problems go to `report`."""
-        report = report if report is not None else ReadReport()
+    def check_root(self, root: str | None) -> None:
+        """A FERBenchError unless `root` is an existing folder (for datasets read from disk)."""
         if self.needs_root:
             if root is None:
                 raise FERBenchError(f"dataset {self.name!r} needs its folder: pass --root PATH (or data.root=PATH); "
                                     f"expected {self.layout}")
             if not Path(root).is_dir():
                 raise FERBenchError(f"dataset root {root}: folder not found (expected {self.layout})")
+
+    def read_records(self, root: str | None, label_protocol: str | None = None, options: dict[str, Any] | None = None,
+                     cache_dir: Path | None = None, report: ReadReport | None = None) -> list[SampleRecord]:
+        """Records (canonical labels) of the dataset under a label protocol; problems go to `report`."""
+        report = report if report is not None else ReadReport()
+        self.check_root(root)
         return self.read(root, self.protocol(label_protocol), self.resolve_options(options),
                          Path(cache_dir or "."), report)
 

@@ -120,6 +120,7 @@ def validate(cfg: RunConfig) -> type[Method]:
     if cfg.data.name == "synthfer" and cfg.data.options:
         raise FERBenchError("data.options: synthfer takes its generator parameters in data.synthfer")
     spec.resolve_options(cfg.data.options)  # unknown reader options
+    spec.check_root(cfg.data.root)  # a sweep fails here, once, not in every run
     cls(num_classes=num_classes, **cfg.method_args)  # unknown method arguments
     t = cfg.train
     if t.iterations < 1:

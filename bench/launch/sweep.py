@@ -90,9 +90,10 @@ def expand(spec: SweepSpec, overrides: list[str] | None = None) -> list[RunConfi
         cfg.output_dir = spec.output_dir
         if budget is not None:
             cfg.data.budget = budget
-        else:  # trained on every label; the budget field is fixed so the run id does not vary
-            cfg.data.budget = 1.0
-        return apply_overrides(cfg, list(overrides or []))
+        cfg = apply_overrides(cfg, list(overrides or []))
+        if budget is None:  # trained on every label: one run id whatever the sweep's budget protocol
+            cfg.data.protocol, cfg.data.budget = "fraction", 1.0
+        return cfg
 
     runs = [one(r, None, s) for r in spec.references for s in spec.seeds]
     runs += [one(m, b, s) for b in spec.budgets for m in spec.methods for s in spec.seeds]
