@@ -178,15 +178,20 @@ def _progress():  # a live progress display for single runs
     return _Live(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
-def _run_sweep(spec_path: Path, overrides: list[str], dry_run: bool, leaderboard_dir: str | None) -> int:
+def _run_sweep(spec_path: Path, overrides: list[str], dry_run: bool, leaderboard_dir: str | None,
+               executor: str = "inline", cluster: dict | None = None, wait: bool = False) -> int:
+    from bench.engine.trainer import validate
     from bench.launch.sweep import expand, load_sweep, run_local
 
     spec = load_sweep(spec_path)
     runs = expand(spec, overrides)
-    from bench.engine.trainer import run_paths, validate
-
     for cfg in runs:  # fail on bad names or values before any run starts
         validate(cfg)
+    out = leaderboard_dir or spec.leaderboard_dir
+    if executor != "inline":
+        return _submit_sweep(spec, runs, executor, cluster or {}, dry_run, wait, out)
+    from bench.engine.trainer import run_paths
+
     todo = [c for c in runs if not run_paths(c).record.exists()]
     print(f"sweep {spec.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run")
     if dry_run:
@@ -196,12 +201,78 @@ def _run_sweep(spec_path: Path, overrides: list[str], dry_run: bool, leaderboard
     t0 = time.perf_counter()
     records, failures = run_local(runs)
     print(f"sweep {spec.name}: {len(records)} records, {len(failures)} failed, {time.perf_counter() - t0:.0f} s")
-    out = leaderboard_dir or spec.leaderboard_dir
     if out and records:
         _render(Path(spec.output_dir) / "records", Path(out), "supervised")
     for cfg, err in failures:
         print(f"ferbench: run failed: {cfg.method} budget={cfg.data.budget:g} seed={cfg.seed}: {err}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _submit_sweep(spec, runs, executor: str, cluster: dict, dry_run: bool, wait: bool, out: str | None) -> int:
+    from bench.launch.executor import ClusterParams, pending_runs, submit_runs, wait_for
+
+    params = ClusterParams.from_mapping({**spec.cluster, **{k: v for k, v in cluster.items() if v is not None}},
+                                        f"sweep {spec.name}")
+    todo, done, live = pending_runs(runs, spec.output_dir)
+    print(f"sweep {spec.name}: {len(runs)} runs, {done} already done, {live} already submitted and not over, "
+          f"{len(todo)} to submit ({executor})")
+    if dry_run or not todo:
+        for c in todo:
+            print(f"  {c.method} {c.data.protocol}={c.data.budget:g} seed={c.seed}")
+        return 0
+    _prepare_data(todo)
+    jobs = submit_runs(todo, executor, spec.output_dir, spec.name, params)
+    ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
+    print(f"submitted {len(jobs)} runs as job(s) {', '.join(ids)}; follow with: ferbench status {spec.output_dir}")
+    if not wait:
+        return 0
+    failed = [(j, e) for j, e in wait_for(jobs) if e is not None]
+    for job, err in failed:
+        print(f"ferbench: job {job.job_id} failed: {err} (log {job.paths.stderr})", file=sys.stderr)
+    records_dir = Path(spec.output_dir) / "records"
+    if out and records_dir.is_dir() and any(records_dir.glob("*.json")):
+        _render(records_dir, Path(out), "supervised")
+    return 1 if failed else 0
+
+
+def _prepare_data(runs) -> None:
+    """Build each distinct dataset cache here, once, before the jobs start: they then only read it, and a
+    bad dataset fails now rather than in every job."""
+    from bench.data.cache import default_cache_dir, prepare_dataset
+
+    seen = set()
+    for cfg in runs:
+        d = cfg.data
+        options = dict(d.synthfer) if d.name == "synthfer" else dict(d.options)
+        key = (d.name, d.root, d.image_size, str(default_cache_dir(d.cache_dir)), repr(sorted(options.items())),
+               d.label_protocol, d.on_bad_image)
+        if key not in seen:
+            seen.add(key)
+            prepare_dataset(d.name, d.root, d.image_size, str(default_cache_dir(d.cache_dir)), options,
+                            d.on_bad_image, progress=True, label_protocol=d.label_protocol)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from bench.launch.status import STATES, sweep_status
+
+    if not Path(args.output_dir).is_dir():
+        raise FERBenchError(f"{args.output_dir}: sweep output folder not found")
+    rows = sweep_status(args.output_dir)
+    if not rows:
+        raise FERBenchError(f"{args.output_dir}: no runs found (no records, status files or submissions)")
+    table = Table(title=f"sweep {args.output_dir}")
+    for col in ("run", "state", "job", "error / log"):
+        table.add_column(col, overflow="fold")
+    colour = {"done": "green", "failed": "red", "running": "cyan", "requeued": "yellow", "pending": "white"}
+    for r in rows:
+        detail = f"{r.error} ({r.log})" if r.error else (r.log or "") if r.state != "done" else ""
+        table.add_row(r.run_id, f"[{colour[r.state]}]{r.state}[/]", r.job_id or "", detail)
+    _console().print(table)
+    counts = {s: sum(r.state == s for r in rows) for s in STATES}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return 0
 
 
 def _render(records_dir: Path, out: Path, baseline: str) -> list[Path]:
@@ -220,7 +291,11 @@ def _render(records_dir: Path, out: Path, baseline: str) -> list[Path]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    return _run_sweep(Path(args.spec), args.overrides, args.dry_run, args.leaderboard_dir)
+    cluster = {"partition": args.partition, "time_min": args.time_min, "cpus_per_task": args.cpus_per_task,
+               "gpus_per_node": args.gpus_per_node, "mem_gb": args.mem_gb,
+               "array_parallelism": args.array_parallelism}
+    return _run_sweep(Path(args.spec), args.overrides, args.dry_run, args.leaderboard_dir, args.executor, cluster,
+                      args.wait)
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -306,8 +381,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("spec")
     s.add_argument("--dry-run", action="store_true")
     s.add_argument("--leaderboard-dir", default=None)
+    s.add_argument("--executor", choices=("inline", "slurm", "local", "debug"), default="inline",
+                   help="inline: one run after another in this process (default); slurm: a submitit job array; "
+                        "local: submitit subprocesses; debug: submitit in this process")
+    s.add_argument("--wait", action="store_true", help="slurm/local: wait for the jobs, then render the leaderboard")
+    s.add_argument("--partition", default=None)
+    s.add_argument("--time-min", type=int, default=None, help="time limit per run, minutes")
+    s.add_argument("--cpus-per-task", type=int, default=None)
+    s.add_argument("--gpus-per-node", type=int, default=None, help="one task (process) per GPU")
+    s.add_argument("--mem-gb", type=float, default=None)
+    s.add_argument("--array-parallelism", type=int, default=None, help="most runs at a time")
     s.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     s.set_defaults(fn=_cmd_sweep)
+
+    st_ = sub.add_parser("status", help="done / running / pending / failed per run of a sweep's output folder")
+    st_.add_argument("output_dir")
+    st_.set_defaults(fn=_cmd_status)
 
     lb = sub.add_parser("leaderboard", help="render markdown + PNG leaderboards from run records")
     lb.add_argument("records_dir")

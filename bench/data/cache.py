@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 from collections.abc import Iterator
@@ -124,7 +125,8 @@ def decode_records(records: list[SampleRecord], size: int, workers: int,
         for c in chunks:
             yield from _decode_chunk(c)
         return
-    pool = ProcessPoolExecutor(max_workers=workers)
+    # forkserver: safe from a parent that already runs threads (see synthfer's pool)
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
     try:
         for res in pool.map(_decode_chunk, chunks):
             yield from res

@@ -600,8 +600,9 @@ def _run_tasks(tasks: list[tuple], workers: int, progress: bool, total: int) -> 
                 if bar is not None:
                     bar.update(k)
         else:
-            # fork: workers only draw with numpy/PIL (no torch), and spawn would re-import the caller's script.
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
+            # forkserver, not fork: a caller that already runs threads (torch, a submitit job) can leave a
+            # forked pool deadlocked on a lock copied mid-use; seen under SLURM.
+            with multiprocessing.get_context("forkserver").Pool(workers) as pool:
                 for k in pool.imap_unordered(_render_chunk, tasks):
                     if bar is not None:
                         bar.update(k)

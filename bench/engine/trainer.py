@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,8 +157,11 @@ def _tracker() -> str | None:
     return "tensorboard"
 
 
-def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
-    """Run (or resume) one run. Returns its record, or None when stopped early by `train.stop_after`.
+def train(cfg: RunConfig, progress: Any = None,
+          should_stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+    """Run (or resume) one run. Returns its record, or None when stopped early: at `train.stop_after`,
+    or when `should_stop()` turns true (a pre-emption signal); either way with a checkpoint saved at an
+    iteration boundary, so a later call resumes exactly there.
 
     If the run's record already exists it is returned as is: a finished run is never redone or
     overwritten.
@@ -309,15 +313,18 @@ def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
         if progress is not None:
             last = state.history[-1]["accuracy"] if state.history else float("nan")
             progress.update(task, completed=state.step, description=f"{rid} acc={last:.3f}")
-        if state.step < total and (state.step % cfg.train.checkpoint_every == 0 or state.step == stop_at):
+        stop_now = should_stop is not None and should_stop()
+        if state.step < total and (state.step % cfg.train.checkpoint_every == 0 or state.step == stop_at or stop_now):
             state.wall_time_s += time.perf_counter() - session_start
             session_start = time.perf_counter()
             save_checkpoint(accelerator, paths.checkpoint)
+        if stop_now:
+            break
 
     state.wall_time_s += time.perf_counter() - session_start
     if progress is not None:
         progress.remove_task(task)
-    if state.step < total:  # stopped on purpose (train.stop_after): the checkpoint holds the state
+    if state.step < total:  # stopped on purpose (stop_after, should_stop): the checkpoint holds the state
         accelerator.end_training()
         return None
 
@@ -326,7 +333,8 @@ def train(cfg: RunConfig, progress: Any = None) -> dict[str, Any] | None:
     record = build_record(cfg, rid, data, manifest, manifest_path, len(unlabeled_pool), final_metrics, state, world,
                           method)
     if accelerator.is_main_process:
-        write_json_atomic(paths.record, record)
+        # a record is never overwritten: if a duplicate job of this run finished first, its record stays
+        write_json_atomic(paths.record, record, overwrite=False)
         _write_run_artifacts(record, paths, ema.module if ema is not None else accelerator.unwrap_model(model))
     accelerator.wait_for_everyone()
     accelerator.end_training()

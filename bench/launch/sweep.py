@@ -10,6 +10,8 @@ Spec:
     seeds: [0, 1, 2]
     references: [fullysupervised]    # methods trained on all labels: one run per seed, not per budget
     extends: demo.yaml               # optional: start from another spec's keys (relative path)
+    cluster: {partition: gpu, time_min: 240, cpus_per_task: 8, gpus_per_node: 1, mem_gb: 32,
+              array_parallelism: 16}   # optional: resources per run for `--executor slurm|local`
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class SweepSpec:
     seeds: list[int]
     references: list[dict[str, Any]] = field(default_factory=list)
     leaderboard_dir: str | None = None
+    cluster: dict[str, Any] = field(default_factory=dict)
 
 
 def _method_entries(items: Any, where: str) -> list[dict[str, Any]]:
@@ -62,7 +65,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     missing = [k for k in ("methods", "seeds") if k not in d]
     if missing:
         raise FERBenchError(f"{path}: sweep spec is missing {', '.join(missing)}")
-    known = {"name", "output_dir", "base", "methods", "budgets", "seeds", "references", "leaderboard_dir"}
+    known = {"name", "output_dir", "base", "methods", "budgets", "seeds", "references", "leaderboard_dir", "cluster"}
     unknown = sorted(set(d) - known)
     if unknown:
         raise FERBenchError(f"{path}: unknown sweep key(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
@@ -75,6 +78,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         seeds=[int(s) for s in d["seeds"]],
         references=_method_entries(d.get("references", []), f"{path}: references"),
         leaderboard_dir=d.get("leaderboard_dir"),
+        cluster=dict(d.get("cluster") or {}),
     )
 
 

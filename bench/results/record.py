@@ -46,10 +46,12 @@ from bench.errors import FERBenchError
 SCHEMA = "ferbench.record/1"
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> None:
-    """Write JSON to `path` via a temp file in the same folder and an atomic rename.
+def write_json_atomic(path: str | Path, payload: Any, overwrite: bool = True) -> bool:
+    """Write JSON to `path` via a temp file in the same folder and an atomic rename (or link).
 
     A reader never sees a half-written file, and two writers of the same path leave one whole file.
+    With overwrite=False an existing file is kept (the first writer wins, whatever the timing: the
+    file appears through a hard link, which fails if the name exists); returns whether this call wrote.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,7 +62,16 @@ def write_json_atomic(path: str | Path, payload: Any) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+            return True
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -1,0 +1,104 @@
+"""One sweep run as a submitit job, and the status file it keeps.
+
+`RunJob` is `Checkpointable`: when SLURM signals a pre-emption or the time limit (SIGUSR2, sent
+`signal_delay_s` before the end), training stops at the next iteration boundary, saves a checkpoint,
+and submitit requeues the job, which resumes there. A job killed outright (`scontrol requeue`,
+a node failure) restarts from the run's last periodic checkpoint; resume is exact either way.
+
+Every job writes `<output_dir>/status/<run_id>.json` (running / requeued / done / failed, with the
+error line and log paths) so `ferbench status` works the same for every executor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import submitit
+
+from bench.results.record import write_json_atomic
+
+
+def status_path(output_dir: str | Path, run_id: str) -> Path:
+    return Path(output_dir) / "status" / f"{run_id}.json"
+
+
+def _log_paths() -> dict[str, str]:
+    try:
+        paths = submitit.JobEnvironment().paths
+    except RuntimeError:  # not inside a submitit job (tests calling the job directly)
+        return {}
+    env = submitit.JobEnvironment()
+    return {"stdout": str(paths.stdout).replace("%t", str(env.global_rank)),
+            "stderr": str(paths.stderr).replace("%t", str(env.global_rank))}
+
+
+def _job_id() -> str | None:
+    try:
+        return submitit.JobEnvironment().job_id
+    except RuntimeError:
+        return None
+
+
+def error_line(exc: BaseException) -> str:
+    """The one line a user needs: the FERBench error message, or the exception's type and message."""
+    from bench.errors import FERBenchError
+
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return text if isinstance(exc, FERBenchError) else f"{type(exc).__name__}: {text}"
+
+
+class RunJob(submitit.helpers.Checkpointable):
+    """Train one run (resuming from its checkpoint), given its resolved config as a dict."""
+
+    def __init__(self, config: dict[str, Any], threads: int | None = None) -> None:
+        self.config = config
+        self.threads = threads  # torch threads; SLURM_CPUS_PER_TASK when set
+
+    def _status(self, run_id: str, state: str, **extra: Any) -> None:
+        write_json_atomic(status_path(self.config["output_dir"], run_id), {
+            "run_id": run_id, "state": state, "job_id": _job_id(), "host": socket.gethostname(),
+            "logs": _log_paths(), "updated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra})
+
+    def __call__(self) -> dict[str, Any]:
+        from bench.config import config_from_dict, run_id
+        from bench.engine.trainer import train
+
+        try:  # ranks, world size and master address of a multi-task job, for the Accelerator
+            submitit.helpers.TorchDistributedEnvironment().export()
+        except RuntimeError:  # not inside a submitit job
+            pass
+        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or self.threads
+        if cpus:
+            import torch
+
+            torch.set_num_threads(cpus)
+        cfg = config_from_dict(self.config)
+        rid = run_id(cfg)
+        rank = int(os.environ.get("RANK", "0"))
+        if rank == 0:
+            self._status(rid, "running")
+        preempted: list[tuple[int, Any]] = []
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        if callable(submitit_handler):  # defer submitit's requeue until a checkpoint is saved
+            signal.signal(signal.SIGUSR2, lambda signum, frame: preempted.append((signum, frame)))
+        try:
+            record = train(cfg, should_stop=lambda: bool(preempted))
+        except BaseException as exc:
+            if rank == 0:
+                self._status(rid, "failed", error=error_line(exc), traceback=traceback.format_exc(limit=8))
+            raise
+        if record is None and preempted and callable(submitit_handler):
+            if rank == 0:
+                self._status(rid, "requeued")
+            submitit_handler(*preempted[0])  # submitit pickles this job, requeues it and exits
+        if record is None:
+            raise RuntimeError(f"run {rid} stopped before its last iteration (train.stop_after?)")
+        if rank == 0:
+            self._status(rid, "done", accuracy=record["metrics"]["final"]["accuracy"])
+        return {"run_id": rid, "accuracy": record["metrics"]["final"]["accuracy"]}

@@ -1,0 +1,160 @@
+"""Sweeps on a real SLURM cluster (slurm/cluster.sh: slurmctld, slurmd, munge, slurmdbd on this machine).
+
+The cluster is started here when it is not running (CI starts it in .ci/run); these tests are skipped,
+with the reason, only where it cannot be installed or started (not root, no apt, no Debian packages).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_DATA = {"image_size": 32, "synthfer": {"n_train": 280, "n_test": 140, "seed": 0, "size": 32}}
+
+
+def _cluster_answers() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    res = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=30)
+    return res.returncode == 0 and any(s in res.stdout for s in ("idle", "mixed", "allocated"))
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    if _cluster_answers():
+        yield
+        return
+    if os.geteuid() != 0:
+        pytest.skip("no SLURM cluster running, and starting the local one (slurm/cluster.sh) needs root")
+    res = subprocess.run(["bash", str(REPO / "slurm" / "cluster.sh"), "up"], capture_output=True, text=True,
+                         timeout=600)
+    if res.returncode != 0 or not _cluster_answers():
+        tail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-3:])
+        pytest.skip(f"the local SLURM cluster could not be started: {tail}")
+    yield
+    subprocess.run(["bash", str(REPO / "slurm" / "cluster.sh"), "down"], capture_output=True, timeout=120)
+
+
+def _spec(path: Path, out: Path, cache: Path, methods: list, seeds: list[int], train: dict) -> Path:
+    spec = {"name": path.stem, "output_dir": str(out),
+            "base": {"data": {**TINY_DATA, "cache_dir": str(cache)}, "model": {"backbone": "ferbench_cnn_tiny"},
+                     "train": {"batch_size": 8, "mu": 1, **train}},
+            "methods": methods, "budgets": [0.1], "seeds": seeds,
+            "cluster": {"cpus_per_task": 1, "mem_gb": 2, "time_min": 15, "array_parallelism": 2}}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _wait(predicate, timeout: float, what: str, poll: float = 1.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _job_ids(out: Path) -> dict[str, str]:
+    return {json.loads(ln)["run_id"]: json.loads(ln)["job_id"] for ln in (out / "jobs.jsonl").read_text().splitlines()}
+
+
+def test_array_sweep_status_failure_and_resubmission(slurm_cluster, shared_cache: Path, tmp_path: Path,
+                                                     capsys) -> None:
+    out = tmp_path / "out"
+    methods = ["supervised", {"name": "fixmatch", "args": {"threshold": 0.5}}]
+    spec = _spec(tmp_path / "six.yaml", out, shared_cache, methods, [0, 1, 2], {"iterations": 4, "eval_every": 2})
+    assert main(["sweep", str(spec), "--executor", "slurm", "--wait"]) == 0
+    assert "submitted 6 runs as job(s)" in capsys.readouterr().out
+    assert len(list((out / "records").glob("*.json"))) == 6
+    ids = set(_job_ids(out).values())
+    assert len({i.split("_")[0] for i in ids}) == 1 and len(ids) == 6  # one array of 6 tasks
+    # a run that fails at run time (the loss diverges), in the same folder
+    bad = _spec(tmp_path / "bad.yaml", out, shared_cache, [{"name": "supervised", "config": {"optim": {"lr": 1e30}}}],
+                [7], {"iterations": 4, "eval_every": 2})
+    assert main(["sweep", str(bad), "--executor", "slurm", "--wait"]) == 1
+    assert "loss became" in capsys.readouterr().err
+    assert main(["status", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert text.strip().splitlines()[-1] == "6 done, 0 running, 0 requeued, 0 pending, 1 failed"
+    assert "loss became" in text and "supervised_synthfer_fraction0.1_s7_" in text
+    # resubmitting the first sweep finds every record: nothing is submitted
+    assert main(["sweep", str(spec), "--executor", "slurm"]) == 0
+    assert "6 already done, 0 already submitted and not over, 0 to submit" in capsys.readouterr().out
+    assert len((out / "jobs.jsonl").read_text().splitlines()) == 7
+
+
+def _interrupted_equals_uninterrupted(tmp_path: Path, cache: Path, interrupt) -> dict:
+    """Submit one run twice (two output folders, same run id): interrupt one with `interrupt(job_id)` once
+    it has a checkpoint; both must end with one record each and equal metrics."""
+    train = {"iterations": 40, "eval_every": 5, "checkpoint_every": 5}
+    outs = {k: tmp_path / k for k in ("plain", "interrupted")}
+    for k, out in outs.items():
+        spec = _spec(tmp_path / f"{k}.yaml", out, cache, ["fixmatch"], [0], train)
+        assert main(["sweep", str(spec), "--executor", "slurm"]) == 0
+    rid, job_id = next(iter(_job_ids(outs["interrupted"]).items()))
+    checkpoint = outs["interrupted"] / "runs" / rid / "checkpoint"
+    _wait(checkpoint.is_dir, 240, "the first checkpoint", poll=0.2)
+    interrupt(job_id)
+
+    def restarted() -> bool:  # SLURM holds a requeued job back ~2 minutes (BeginTime): release it now
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
+        if "PENDING" in state:
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+        return "RUNNING" in state and checkpoint.is_dir() or (outs["interrupted"] / "records").is_dir()
+
+    time.sleep(2)
+    _wait(restarted, 120, "the requeued job to run again")
+    records = {k: _wait(lambda o=o: list((o / "records").glob("*.json")), 300, f"the {k} record")
+               for k, o in outs.items()}
+    assert all(len(r) == 1 for r in records.values())
+    a, b = (json.loads(records[k][0].read_text()) for k in ("plain", "interrupted"))
+    assert a["run_id"] == b["run_id"] == rid
+    assert b["metrics"] == a["metrics"] and b["history"] == a["history"]
+    def attempts() -> list[str] | None:  # every start of the job, once the last one has ended
+        lines = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,State", "-j", job_id],
+                               capture_output=True, text=True).stdout.strip().splitlines()
+        return lines if lines and lines[-1].endswith(("|COMPLETED", "|FAILED", "|CANCELLED")) else None
+
+    starts = _wait(attempts, 120, "the job to end")
+    return {"sacct": starts, "record": b, "out": outs["interrupted"]}
+
+
+def test_scontrol_requeue_resumes_from_the_checkpoint(slurm_cluster, shared_cache: Path, tmp_path: Path) -> None:
+    res = _interrupted_equals_uninterrupted(
+        tmp_path, shared_cache, lambda job: subprocess.run(["scontrol", "requeue", job], check=True))
+    assert [ln.split("|")[1] for ln in res["sacct"]] == ["REQUEUED", "COMPLETED"]
+
+
+def test_preemption_signal_saves_and_requeues(slurm_cluster, shared_cache: Path, tmp_path: Path) -> None:
+    res = _interrupted_equals_uninterrupted(
+        tmp_path, shared_cache, lambda job: subprocess.run(["scancel", "--signal=USR2", job], check=True))
+    logs = "".join(p.read_text() for p in (res["out"] / "logs").rglob("*.err"))
+    assert "Caught signal SIGUSR2" in logs and "this job is preempted" in logs
+    assert [ln.split("|")[1] for ln in res["sacct"]] == ["REQUEUED", "COMPLETED"]
+
+
+def test_status_needs_a_sweep_folder(tmp_path: Path, capsys) -> None:
+    assert main(["status", str(tmp_path / "nowhere")]) == 2
+    assert f"{tmp_path / 'nowhere'}: sweep output folder not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["status", str(tmp_path / "empty")]) == 2
+
+
+def test_cluster_flags_are_checked_before_submitting(tmp_path: Path, shared_cache: Path, capsys) -> None:
+    spec = _spec(tmp_path / "s.yaml", tmp_path / "out", shared_cache, ["supervised"], [0], {"iterations": 2})
+    assert main(["sweep", str(spec), "--executor", "slurm", "--cpus-per-task", "0"]) == 2
+    assert "cluster cpus_per_task=0 must be at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert main(["sweep", str(spec), "--executor", "slurm", "--dry-run", "--partition", "gpu"]) == 0
+    assert "1 to submit (slurm)" in capsys.readouterr().out
