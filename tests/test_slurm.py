@@ -158,3 +158,16 @@ def test_cluster_flags_are_checked_before_submitting(tmp_path: Path, shared_cach
     assert not (tmp_path / "out").exists()
     assert main(["sweep", str(spec), "--executor", "slurm", "--dry-run", "--partition", "gpu"]) == 0
     assert "1 to submit (slurm)" in capsys.readouterr().out
+
+
+def test_local_executor_runs_subprocesses_with_the_same_status_files(shared_cache: Path, tmp_path: Path,
+                                                                     capsys) -> None:
+    out = tmp_path / "out"
+    spec = _spec(tmp_path / "loc.yaml", out, shared_cache, ["supervised"], [0, 1], {"iterations": 3, "eval_every": 3})
+    assert main(["sweep", str(spec), "--executor", "local", "--wait", "--array-parallelism", "2"]) == 0
+    assert len(list((out / "records").glob("*.json"))) == 2
+    statuses = [json.loads(p.read_text()) for p in (out / "status").glob("*.json")]
+    assert sorted(s["state"] for s in statuses) == ["done", "done"]
+    assert all(s["logs"]["stderr"].endswith("_0_log.err") and s["job_id"] for s in statuses)
+    assert main(["status", str(out)]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "2 done, 0 running, 0 requeued, 0 pending, 0 failed"
