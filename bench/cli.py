@@ -24,12 +24,12 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from bench.registry import get_method_class, method_names
 
     table = Table(title="Registered methods")
-    for col in ("name", "unlabeled views", "labels", "defaults", "source"):
+    for col in ("name", "unlabeled views", "labels", "defaults", "reconstructed (not from a source)", "source"):
         table.add_column(col, overflow="fold")
     for name in method_names():
         cls = get_method_class(name)
         table.add_row(name, ", ".join(cls.views) or "-", cls.labeled_source,
-                      json.dumps(cls.defaults, sort_keys=True), cls.reference)
+                      json.dumps(cls.defaults, sort_keys=True), ", ".join(cls.reconstructed) or "-", cls.reference)
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     return 0
 

@@ -21,7 +21,9 @@ from bench.errors import FERBenchError
 class Batch:
     """Augmented, normalised float images by view name, plus labels and dataset indices.
 
-    labeled:   {"weak": (B,3,H,W), "y": (B,), "idx": (B,)} and any other declared labeled views.
+    labeled:   {"weak": (B,3,H,W), "y": (B,), "idx": (B,), "pos": (B,)} and any other declared labeled
+               views; "idx" indexes the training set, "pos" is the position in the labeled pool, in
+               [0, num_labeled) (for per-labeled-sample state such as SIT-FER's memory bank).
     unlabeled: {view: (mu*B,3,H,W) for view in Method.views} and "idx": (mu*B,) (indices into the
                unlabeled pool, for methods with per-sample state); None when views is empty.
     """
@@ -81,6 +83,13 @@ class Method:
     reference: ClassVar[str] = ""
     #: the method trains against the EMA model (a teacher), so the run must keep one.
     requires_ema: ClassVar[bool] = False
+    #: how the engine draws labeled batches: "uniform" (shuffled epochs over the labeled pool) or
+    #: "class_balanced" (each draw picks a class uniformly, then a sample of it). An instance may set it
+    #: from one of its arguments; the engine reads it from the instance.
+    labeled_sampling: str = "uniform"
+    #: names of `defaults` that are reconstructions, not values from a paper or its code (listed by
+    #: `ferbench methods`, so they can be corrected when the source becomes available).
+    reconstructed: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_classes: int, **hparams: Any) -> None:
         unknown = sorted(set(hparams) - set(self.defaults))
@@ -92,8 +101,30 @@ class Method:
         self.num_classes = num_classes
         self.hparams: dict[str, Any] = {**self.defaults, **hparams}
 
+    def choice(self, key: str, allowed: tuple[Any, ...]) -> Any:
+        """The value of argument `key`, checked against `allowed` (one clear error line otherwise)."""
+        value = self.hparams[key]
+        if value not in allowed:
+            raise FERBenchError(f"method {self.name!r}: {key}={value!r}; expected one of "
+                                f"{', '.join(repr(a) for a in allowed)}")
+        return value
+
     def setup(self, info: SetupInfo) -> None:
         """Allocate state whose size depends on the data (called before a checkpoint is restored)."""
+
+    def build_model(self, model: nn.Module) -> nn.Module:
+        """Wrap or extend the engine's model (a `FERModel`) with the method's own modules.
+
+        Called once, after `setup` and before the optimiser, EMA and checkpoint are made, so new
+        parameters are trained, averaged, saved and evaluated like the backbone's. The result must keep
+        `forward(x, return_features=False)`: logits, or (logits, features); in eval mode its logits are
+        what the run is evaluated on.
+        """
+        return model
+
+    def info(self) -> dict[str, Any]:
+        """Facts about the run that are not arguments (e.g. which text encoder was loaded), for the record."""
+        return {}
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         raise NotImplementedError
@@ -116,6 +147,11 @@ class Method:
     def to(self, device: torch.device) -> Method:
         """Move tensor state to `device` (called by the engine after placement)."""
         return self
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside a DDP / DeepSpeed wrapper: where a method's `build_model` modules live."""
+    return getattr(model, "module", model)
 
 
 def joint_forward(model: nn.Module, labeled: Tensor, *unlabeled: Tensor,

@@ -72,17 +72,25 @@ class AdaCM(Method):
         probs, labels = ctx.predict_labeled()
         self.update_thresholds(probs, labels, ctx.epoch)
 
+    def partition(self, logits_w1: Tensor, logits_w2: Tensor) -> tuple[Tensor, Tensor]:
+        """(pseudo-labels y^, subset-I mask as bool) from the two weak views' logits."""
+        p = (logits_w1.float().softmax(-1) + logits_w2.float().softmax(-1)) / 2
+        max_p, pseudo = p.detach().max(dim=-1)
+        return pseudo, max_p >= self.thresholds[pseudo]
+
+    def contrastive(self, feat_w1: Tensor, feat_w2: Tensor, confident: Tensor) -> Tensor:
+        """L_s: NT-Xent over the subset-II samples' two weak views (0, with a graph, when there are none)."""
+        low = ~confident
+        if not low.any():
+            return feat_w1.float().sum() * 0
+        return nt_xent(feat_w1[low].float(), feat_w2[low].float(), self.hparams["temperature"])
+
     def losses(self, logits_w1: Tensor, logits_w2: Tensor, logits_s: Tensor, feat_w1: Tensor,
                feat_w2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(L_u, L_s, subset-I mask) from the unlabeled logits and features."""
-        p = (logits_w1.float().softmax(-1) + logits_w2.float().softmax(-1)) / 2
-        max_p, pseudo = p.detach().max(dim=-1)
-        confident = max_p >= self.thresholds[pseudo]
+        pseudo, confident = self.partition(logits_w1, logits_w2)
         loss_u = cross_entropy_masked_mean(logits_s.float(), pseudo, confident.float())
-        low = ~confident
-        loss_s = nt_xent(feat_w1[low].float(), feat_w2[low].float(), self.hparams["temperature"]) if low.any() \
-            else loss_u * 0
-        return loss_u, loss_s, confident.float()
+        return loss_u, self.contrastive(feat_w1, feat_w2, confident), confident.float()
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         x, y = batch.labeled["weak"], batch.labeled["y"]

@@ -29,7 +29,7 @@ def _assert_one_line(stderr: str, expected: str) -> None:
 def test_unknown_method_as_a_real_subprocess(tmp_path: Path) -> None:
     res = _ferbench("run", "method=nosuch", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert res.returncode == 2
-    _assert_one_line(res.stderr, "unknown method 'nosuch'; registered methods: adacm, fixmatch, flexmatch")
+    _assert_one_line(res.stderr, "unknown method 'nosuch'; registered methods: adacm, dtasnl, fixmatch, flexmatch")
     assert not (tmp_path / "out").exists()
 
 

@@ -58,6 +58,12 @@ RESUMABLE = {
     "softmatch": {},
     "meanteacher": {},
     "adacm": {"method_args.epoch_iters": 4},  # thresholds recomputed at iterations 4, 8 and 12
+    # The seed methods, with thresholds low enough for their masks to open at these tiny settings: LEAF's
+    # Ada-CM thresholds and MoE adapters, SIT-FER's memory bank (instance term on from iteration 3),
+    # DTA-SNL's class confidences, local-attention head and class-balanced labeled stream.
+    "leaf": {"method_args.epoch_iters": 4, "method_args.initial_threshold": 0.3},
+    "sitfer": {"method_args.warmup_frac": 0.25, "method_args.threshold": 0.3},
+    "dtasnl": {"method_args.tau_min": 0.2, "method_args.tau_max": 0.3},
 }
 
 

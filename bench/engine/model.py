@@ -38,8 +38,12 @@ class SmallCNN(nn.Module):
         self.drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(c, num_classes) if num_classes > 0 else nn.Identity()
 
+    def forward_features(self, x: Tensor) -> Tensor:
+        """The last feature map (N, C, h, w), as timm models' `forward_features`."""
+        return self.features(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.drop(self.pool(self.features(x)).flatten(1)))
+        return self.head(self.drop(self.pool(self.forward_features(x)).flatten(1)))
 
 
 @register_model
@@ -66,6 +70,37 @@ class FERModel(nn.Module):
         feats = self.backbone(x)
         logits = self.classifier(self.drop(feats))
         return (logits, feats) if return_features else logits
+
+
+def feature_map(backbone: nn.Module, x: Tensor) -> Tensor:
+    """A timm backbone's last feature map (`forward_features`) as (N, C, H, W), for spatial heads.
+
+    NHWC models (timm's `output_fmt`, e.g. Swin) are permuted; token models (ViT) lose their prefix
+    tokens and have their patch tokens laid back on the square grid.
+    """
+    fmap = backbone.forward_features(x)
+    if fmap.ndim == 4:
+        return fmap.permute(0, 3, 1, 2) if "NHWC" in str(getattr(backbone, "output_fmt", "NCHW")) else fmap
+    if fmap.ndim == 3:
+        tokens = fmap[:, int(getattr(backbone, "num_prefix_tokens", 0)):]
+        side = int(round(tokens.shape[1] ** 0.5))
+        if side * side == tokens.shape[1]:
+            return tokens.transpose(1, 2).reshape(len(x), tokens.shape[2], side, side)
+    raise FERBenchError(f"backbone {type(backbone).__name__}: forward_features gave shape {tuple(fmap.shape)}; "
+                        "expected a (N, C, H, W) map or square-grid tokens")
+
+
+@torch.no_grad()
+def feature_map_channels(backbone: nn.Module) -> int:
+    """Channels of `feature_map` (not always `num_features`: some timm models add a head after the map),
+    found by one forward of a blank image at the model's default input size, in eval mode."""
+    size = tuple((getattr(backbone, "pretrained_cfg", None) or {}).get("input_size", (3, 64, 64)))
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        return int(feature_map(backbone, torch.zeros(1, *size)).shape[1])
+    finally:
+        backbone.train(was_training)
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> FERModel:

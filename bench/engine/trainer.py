@@ -33,7 +33,7 @@ from bench.data.views import ViewMaker
 from bench.engine.evaluation import evaluate_model
 from bench.engine.model import build_model
 from bench.engine.provenance import git_commit, host_info, package_versions
-from bench.engine.streams import IndexStream, step_seed
+from bench.engine.streams import LABELED_SAMPLING, IndexStream, labeled_stream, step_seed
 from bench.errors import FERBenchError
 from bench.method import Batch, HookContext, Method, SetupInfo, StepContext
 from bench.registry import create_method, get_method_class
@@ -122,7 +122,10 @@ def validate(cfg: RunConfig) -> type[Method]:
         raise FERBenchError("data.options: synthfer takes its generator parameters in data.synthfer")
     spec.resolve_options(cfg.data.options)  # unknown reader options
     spec.check_root(cfg.data.root)  # a sweep fails here, once, not in every run
-    cls(num_classes=num_classes, **cfg.method_args)  # unknown method arguments
+    method = cls(num_classes=num_classes, **cfg.method_args)  # unknown method arguments
+    if method.labeled_sampling not in LABELED_SAMPLING:
+        raise FERBenchError(f"method {cfg.method!r}: labeled_sampling={method.labeled_sampling!r}; expected one of "
+                            f"{', '.join(LABELED_SAMPLING)}")
     t = cfg.train
     if t.iterations < 1:
         raise FERBenchError(f"train.iterations={t.iterations}: expected a positive number of iterations")
@@ -203,8 +206,15 @@ def train(cfg: RunConfig, progress: Any = None,
     pool_position = np.full(len(all_train), -1, dtype=np.int64)
     pool_position[unlabeled_pool] = np.arange(len(unlabeled_pool))
 
+    # Methods see a labeled image's position in the labeled pool ("pos"), for per-labeled-sample state.
+    labeled_position = np.full(len(all_train), -1, dtype=np.int64)
+    labeled_position[labeled_pool] = np.arange(len(labeled_pool))
+
+    method = create_method(cfg.method, data.num_classes, cfg.method_args)
+    method.setup(SetupInfo(num_classes=data.num_classes, num_labeled=len(labeled_pool),
+                           num_unlabeled=len(unlabeled_pool), total_steps=cfg.train.iterations))
     B, mu = cfg.train.batch_size, cfg.train.mu
-    lab_stream = IndexStream(labeled_pool, B, cfg.seed, "labeled")
+    lab_stream = labeled_stream(method.labeled_sampling, labeled_pool, data.train.labels[labeled_pool], B, cfg.seed)
     unl_stream = IndexStream(unlabeled_pool, mu * B, cfg.seed, "unlabeled") if method_cls.views else None
     train_images = torch.from_numpy(np.array(data.train.images)).permute(0, 3, 1, 2)
     train_labels = torch.from_numpy(data.train.labels)
@@ -212,12 +222,10 @@ def train(cfg: RunConfig, progress: Any = None,
 
     # --- model, optimiser, EMA, method ----------------------------------------------------------
     torch.manual_seed(step_seed(cfg.seed, -1, 0, "init"))  # same initial weights on every process
-    model = build_model(cfg.model, data.num_classes)
+    # The method's own modules (adapters, heads) join here, so they are optimised, EMA'd and checkpointed.
+    model = method.build_model(build_model(cfg.model, data.num_classes))
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
-    method = create_method(cfg.method, data.num_classes, cfg.method_args)
-    method.setup(SetupInfo(num_classes=data.num_classes, num_labeled=len(labeled_pool),
-                           num_unlabeled=len(unlabeled_pool), total_steps=cfg.train.iterations))
     model, optimizer = accelerator.prepare(model, optimizer)
     method.to(accelerator.device)
     ema = None
@@ -272,7 +280,8 @@ def train(cfg: RunConfig, progress: Any = None,
         torch.manual_seed(step_seed(cfg.seed, step, rank, "dropout"))
         li = lab_stream.indices(step, rank, world)
         x_u8 = train_images[li].to(accelerator.device)
-        labeled = {"y": train_labels[li].to(accelerator.device), "idx": torch.from_numpy(li).to(accelerator.device)}
+        labeled = {"y": train_labels[li].to(accelerator.device), "idx": torch.from_numpy(li).to(accelerator.device),
+                   "pos": torch.from_numpy(labeled_position[li]).to(accelerator.device)}
         for v in method.labeled_views:
             labeled[v] = views.make(v, x_u8, gen)
         unlabeled = None
@@ -404,6 +413,7 @@ def build_record(
         },
         "config": cfg.to_dict(),
         "method_hparams": method.hparams,
+        "method_info": method.info(),
         "preset": cfg.preset,
         "backbone": cfg.model.backbone,
         "pretrained_file": cfg.model.pretrained_file,

@@ -11,7 +11,8 @@ Schema ("ferbench.record/1"); accuracies are fractions in [0, 1]:
       "split": {"manifest_sha256": str, "n_labeled": int, "n_unlabeled": int,
                 "per_class_labeled": [int, ...]},
       "config": {...},                     # the resolved run config (bench.config)
-      "method_hparams": {...}, "preset": str | null,
+      "method_hparams": {...}, "method_info": {...},  # arguments; facts such as the text encoder loaded
+      "preset": str | null,
       "backbone": str, "image_size": int,
       "world_size": int, "iterations": int,
       "global_batch": {"labeled": int, "unlabeled": int},

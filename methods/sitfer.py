@@ -1,0 +1,303 @@
+"""SIT-FER (Ding et al., arXiv 2503.18463): semantic, instance and text probabilities fused into pseudo-labels,
+as in the released PatrickStarL/SIT-FER `main.py` (reference/methods.md §2).
+
+Model (`build_model` wraps any timm backbone): f = L2norm(backbone(x)) (D-d), logits = W f; fixed text
+anchors T (C x D, unit rows); a memory bank B (N_labeled x D) of labeled features with their labels.
+- text scores       s_text = f T^T / tau_t            (cosine logits; the code has no temperature: tau_t = 1)
+- instance scores   s_ins_c = max(0, max_{j: y_j = c} <f, B_j>) / tau_i   (per-class max cosine; empty
+                    slots and classes give 0, as the code's zero-started accumulator)
+Training step (views: weak + strong of each unlabeled image, weak of each labeled one):
+- the labeled features overwrite their bank slots (detached, at their labeled-pool position) first;
+- L_s = CE(W f(x), y);  L_t = CE(f(x) T^T / tau_t, y)  (labeled data co-supervised by the text anchors);
+- pseudo-label distribution on the weak view, no gradient; `fusion="logits"` (code): softmax of the
+  weighted sum of scores, 0.6 logits + 0.4 s_text during the warm-up (the first 15 of 80 epochs,
+  `warmup_frac` 0.1875), then 0.3 logits + 0.2 s_text + 0.5 s_ins; `fusion="probs"` (the paper's
+  p^ = mean of the three probabilities): the weighted mean of softmax(logits), softmax(s_text),
+  softmax(s_ins) with `fusion_weights` (set [1, 1, 1] and temperatures 0.1 for the paper recipe);
+- y^ = argmax p^, mask = max p^ > 0.75 (fixed); L_u = mean over the masked samples of CE(f(strong u), y^),
+  0 when none passes;
+- L = 0.4 L_s + 0.4 L_t + 0.2 L_u.
+Evaluation (`eval_head="fused"`, the code's): p = 0.3 softmax(logits) + 0.2 softmax(s_text) + 0.5
+softmax(s_ins) with the labeled bank; the model returns log p. `eval_head="classifier"` returns W f.
+
+Text anchors (`text_encoder`), all offline:
+- "random" (default): fixed random unit vectors, seeded by `text_seed` (or, when null, by the run's
+  initialisation seed). This is what the released code computes: its prompt "This is a face image of
+  {emotion}" reaches a randomly initialised, never-trained transformer (eval mode, no gradient).
+- "clip": a CLIP text tower from a local directory: a transformers `CLIPModel` (config.json) or an
+  open_clip model (open_clip_config.json + weights), the encoder the paper points to (ViT-B/32, 512-d).
+- "sentence-transformers": a SentenceTransformer from a local directory (e.g. all-MiniLM-L6-v2, 384-d).
+Embeddings of another width than D are projected: `text_projection="fixed"` (a seeded Gaussian map, then
+L2-normalised) or "learned" (a linear map trained through L_t). The record's `method_info` says which
+encoder, width, projection and prompts were used. Prompts: `prompt` with one word per canonical class
+(`class_words`; defaults are the code's words in FERBench's label order) or explicit `class_prompts`.
+
+Deviations from the released code: one joint forward over labeled and unlabeled images (BatchNorm sees
+them together, as for the other methods); the bank stores each labeled image at its labeled-pool position
+with label -1 while empty (the code's zero-filled labels also contribute 0); the harness evaluates the final
+checkpoint (with the EMA model when the run keeps one, so the bank evaluated is the EMA of the student's:
+run with `train.ema_decay=0` for the code's no-EMA setting); the code's split hack (57 images of one class)
+is not reproduced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bench.errors import FERBenchError
+from bench.method import Batch, Method, SetupInfo, StepContext, StepOutput, joint_forward, unwrap_model
+from bench.registry import register_method
+
+#: the code's prompt words, in FERBench's canonical order (Neutral, Happy, Sad, Surprise, Fear, Disgust,
+#: Anger, Contempt); the code says "angry" for Anger.
+CLASS_WORDS = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "angry", "contempt")
+TEXT_ENCODERS = ("random", "clip", "sentence-transformers")
+
+
+def _require(module: str, package: str, what: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        raise FERBenchError(f"method 'sitfer': {what} needs the Python package {package!r}, which is not "
+                            f"installed (pip install {package})")
+
+
+def encode_prompts(encoder: str, path: str, prompts: list[str]) -> Tensor:
+    """Unit text embeddings (C, E) of `prompts` from a local model directory; never touches a network."""
+    d = Path(path)
+    if encoder == "sentence-transformers":
+        _require("sentence_transformers", "sentence-transformers", "text_encoder='sentence-transformers'")
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(str(d), device="cpu", local_files_only=True)
+        emb = torch.as_tensor(st.encode(prompts, normalize_embeddings=True, convert_to_numpy=True))
+        return F.normalize(emb.float(), dim=-1)
+    if (d / "open_clip_config.json").is_file():
+        _require("open_clip", "open_clip_torch", "an open_clip text encoder")
+        import open_clip
+
+        model = open_clip.create_model(f"local-dir:{d}", device="cpu")
+        tokenizer = open_clip.get_tokenizer(f"local-dir:{d}")
+        with torch.no_grad():
+            emb = model.eval().encode_text(tokenizer(prompts))
+        return F.normalize(emb.float(), dim=-1)
+    if (d / "config.json").is_file():
+        _require("transformers", "transformers", "a transformers CLIP text encoder")
+        from transformers import AutoTokenizer, CLIPModel
+
+        model = CLIPModel.from_pretrained(str(d), local_files_only=True).eval()
+        tokenizer = AutoTokenizer.from_pretrained(str(d), local_files_only=True)
+        tokens = tokenizer(prompts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            emb = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"])
+        if not isinstance(emb, Tensor):  # some transformers versions return a model output
+            emb = emb.text_embeds if getattr(emb, "text_embeds", None) is not None else emb.pooler_output
+        return F.normalize(emb.float(), dim=-1)
+    raise FERBenchError(f"method 'sitfer': text_encoder_path {d}: no config.json (transformers CLIP) or "
+                        "open_clip_config.json (open_clip) in it")
+
+
+class SITFERModel(nn.Module):
+    """FERModel + L2-normalised feature, text anchors and the labeled-feature memory bank (buffers, so they
+    are checkpointed, EMA'd and saved with the final weights)."""
+
+    def __init__(self, base: nn.Module, text_embeddings: Tensor, projection: str, num_labeled: int,
+                 normalize_classifier_input: bool, eval_head: str, eval_weights: tuple[float, float, float],
+                 text_temperature: float, instance_temperature: float, generator: torch.Generator | None) -> None:
+        super().__init__()
+        self.base = base
+        self.num_features = dim = int(base.num_features)
+        self.normalize_classifier_input = normalize_classifier_input
+        self.eval_head = eval_head
+        self.eval_weights = eval_weights
+        self.tau_t, self.tau_i = text_temperature, instance_temperature
+        emb = text_embeddings.float()
+        self.text_proj: nn.Module | None = None
+        if projection == "learned" and emb.shape[1] != dim:
+            self.text_proj = nn.Linear(emb.shape[1], dim, bias=False)
+        elif emb.shape[1] != dim:  # fixed random projection: keeps the prompts' geometry (Johnson-Lindenstrauss)
+            emb = emb @ torch.randn(emb.shape[1], dim, generator=generator)
+        self.register_buffer("text_embeddings", F.normalize(emb, dim=-1))
+        self.register_buffer("bank", torch.zeros(num_labeled, dim))
+        self.register_buffer("bank_labels", torch.full((num_labeled,), -1, dtype=torch.long))
+
+    def anchors(self) -> Tensor:
+        t = self.text_embeddings
+        return F.normalize(self.text_proj(t), dim=-1) if self.text_proj is not None else t
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        feats = self.base.backbone(x)
+        f = F.normalize(feats, dim=-1)
+        logits = self.base.classifier(self.base.drop(f if self.normalize_classifier_input else feats))
+        return logits, f
+
+    def text_scores(self, f: Tensor) -> Tensor:
+        return f.float() @ self.anchors().T / self.tau_t
+
+    @torch.no_grad()
+    def instance_scores(self, f: Tensor, num_classes: int) -> Tensor:
+        sims = f.float() @ self.bank.T
+        out = sims.new_zeros(len(f), num_classes)
+        for c in range(num_classes):
+            members = self.bank_labels == c
+            if members.any():
+                out[:, c] = sims[:, members].amax(dim=1).clamp(min=0)
+        return out / self.tau_i
+
+    @torch.no_grad()
+    def update_bank(self, f: Tensor, labels: Tensor, positions: Tensor) -> None:
+        self.bank[positions] = f.detach().float()
+        self.bank_labels[positions] = labels
+
+    def fused_probs(self, logits: Tensor, f: Tensor) -> Tensor:
+        w = self.eval_weights
+        parts = (logits.float().softmax(-1), self.text_scores(f).softmax(-1),
+                 self.instance_scores(f, logits.shape[1]).softmax(-1))
+        return sum(wk * p for wk, p in zip(w, parts)) / sum(w)
+
+    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        logits, f = self.encode(x)
+        if not self.training and self.eval_head == "fused":
+            logits = self.fused_probs(logits, f).clamp_min(1e-12).log()
+        return (logits, f) if return_features else logits
+
+
+def _gather(t: Tensor) -> Tensor:
+    """All processes' rows of `t` (so every replica writes the same bank), or `t` in one process."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+@register_method("sitfer")
+class SITFER(Method):
+    views = ("weak", "strong")
+    defaults = {"threshold": 0.75, "lambda_s": 0.4, "lambda_t": 0.4, "lambda_u": 0.2, "warmup_frac": 0.1875,
+                "fusion": "logits", "fusion_weights": [0.3, 0.2, 0.5], "warmup_weights": [0.6, 0.4],
+                "text_temperature": 1.0, "instance_temperature": 1.0, "eval_head": "fused",
+                "normalize_classifier_input": True, "text_encoder": "random", "text_encoder_path": None,
+                "text_projection": "fixed", "text_seed": None, "prompt": "This is a face image of {}",
+                "class_words": None, "class_prompts": None}
+    reference = ("Ding et al. 2025; PatrickStarL/SIT-FER main.py (fixed random text anchors, fusion 0.6/0.4 then "
+                 "0.3/0.2/0.5 after epoch 15 of 80, tau 0.75, 0.4/0.4/0.2, fused eval head)")
+
+    def __init__(self, num_classes: int, **hparams: Any) -> None:
+        super().__init__(num_classes, **hparams)
+        h = self.hparams
+        self.choice("fusion", ("logits", "probs"))
+        self.choice("eval_head", ("fused", "classifier"))
+        self.choice("text_projection", ("fixed", "learned"))
+        self.choice("normalize_classifier_input", (True, False))
+        encoder = self.choice("text_encoder", TEXT_ENCODERS)
+        if len(h["fusion_weights"]) != 3 or len(h["warmup_weights"]) != 2:
+            raise FERBenchError("method 'sitfer': fusion_weights needs 3 numbers (semantic, text, instance), "
+                                "warmup_weights 2 (semantic, text)")
+        if min(h["text_temperature"], h["instance_temperature"]) <= 0:
+            raise FERBenchError("method 'sitfer': text_temperature and instance_temperature must be > 0")
+        self.prompts = self._prompts(num_classes)
+        if encoder != "random":
+            path = h["text_encoder_path"]
+            if not path or not Path(path).is_dir():
+                raise FERBenchError(f"method 'sitfer': text_encoder={encoder!r} loads from a local directory only; "
+                                    f"text_encoder_path={path!r} is not a directory")
+            if encoder == "sentence-transformers":
+                _require("sentence_transformers", "sentence-transformers", "text_encoder='sentence-transformers'")
+        self.num_labeled = 0
+        self._info: dict[str, Any] = {}
+
+    def _prompts(self, num_classes: int) -> list[str]:
+        h = self.hparams
+        if h["class_prompts"] is not None:
+            prompts = [str(p) for p in h["class_prompts"]]
+        else:
+            words = list(h["class_words"]) if h["class_words"] is not None else list(CLASS_WORDS[:num_classes])
+            if len(words) != num_classes:
+                raise FERBenchError(f"method 'sitfer': class_words has {len(words)} words for {num_classes} classes")
+            if "{}" not in str(h["prompt"]):
+                raise FERBenchError(f"method 'sitfer': prompt {h['prompt']!r} needs a '{{}}' for the class word")
+            prompts = [str(h["prompt"]).format(w) for w in words]
+        if len(prompts) != num_classes:
+            raise FERBenchError(f"method 'sitfer': class_prompts has {len(prompts)} prompts for {num_classes} classes")
+        return prompts
+
+    def setup(self, info: SetupInfo) -> None:
+        self.num_labeled = info.num_labeled
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._info)
+
+    def build_model(self, model: nn.Module) -> nn.Module:
+        h = self.hparams
+        dim = int(model.num_features)
+        gen = torch.Generator().manual_seed(int(h["text_seed"])) if h["text_seed"] is not None else None
+        if h["text_encoder"] == "random":
+            emb = F.normalize(torch.randn(self.num_classes, dim, generator=gen), dim=-1)
+        else:
+            try:
+                emb = encode_prompts(h["text_encoder"], h["text_encoder_path"], self.prompts)
+            except FERBenchError:
+                raise
+            except Exception as e:  # a broken or foreign model folder: say which and why, in one line
+                raise FERBenchError(f"method 'sitfer': could not load {h['text_encoder']} text encoder from "
+                                    f"{h['text_encoder_path']}: {type(e).__name__}: {e}") from e
+        head = SITFERModel(model, emb, h["text_projection"], max(self.num_labeled, 1),
+                           bool(h["normalize_classifier_input"]), h["eval_head"], tuple(h["fusion_weights"]),
+                           float(h["text_temperature"]), float(h["instance_temperature"]), gen)
+        projected = emb.shape[1] != dim
+        self._info = {
+            "text_encoder": h["text_encoder"],
+            "text_encoder_path": h["text_encoder_path"],
+            "text_dim": int(emb.shape[1]),
+            "image_feature_dim": dim,
+            "text_projection": (h["text_projection"] if projected else "none"),
+            "prompts": self.prompts if h["text_encoder"] != "random" else None,
+            "text_anchors_sha256": hashlib.sha256(head.text_embeddings.numpy().tobytes()).hexdigest()[:16],
+        }
+        return head
+
+    def pseudo_distribution(self, head: SITFERModel, logits_u: Tensor, f_u: Tensor, with_instance: bool) -> Tensor:
+        """p^ on the weak view (no gradient): the fused semantic, text and (after warm-up) instance scores."""
+        h = self.hparams
+        with torch.no_grad():
+            scores = [logits_u.detach().float(), head.text_scores(f_u.detach())]
+            weights = list(h["warmup_weights"])
+            if with_instance:
+                scores.append(head.instance_scores(f_u.detach(), self.num_classes))
+                weights = list(h["fusion_weights"])
+            if h["fusion"] == "logits":
+                return sum(w * s for w, s in zip(weights, scores)).softmax(-1)
+            return sum(w * s.softmax(-1) for w, s in zip(weights, scores)) / sum(weights)
+
+    def consistency_loss(self, logits_s: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
+        """(L_u, mask): CE on the strong view against y^, averaged over the samples with max p^ > threshold."""
+        max_p, pseudo = probs.max(dim=-1)
+        mask = max_p > self.hparams["threshold"]
+        if not mask.any():
+            return logits_s.float().sum() * 0, mask
+        return F.cross_entropy(logits_s[mask].float(), pseudo[mask]), mask
+
+    def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        h = self.hparams
+        head = unwrap_model(model)
+        x, y, pos = batch.labeled["weak"], batch.labeled["y"], batch.labeled["pos"]
+        logits_x, logits_u, logits_s, f_x, f_u, _ = joint_forward(model, x, batch.unlabeled["weak"],
+                                                                 batch.unlabeled["strong"], return_features=True)
+        head.update_bank(_gather(f_x.detach().float()), _gather(y), _gather(pos))  # before scoring, as the code
+        loss_s = F.cross_entropy(logits_x, y)
+        loss_t = F.cross_entropy(head.text_scores(f_x), y)
+        with_instance = ctx.step >= h["warmup_frac"] * ctx.total_steps
+        probs = self.pseudo_distribution(head, logits_u, f_u, with_instance)
+        loss_u, mask = self.consistency_loss(logits_s, probs)
+        loss = h["lambda_s"] * loss_s + h["lambda_t"] * loss_t + h["lambda_u"] * loss_u
+        return StepOutput(loss, {"loss_x": loss_s.item(), "loss_t": loss_t.item(), "loss_u": loss_u.item(),
+                                 "mask_rate": mask.float().mean().item(), "instance_on": float(with_instance),
+                                 "bank_filled": (head.bank_labels >= 0).float().mean().item()})

@@ -1,0 +1,231 @@
+"""SIT-FER: the three probabilities and their fusion, the memory bank, the masked loss, the fused eval head and
+the text encoders (random anchors; tiny local sentence-transformers / CLIP models), worked out by hand."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from bench.engine.model import FERModel
+from bench.errors import FERBenchError
+from bench.method import Batch, SetupInfo, StepContext
+from bench.registry import create_method
+from methods.sitfer import SITFERModel
+
+E, L = math.exp, math.log
+
+
+class _Features(nn.Module):
+    """A backbone whose features are its input, so f = normalize(x)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _close(t: torch.Tensor, rows: list[list[float]]) -> bool:
+    return torch.allclose(t.float(), torch.tensor(rows), atol=1e-6)
+
+
+def _softmax(v: list[float]) -> list[float]:
+    s = sum(E(x) for x in v)
+    return [E(x) / s for x in v]
+
+
+def _head(scale: float = 1.0) -> SITFERModel:
+    """D = 2, C = 3: W = scale * [[1, 0], [0, 1], [0, 0]], anchors (1,0), (0,1), (-1,0); 3 bank slots."""
+    base = FERModel(_Features(2), 3)
+    with torch.no_grad():
+        base.classifier.weight.copy_(scale * torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+        base.classifier.bias.zero_()
+    anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    return SITFERModel(base, anchors, "fixed", 3, True, "fused", (0.3, 0.2, 0.5), 1.0, 1.0, None)
+
+
+def test_text_and_instance_scores_and_bank_update() -> None:
+    head = _head()
+    f = torch.tensor([[0.6, 0.8], [-1.0, 0.0]])
+    assert _close(head.text_scores(f), [[0.6, 0.8, -0.6], [-1.0, 0.0, 1.0]])
+    assert head.instance_scores(f, 3).tolist() == [[0, 0, 0], [0, 0, 0]]  # empty bank: the accumulator's 0
+    head.update_bank(torch.tensor([[1.0, 0.0], [0.8, 0.6]]), torch.tensor([0, 1]), torch.tensor([0, 1]))
+    head.update_bank(torch.tensor([[0.0, 1.0]]), torch.tensor([1]), torch.tensor([2]))
+    assert head.bank_labels.tolist() == [0, 1, 1]
+    # class 0: <f, (1,0)>; class 1: max(<f, (.8,.6)>, <f, (0,1)>); class 2: no member -> 0; negatives -> 0
+    assert _close(head.instance_scores(f, 3), [[0.6, 0.96, 0.0], [0.0, 0.0, 0.0]])
+    head.update_bank(torch.tensor([[0.0, -1.0]]), torch.tensor([2]), torch.tensor([1]))  # a slot is overwritten
+    assert head.bank_labels.tolist() == [0, 2, 1]
+    assert _close(head.instance_scores(f[:1], 3), [[0.6, 0.8, 0.0]])
+
+
+def _filled_head() -> SITFERModel:
+    head = _head()
+    head.update_bank(torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]]), torch.tensor([0, 1, 1]), torch.arange(3))
+    return head
+
+
+def test_fusion_of_semantic_text_and_instance_scores() -> None:
+    head = _filled_head()
+    f = torch.tensor([[0.6, 0.8]])
+    logits = torch.tensor([[0.6, 0.8, 0.0]])
+    code = create_method("sitfer", num_classes=3)
+    # after warm-up: softmax(0.3 logits + 0.2 text + 0.5 instance) = softmax(.6, .88, -.12)
+    p = code.pseudo_distribution(head, logits, f, with_instance=True)
+    assert p[0].tolist() == pytest.approx(_softmax([0.6, 0.88, -0.12]), rel=1e-6)
+    # warm-up: softmax(0.6 logits + 0.4 text) = softmax(.6, .8, -.24)
+    p = code.pseudo_distribution(head, logits, f, with_instance=False)
+    assert p[0].tolist() == pytest.approx(_softmax([0.6, 0.8, -0.24]), rel=1e-6)
+    # the paper's form: the mean of the three probabilities
+    paper = create_method("sitfer", num_classes=3, args={"fusion": "probs", "fusion_weights": [1, 1, 1]})
+    p = paper.pseudo_distribution(head, logits, f, with_instance=True)
+    parts = [_softmax([0.6, 0.8, 0.0]), _softmax([0.6, 0.8, -0.6]), _softmax([0.6, 0.96, 0.0])]
+    assert p[0].tolist() == pytest.approx([sum(c) / 3 for c in zip(*parts)], rel=1e-6)
+
+
+def test_masked_consistency_loss_averages_over_selected_samples_only() -> None:
+    sit = create_method("sitfer", num_classes=3)
+    probs = torch.tensor([[0.8, 0.1, 0.1], [0.75, 0.2, 0.05], [0.1, 0.1, 0.8]])  # .75 is not > .75
+    z = torch.tensor([[L(2), 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 0.0, L(6)]])
+    loss, mask = sit.consistency_loss(z, probs)
+    assert mask.tolist() == [True, False, True]
+    assert loss.item() == pytest.approx((L(4 / 2) + L(8 / 6)) / 2, rel=1e-6)
+    loss, mask = sit.consistency_loss(z, probs * 0.5)
+    assert not mask.any() and loss.item() == 0.0
+
+
+def test_training_step_by_hand() -> None:
+    sit = create_method("sitfer", num_classes=3, args={"warmup_frac": 0.5})
+    head = _head(scale=20.0).train()
+    batch = Batch({"weak": torch.tensor([[2.0, 0.0]]), "y": torch.tensor([0]), "pos": torch.tensor([2])},
+                  {"weak": torch.tensor([[0.0, 3.0]]), "strong": torch.tensor([[0.6, 0.8]]), "idx": torch.tensor([0])})
+    out = sit.training_step(head, batch, StepContext(step=5, total_steps=10, num_classes=3))
+    assert head.bank[2].tolist() == [1.0, 0.0] and head.bank_labels.tolist() == [-1, -1, 0]
+    loss_s = L(1 + 2 * E(-20))  # logits (20, 0, 0), y = 0
+    loss_t = -L(E(1) / (E(1) + E(0) + E(-1)))  # text scores (1, 0, -1)
+    # weak u: f = (0, 1), logits (0, 20, 0), text (0, 1, 0), instance (0, 0, 0) -> softmax(0, 6.2, 0)
+    assert _softmax([0.0, 6.2, 0.0])[1] > 0.75
+    loss_u = L(1 + E(-4) + E(-16))  # strong: logits (12, 16, 0) against y^ = 1
+    assert out.logs["mask_rate"] == 1.0 and out.logs["instance_on"] == 1.0
+    assert out.loss.item() == pytest.approx(0.4 * loss_s + 0.4 * loss_t + 0.2 * loss_u, rel=1e-5)
+
+
+def test_fused_eval_head() -> None:
+    head = _filled_head().eval()
+    out = head(torch.tensor([[0.6, 0.8]]))
+    parts = [_softmax([0.6, 0.8, 0.0]), _softmax([0.6, 0.8, -0.6]), _softmax([0.6, 0.96, 0.0])]
+    fused = [0.3 * a + 0.2 * b + 0.5 * c for a, b, c in zip(*parts)]
+    assert out.exp()[0].tolist() == pytest.approx(fused, rel=1e-6)
+    head.eval_head = "classifier"
+    assert head(torch.tensor([[0.6, 0.8]]))[0].tolist() == pytest.approx([0.6, 0.8, 0.0])
+    assert head.train()(torch.tensor([[0.6, 0.8]]))[0].tolist() == pytest.approx([0.6, 0.8, 0.0])
+
+
+def _built(args: dict) -> tuple:
+    sit = create_method("sitfer", num_classes=3, args=args)
+    sit.setup(SetupInfo(num_classes=3, num_labeled=5, num_unlabeled=10, total_steps=10))
+    return sit, sit.build_model(FERModel(_Features(6), 3))
+
+
+def test_random_anchors_are_seeded_unit_vectors() -> None:
+    _, a = _built({"text_seed": 3})
+    sit, b = _built({"text_seed": 3})
+    _, c = _built({"text_seed": 4})
+    assert a.anchors().shape == (3, 6) and torch.allclose(a.anchors().norm(dim=1), torch.ones(3))
+    assert torch.equal(a.anchors(), b.anchors()) and not torch.equal(a.anchors(), c.anchors())
+    assert b.bank.shape == (5, 6)
+    info = sit.info()
+    assert (info["text_encoder"], info["text_dim"], info["text_projection"]) == ("random", 6, "none")
+
+
+def test_bad_text_encoder_arguments_fail_clearly(tmp_path: Path) -> None:
+    with pytest.raises(FERBenchError, match="text_encoder='bert'; expected one of 'random', 'clip'"):
+        create_method("sitfer", num_classes=7, args={"text_encoder": "bert"})
+    with pytest.raises(FERBenchError, match="loads from a local directory only; text_encoder_path=.*missing"):
+        create_method("sitfer", num_classes=7,
+                      args={"text_encoder": "clip", "text_encoder_path": str(tmp_path / "missing")})
+    with pytest.raises(FERBenchError, match=r"no config.json \(transformers CLIP\) or open_clip_config.json"):
+        sit = create_method("sitfer", num_classes=3, args={"text_encoder": "clip", "text_encoder_path": str(tmp_path)})
+        sit.build_model(FERModel(_Features(6), 3))
+    with pytest.raises(FERBenchError, match="class_words has 2 words for 3 classes"):
+        create_method("sitfer", num_classes=3, args={"class_words": ["a", "b"]})
+    with pytest.raises(FERBenchError, match="fusion='max'"):
+        create_method("sitfer", num_classes=3, args={"fusion": "max"})
+
+
+def _tiny_bert_dir(path: Path) -> list[str]:
+    transformers = pytest.importorskip("transformers", reason="transformers not installed (pip install '.[text]')")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "this", "is", "a", "face", "image", "of",
+             "neutral", "happy", "sad", "smiling"]
+    path.mkdir()
+    (path / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = transformers.BertTokenizer(str(path / "vocab.txt"))
+    tokenizer.save_pretrained(str(path))
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=len(words), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=16, max_position_embeddings=32)
+    transformers.BertModel(config).save_pretrained(str(path))
+    return words
+
+
+def test_sentence_transformers_encoder_from_a_local_directory(tmp_path: Path) -> None:
+    st = pytest.importorskip("sentence_transformers",
+                             reason="sentence-transformers not installed (pip install '.[text]')")
+    _tiny_bert_dir(tmp_path / "st")
+    args = {"text_encoder": "sentence-transformers", "text_encoder_path": str(tmp_path / "st"), "text_seed": 0}
+    sit, head = _built(args)
+    prompts = ["This is a face image of neutral", "This is a face image of happy", "This is a face image of sad"]
+    assert sit.prompts == prompts
+    direct = torch.as_tensor(st.SentenceTransformer(str(tmp_path / "st"), device="cpu").encode(
+        prompts, normalize_embeddings=True))
+    projection = torch.randn(8, 6, generator=torch.Generator().manual_seed(0))  # the seeded fixed projection
+    expected = nn.functional.normalize(direct @ projection, dim=-1)
+    assert torch.allclose(head.anchors(), expected, atol=1e-5)
+    info = sit.info()
+    assert (info["text_encoder"], info["text_dim"], info["text_projection"]) == ("sentence-transformers", 8, "fixed")
+    assert info["prompts"] == prompts
+    _, learned = _built({**args, "text_projection": "learned"})
+    assert learned.text_proj is not None and learned.anchors().requires_grad
+
+
+def test_transformers_clip_encoder_from_a_local_directory(tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers", reason="transformers not installed (pip install '.[text]')")
+    words = _tiny_bert_dir(tmp_path / "clip")
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config={"vocab_size": len(words), "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "max_position_embeddings": 32,
+                     "bos_token_id": 2, "eos_token_id": 3, "pad_token_id": 0},  # [CLS], [SEP], [PAD]: pools at [SEP]
+        vision_config={"hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 16},
+        projection_dim=6)
+    transformers.CLIPModel(config).save_pretrained(str(tmp_path / "clip"))
+    sit, head = _built({"text_encoder": "clip", "text_encoder_path": str(tmp_path / "clip")})
+    assert sit.info()["text_dim"] == 6 and sit.info()["text_projection"] == "none"  # CLIP width = image width
+    anchors = head.anchors()
+    assert torch.allclose(anchors.norm(dim=1), torch.ones(3)) and not torch.allclose(anchors[0], anchors[1])
+
+
+def test_open_clip_encoder_from_a_local_directory(tmp_path: Path) -> None:
+    open_clip = pytest.importorskip("open_clip", reason="open_clip_torch not installed (pip install open_clip_torch)")
+    import json
+
+    cfg = {"embed_dim": 6, "vision_cfg": {"image_size": 32, "layers": 1, "width": 8, "patch_size": 16, "head_width": 4},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 8, "heads": 2, "layers": 1}}
+    d = tmp_path / "oc"
+    d.mkdir()
+    (d / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg}))
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**cfg)
+    torch.save(model.state_dict(), d / "open_clip_pytorch_model.bin")
+    sit, head = _built({"text_encoder": "clip", "text_encoder_path": str(d)})
+    tokens = open_clip.get_tokenizer(f"local-dir:{d}")(sit.prompts)
+    with torch.no_grad():
+        expected = nn.functional.normalize(model.eval().encode_text(tokens), dim=-1)
+    assert torch.allclose(head.anchors(), expected, atol=1e-5)
+    assert sit.info()["text_dim"] == 6
