@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from torch import Tensor, nn
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -37,3 +38,14 @@ def tiny_overrides(cache: Path, out: Path, **extra: object) -> list[str]:
     }
     base.update({k: v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in base.items()]
+
+
+class IdentityBackbone(nn.Module):
+    """A backbone whose features are its input, so heads can be checked on hand-written features."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.num_features = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x

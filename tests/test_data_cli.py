@@ -114,3 +114,22 @@ def test_bad_reader_options(shared_cache: Path, tmp_path: Path, capsys, option: 
         "data.name": "rafdb", "data.root": str(tmp_path / "raf")}) + [option]
     assert main(["run", "--quiet", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_fast_arrow_batches_equal_datasets_own_encoding(tmp_path: Path) -> None:
+    import datasets
+    import numpy as np
+    from datasets.arrow_writer import ArrowWriter
+
+    from bench.data.cache import _arrow_batch, _features
+
+    rng = np.random.default_rng(0)
+    batch = {"id": ["a", "b", "c"], "image": [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(3)],
+             "label": [1, 2, 3], "native_label": [4, 5, 6]}
+    writes = (("ref", lambda w: w.write_batch(batch)), ("fast", lambda w: w.write_table(_arrow_batch(batch, 8))))
+    for name, write in writes:
+        writer = ArrowWriter(features=_features(8), path=str(tmp_path / f"{name}.arrow"))
+        write(writer)
+        writer.finalize()
+    ref, fast = (datasets.Dataset.from_file(str(tmp_path / f"{n}.arrow")).data.table for n in ("ref", "fast"))
+    assert fast.equals(ref)

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import IdentityBackbone
 from torch import nn
 
 from bench.engine.model import FERModel
@@ -97,20 +98,9 @@ def test_category_loss_per_sample_mask_and_no_rescale() -> None:
                                                                                          rel=1e-6)
 
 
-class _Features(nn.Module):
-    """A backbone whose features are its input (for hand-checked heads)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.num_features = dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
 def test_code_moe_is_one_shared_residual_adapter() -> None:
     leaf = create_method("leaf", num_classes=3)
-    model = leaf.build_model(FERModel(_Features(4), 3))
+    model = leaf.build_model(FERModel(IdentityBackbone(4), 3))
     moe = model.semantic_moe
     assert len(moe.experts) == 1 and moe.k == 1  # 8 experts sharing one module, top-1
     h = torch.randn(5, 4)
@@ -143,7 +133,7 @@ def test_paper_moe_top2_gates_and_load_balancing_loss() -> None:
     # in training the load is smooth (probability of staying in the top k) and the noise is drawn
     torch.manual_seed(0)
     leaf = create_method("leaf", num_classes=3, args={"paper_moe": True})
-    model = leaf.build_model(FERModel(_Features(4), 3)).train()
+    model = leaf.build_model(FERModel(IdentityBackbone(4), 3)).train()
     assert len(model.semantic_moe.experts) == 8 and model.semantic_moe.k == 2
     _, _, aux = model(torch.randn(6, 4), return_features=True, return_aux=True)
     assert aux.item() > 0 and aux.requires_grad
@@ -155,7 +145,7 @@ def test_training_step_weights_and_thresholds() -> None:
 
     torch.manual_seed(0)
     leaf = create_method("leaf", num_classes=3, args={"initial_threshold": 0.0})  # every sample confident
-    model = leaf.build_model(FERModel(_Features(4), 3)).train()
+    model = leaf.build_model(FERModel(IdentityBackbone(4), 3)).train()
     u = {k: torch.randn(4, 4) for k in ("weak", "weak2", "strong")}
     batch = Batch({"weak": torch.randn(2, 4), "y": torch.tensor([0, 2])}, {**u, "idx": torch.arange(4)})
     out = leaf.training_step(model, batch, StepContext(0, 10, 3))

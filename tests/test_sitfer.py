@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import IdentityBackbone
 from torch import nn
 
 from bench.engine.model import FERModel
@@ -17,17 +18,6 @@ from bench.registry import create_method
 from methods.sitfer import SITFERModel
 
 E, L = math.exp, math.log
-
-
-class _Features(nn.Module):
-    """A backbone whose features are its input, so f = normalize(x)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.num_features = dim
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
 
 
 def _close(t: torch.Tensor, rows: list[list[float]]) -> bool:
@@ -41,7 +31,7 @@ def _softmax(v: list[float]) -> list[float]:
 
 def _head(scale: float = 1.0) -> SITFERModel:
     """D = 2, C = 3: W = scale * [[1, 0], [0, 1], [0, 0]], anchors (1,0), (0,1), (-1,0); 3 bank slots."""
-    base = FERModel(_Features(2), 3)
+    base = FERModel(IdentityBackbone(2), 3)
     with torch.no_grad():
         base.classifier.weight.copy_(scale * torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
         base.classifier.bias.zero_()
@@ -129,7 +119,7 @@ def test_fused_eval_head() -> None:
 def _built(args: dict) -> tuple:
     sit = create_method("sitfer", num_classes=3, args=args)
     sit.setup(SetupInfo(num_classes=3, num_labeled=5, num_unlabeled=10, total_steps=10))
-    return sit, sit.build_model(FERModel(_Features(6), 3))
+    return sit, sit.build_model(FERModel(IdentityBackbone(6), 3))
 
 
 def test_random_anchors_are_seeded_unit_vectors() -> None:
@@ -151,7 +141,7 @@ def test_bad_text_encoder_arguments_fail_clearly(tmp_path: Path) -> None:
                       args={"text_encoder": "clip", "text_encoder_path": str(tmp_path / "missing")})
     with pytest.raises(FERBenchError, match=r"no config.json \(transformers CLIP\) or open_clip_config.json"):
         sit = create_method("sitfer", num_classes=3, args={"text_encoder": "clip", "text_encoder_path": str(tmp_path)})
-        sit.build_model(FERModel(_Features(6), 3))
+        sit.build_model(FERModel(IdentityBackbone(6), 3))
     with pytest.raises(FERBenchError, match="class_words has 2 words for 3 classes"):
         create_method("sitfer", num_classes=3, args={"class_words": ["a", "b"]})
     with pytest.raises(FERBenchError, match="fusion='max'"):

@@ -3,12 +3,11 @@ what the label protocol dropped, and (verify) every entry that is wrong. Nothing
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.data.cache import decode_records, default_cache_dir
+from bench.data.cache import decode_records, default_cache_dir, default_workers
 from bench.data.datasets import DatasetSpec, get_dataset
 from bench.data.records import Problem, ReadReport, SampleRecord
 
@@ -54,7 +53,7 @@ def survey(name: str, root: str | None, label_protocol: str | None = None, optio
 
 def check_images(records: list[SampleRecord], workers: int | None = None, progress: bool = False) -> list[Problem]:
     """A `missing` or `unreadable` problem for every image that does not decode."""
-    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    workers = workers if workers is not None else default_workers()
     it = decode_records(records, 16, workers)
     if progress:
         from tqdm import tqdm
