@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 from timm.utils import ModelEmaV3
 
 from bench.config import RunConfig, run_id
@@ -174,8 +174,15 @@ def train(cfg: RunConfig, progress: Any = None,
     if paths.record.exists():
         return json.loads(paths.record.read_text())
 
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
+    handlers = []
+    if deepspeed and not torch.cuda.is_available():
+        # DeepSpeed on CPU hosts: without a gloo process group accelerate sees one process per rank
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
     accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),  # multi-process launches on CPU-only hosts: MULTI_CPU over gloo
+        # multi-process launches on CPU-only hosts: MULTI_CPU over gloo (cpu=True would turn DeepSpeed off)
+        cpu=not torch.cuda.is_available() and not deepspeed,
+        kwargs_handlers=handlers,
         mixed_precision=cfg.train.mixed_precision,
         log_with=_tracker(),
         project_config=ProjectConfiguration(project_dir=str(paths.run_dir), logging_dir=str(paths.run_dir / "tb")),
@@ -226,6 +233,10 @@ def train(cfg: RunConfig, progress: Any = None,
     model = method.build_model(build_model(cfg.model, data.num_classes))
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
+    if accelerator.state.deepspeed_plugin is not None:  # no dataloader to infer DeepSpeed's batch sizes from
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = cfg.train.batch_size // world
+        ds_config["train_batch_size"] = cfg.train.batch_size
     model, optimizer = accelerator.prepare(model, optimizer)
     method.to(accelerator.device)
     ema = None
@@ -341,6 +352,10 @@ def train(cfg: RunConfig, progress: Any = None,
         final_metrics = evaluate_now()
     record = build_record(cfg, rid, data, manifest, manifest_path, len(unlabeled_pool), final_metrics, state, world,
                           method)
+    ds = accelerator.state.deepspeed_plugin
+    record["distributed"] = {"type": str(accelerator.distributed_type).split(".")[-1],
+                             "backend": accelerator.state.backend,
+                             "zero_stage": ds.zero_stage if ds is not None else None}
     if accelerator.is_main_process:
         # a record is never overwritten: if a duplicate job of this run finished first, its record stays
         write_json_atomic(paths.record, record, overwrite=False)
