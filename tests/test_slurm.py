@@ -171,3 +171,17 @@ def test_local_executor_runs_subprocesses_with_the_same_status_files(shared_cach
     assert all(s["logs"]["stderr"].endswith("_0_log.err") and s["job_id"] for s in statuses)
     assert main(["status", str(out)]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == "2 done, 0 running, 0 requeued, 0 pending, 0 failed"
+
+
+def test_concurrent_record_writers_never_overwrite_or_corrupt(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.results.record import write_json_atomic
+
+    path = tmp_path / "records" / "run.json"
+    with ThreadPoolExecutor(8) as pool:
+        wrote = list(pool.map(lambda i: write_json_atomic(path, {"writer": i, "pad": "x" * 100_000},
+                                                          overwrite=False), range(32)))
+    assert sum(wrote) == 1  # exactly one writer created the record; every other one left it alone
+    assert json.loads(path.read_text())["writer"] == wrote.index(True)
+    assert [p.name for p in path.parent.iterdir()] == ["run.json"]  # no temp files left behind
