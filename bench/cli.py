@@ -243,7 +243,7 @@ def _prepare_data(runs) -> None:
     seen = set()
     for cfg in runs:
         d = cfg.data
-        options = dict(d.synthfer) if d.name == "synthfer" else dict(d.options)
+        options = d.reader_options()
         key = (d.name, d.root, d.image_size, str(default_cache_dir(d.cache_dir)), repr(sorted(options.items())),
                d.label_protocol, d.on_bad_image)
         if key not in seen:

@@ -32,6 +32,10 @@ class DataConfig:
     label_protocol: str | None = None  # the dataset's label rule (ferplus: majority8 | argmax7); None: its default
     options: dict[str, Any] = field(default_factory=dict)  # reader options (rafdb images, ferplus train_with_valid)
 
+    def reader_options(self) -> dict[str, Any]:
+        """What the dataset's reader takes: synthfer's generator parameters, else `options`."""
+        return dict(self.synthfer) if self.name == "synthfer" else dict(self.options)
+
 
 @dataclass
 class ModelConfig:

@@ -194,7 +194,7 @@ def train(cfg: RunConfig, progress: Any = None,
 
     # --- data: prepared cache, split manifest, index streams -------------------------------------
     cache_dir = default_cache_dir(cfg.data.cache_dir)
-    options = dict(cfg.data.synthfer) if cfg.data.name == "synthfer" else dict(cfg.data.options)
+    options = cfg.data.reader_options()
     with accelerator.main_process_first():  # the main process builds the cache; the others then find it
         prep_path = prepare_dataset(cfg.data.name, cfg.data.root, cfg.data.image_size, str(cache_dir), options,
                                     cfg.data.on_bad_image, label_protocol=cfg.data.label_protocol)
