@@ -88,6 +88,20 @@ def slurm_states(job_ids: list[str]) -> dict[str, str]:
     return states
 
 
+def queued_jobs() -> set[str]:
+    """Ids of the jobs (array tasks one by one) SLURM's controller still holds: pending, running, requeued.
+
+    Asked of squeue, not sacct: a job accounting has not recorded yet (just submitted) or no longer knows
+    (a purged database) must not count as over, or as live forever, respectively.
+    """
+    if shutil.which("squeue") is None:
+        return set()
+    out = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise FERBenchError(f"squeue failed ({out.stderr.strip()}): cannot tell which runs are still queued")
+    return {line.strip() for line in out.stdout.splitlines() if line.strip()}
+
+
 def _executor(kind: str, folder: Path, name: str, params: ClusterParams) -> submitit.Executor:
     ex = submitit.AutoExecutor(folder=str(folder / "%j"), cluster=kind)
     tasks = max(1, params.gpus_per_node)  # one task (one process) per GPU
@@ -109,7 +123,7 @@ def pending_runs(runs: list[RunConfig], output_dir: str | Path) -> tuple[list[Ru
     from bench.engine.trainer import run_paths
 
     jobs = read_jobs(output_dir)
-    states = slurm_states([j["job_id"] for j in jobs.values() if j["executor"] == "slurm"])
+    queued = queued_jobs() if any(j["executor"] == "slurm" for j in jobs.values()) else set()
     todo, done, live = [], 0, 0
     for cfg in runs:
         rid = run_id(cfg)
@@ -117,7 +131,7 @@ def pending_runs(runs: list[RunConfig], output_dir: str | Path) -> tuple[list[Ru
             done += 1
             continue
         job = jobs.get(rid)
-        if job and job["executor"] == "slurm" and states.get(job["job_id"], "PENDING") in LIVE_STATES:
+        if job and job["executor"] == "slurm" and job["job_id"] in queued:
             live += 1  # submitted earlier and not over: submitting it again would run it twice
             continue
         todo.append(cfg)
