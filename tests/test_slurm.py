@@ -107,14 +107,28 @@ def _interrupted_equals_uninterrupted(tmp_path: Path, cache: Path, interrupt) ->
     _wait(checkpoint.is_dir, 240, "the first checkpoint", poll=0.2)
     interrupt(job_id)
 
-    def restarted() -> bool:  # SLURM holds a requeued job back ~2 minutes (BeginTime): release it now
-        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True).stdout
-        if "PENDING" in state:
-            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+    seen: list[str] = []
+    released: list[bool] = []
+
+    def restarted() -> bool:
+        state = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], capture_output=True,
+                               text=True).stdout.strip()
+        if not seen or seen[-1] != state:
+            seen.append(state)
+        # SLURM holds a requeued job back ~2 minutes (BeginTime) while the old credential is revoked. Release
+        # it once, a few seconds on: slurmd compares whole seconds and kills a job relaunched in the second
+        # its credential was revoked ("Job credential revoked"), so StartTime=now can lose the job.
+        if "PENDING" in state and not released:
+            res = subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now+3"], capture_output=True)
+            if res.returncode == 0:
+                released.append(True)
         return "RUNNING" in state and checkpoint.is_dir() or (outs["interrupted"] / "records").is_dir()
 
     time.sleep(2)
-    _wait(restarted, 120, "the requeued job to run again")
+    try:
+        _wait(restarted, 120, "the requeued job to run again")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; squeue states seen: {seen}") from None
     records = {k: _wait(lambda o=o: list((o / "records").glob("*.json")), 300, f"the {k} record")
                for k, o in outs.items()}
     assert all(len(r) == 1 for r in records.values())
