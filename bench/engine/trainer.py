@@ -31,11 +31,12 @@ from bench.data.datasets import get_dataset
 from bench.data.splits import check_budget, make_split, save_manifest
 from bench.data.views import ViewMaker
 from bench.engine.evaluation import evaluate_model
+from bench.engine.feed import BatchFeed
 from bench.engine.model import build_model
 from bench.engine.provenance import git_commit, host_info, package_versions
 from bench.engine.streams import LABELED_SAMPLING, IndexStream, labeled_stream, step_seed
 from bench.errors import FERBenchError
-from bench.method import Batch, HookContext, Method, SetupInfo, StepContext
+from bench.method import HookContext, Method, SetupInfo, StepContext
 from bench.registry import create_method, get_method_class
 from bench.results.record import SCHEMA, record_path, write_json_atomic
 
@@ -226,6 +227,8 @@ def train(cfg: RunConfig, progress: Any = None,
     train_images = torch.from_numpy(np.array(data.train.images)).permute(0, 3, 1, 2)
     train_labels = torch.from_numpy(data.train.labels)
     views = ViewMaker(cfg.augment)
+    feed = BatchFeed(train_images, train_labels, views, lab_stream, unl_stream, method.labeled_views,
+                     method.views, labeled_position, pool_position, accelerator.device, cfg.seed, rank, world)
 
     # --- model, optimiser, EMA, method ----------------------------------------------------------
     torch.manual_seed(step_seed(cfg.seed, -1, 0, "init"))  # same initial weights on every process
@@ -287,24 +290,12 @@ def train(cfg: RunConfig, progress: Any = None,
     while state.step < stop_at:
         t0 = time.perf_counter()
         step = state.step
-        gen = torch.Generator(device=accelerator.device).manual_seed(step_seed(cfg.seed, step, rank, "augment"))
         torch.manual_seed(step_seed(cfg.seed, step, rank, "dropout"))
-        li = lab_stream.indices(step, rank, world)
-        x_u8 = train_images[li].to(accelerator.device)
-        labeled = {"y": train_labels[li].to(accelerator.device), "idx": torch.from_numpy(li).to(accelerator.device),
-                   "pos": torch.from_numpy(labeled_position[li]).to(accelerator.device)}
-        for v in method.labeled_views:
-            labeled[v] = views.make(v, x_u8, gen)
-        unlabeled = None
-        if unl_stream is not None:
-            ui = unl_stream.indices(step, rank, world)
-            u_u8 = train_images[ui].to(accelerator.device)
-            unlabeled = {v: views.make(v, u_u8, gen) for v in method.views}
-            unlabeled["idx"] = torch.from_numpy(pool_position[ui]).to(accelerator.device)
+        batch = feed.batch(step)
         ctx = StepContext(step=step, total_steps=total, num_classes=data.num_classes,
                           ema_model=ema.module if ema is not None else None)
         with accelerator.autocast():
-            out = method.training_step(model, Batch(labeled, unlabeled), ctx)
+            out = method.training_step(model, batch, ctx)
         if not torch.isfinite(out.loss):
             raise FERBenchError(f"run {rid}: loss became {out.loss.item()} at iteration {step}; lower optim.lr?")
         accelerator.backward(out.loss)
