@@ -149,11 +149,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from bench.config import build_config
     from bench.engine.trainer import run_paths, train
 
-    cfg = build_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.pretrain_data:  # FR-pretraining's extra face folders for its reconstruction stage
+        overrides.append(f"method_args.pretrain_data={json.dumps(args.pretrain_data)}")
+    cfg = build_config(args.config, overrides)
     existed = run_paths(cfg).record.exists()
     rec = train(cfg, progress=_progress() if not args.quiet else None)
     if rec is None:
-        print(f"stopped at iteration {cfg.train.stop_after} (checkpoint saved in {run_paths(cfg).checkpoint})")
+        print(f"stopped before the last iteration; the checkpoint to resume from is under {run_paths(cfg).run_dir}")
         return 0
     m = rec["metrics"]
     state = "already done" if existed else "done"
@@ -374,6 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train one run (resumes from its checkpoint if interrupted)")
     r.add_argument("--config", "-c", action="append", default=[], help="YAML config file (repeatable)")
     r.add_argument("--quiet", action="store_true")
+    r.add_argument("--pretrain-data", nargs="+", metavar="DIR", default=[],
+                   help="image folders added to the unlabeled images of a reconstruction-pretraining stage "
+                        "(method=frpretrain)")
     r.add_argument("overrides", nargs="*", help="dotted overrides, e.g. method=fixmatch data.budget=0.02")
     r.set_defaults(fn=_cmd_run)
 

@@ -42,6 +42,7 @@ class ModelConfig:
     backbone: str = "ferbench_cnn_small"
     pretrained_file: str | None = None  # local checkpoint only; never a hub download
     drop_rate: float = 0.0
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments (img_size, ...)
 
 
 @dataclass
@@ -51,8 +52,11 @@ class OptimConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine (FixMatch's cos(7*pi*k / 16K)) | constant
+    schedule: str = "cosine"  # cosine (FixMatch's cos(7*pi*k / 16K)) | halfcosine (to min_lr) | constant
     warmup_iters: int = 0
+    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
+    min_lr: float = 0.0  # halfcosine: the floor it decays to
+    decay_iters: int = 0  # halfcosine: iterations of the decay, then min_lr; 0 = the whole run (or stage)
 
 
 @dataclass
@@ -61,6 +65,8 @@ class AugmentConfig:
     pad_frac: float = 0.125  # padding as a fraction of the image side
     randaugment_n: int = 3  # ops per strong view (sampled with replacement)
     cutout_max: float = 0.5  # cutout side ~ U(0, cutout_max) * image side
+    crop: str = "pad"  # weak-view crop: "pad" (padded random crop) | "resized" (RandomResizedCrop)
+    rrc_scale: tuple[float, float] = (0.08, 1.0)  # crop="resized": range of the crop's area fraction
     normalize_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     normalize_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -92,6 +98,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "optim": {"name": "adam", "lr": 5e-4, "weight_decay": 0.0, "schedule": "constant", "warmup_iters": 0},
         "train": {"batch_size": 16, "mu": 1, "ema_decay": 0.999},
     },
+    # FR-pretraining's reference recipe (reference/methods.md §5, zhelishisongjie/SSFER): ViT-B/16 at 224 px,
+    # stage lengths in iterations for RAF-DB (12,271 training images) at 10% labels (1,227):
+    # MAE 800 epochs x 48 batches of 256 with 50 warm-up epochs; fine-tuning 100 epochs x 38 batches of 32,
+    # 5 warm-up epochs, cosine to 1e-5 by epoch 50; FixMatch 50 epochs x 192 unlabeled batches of 64.
+    "ssfer": {
+        "data": {"image_size": 224},
+        "model": {"backbone": "vit_base_patch16_224"},
+        "stages": {
+            "pretrain": {"train": {"iterations": 38400, "batch_size": 256, "mu": 1},
+                         "optim": {"warmup_iters": 2400}},
+            "finetune": {"train": {"iterations": 3800, "batch_size": 32},
+                         "optim": {"warmup_iters": 190, "decay_iters": 1900}},
+            "semisup": {"train": {"iterations": 9600, "batch_size": 64, "mu": 1}},
+        },
+    },
 }
 
 
@@ -107,6 +128,8 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    #: per-stage overrides of multi-stage methods: {stage name: {"optim"|"train"|"augment": {...}}}
+    stages: dict[str, Any] = field(default_factory=dict)
     output_dir: str = "runs"
 
     @property
@@ -128,11 +151,30 @@ _NOT_IN_RUN_ID = {
 }
 
 
+# Fields added after records were published: left out of the run id while at their default, so every
+# earlier run keeps its id (a sweep still finds its records) and a non-default value still makes a new run.
+_HASHED_WHEN_SET = {
+    ("model", "timm_kwargs"): {},
+    ("optim", "betas"): [0.9, 0.999],
+    ("optim", "min_lr"): 0.0,
+    ("optim", "decay_iters"): 0,
+    ("stages",): {},
+    ("augment", "crop"): "pad",
+    ("augment", "rrc_scale"): [0.08, 1.0],
+}
+
+
 def _strip(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         key = prefix + (k,)
         if key in _NOT_IN_RUN_ID:
+            continue
+        if key == ("stages",) and isinstance(v, dict):  # per stage, the same watch settings stay out of the id
+            v = {name: {sec: vals for sec, vals in _strip(sections).items() if vals != {}}
+                 for name, sections in v.items() if isinstance(sections, dict)}
+            v = {name: sections for name, sections in v.items() if sections}
+        if key in _HASHED_WHEN_SET and (list(v) if isinstance(v, tuple) else v) == _HASHED_WHEN_SET[key]:
             continue
         out[k] = _strip(v, key) if isinstance(v, dict) else v
     return out

@@ -39,6 +39,8 @@ class StepContext:
     num_classes: int
     ema_model: nn.Module | None = None  # the EMA (teacher) model when the run keeps one
     stage: str = "main"
+    #: maps a normalised view back to uint8 pixels (N, 3, H, W), for methods that look at the images
+    denormalize: Callable[[Tensor], Tensor] | None = None
 
 
 @dataclass
@@ -59,6 +61,31 @@ class HookContext:
     epoch: int  # completed hook intervals, 1-based
     #: (probs (N, C), labels (N,)) of the evaluation model (EMA when kept) on weak views of the labeled set
     predict_labeled: Callable[[], tuple[Tensor, Tensor]]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a method's training: its own iterations, optimiser, schedule and views.
+
+    Single-stage methods have one, "main", made from their class attributes. A multi-stage method
+    (FR-pretraining: reconstruction, supervised fine-tuning, semi-supervised) lists several; the engine
+    runs them in order, each with a fresh optimiser, schedule and EMA, checkpoints inside each, and
+    hands the trained model of one stage to `Method.stage_model` of the next.
+
+    defaults: section overrides this stage applies to the run config ({"optim": {...}, "train": {...},
+              "augment": {...}}); the user's `stages.<name>` overrides go on top.
+    evaluate: whether the stage's model is a classifier to evaluate on the test split (the run's metrics
+              are those of the last stage that evaluates).
+    extra_unlabeled: image folders whose images join the unlabeled pool for this stage only.
+    """
+
+    name: str
+    views: tuple[str, ...] = ()
+    labeled_views: tuple[str, ...] = ("weak",)
+    defaults: dict[str, Any] = field(default_factory=dict)
+    evaluate: bool = True
+    extra_unlabeled: tuple[str, ...] = ()
+    requires_ema: bool = False  # the stage trains against the EMA model (a teacher)
 
 
 @dataclass
@@ -90,6 +117,9 @@ class Method:
     #: names of `defaults` that are reconstructions, not values from a paper or its code (listed by
     #: `ferbench methods`, so they can be corrected when the source becomes available).
     reconstructed: ClassVar[tuple[str, ...]] = ()
+    #: every stage `stages()` may return, in order; `stages.<name>` overrides may name any of them (a preset
+    #: may set a stage that some arguments skip, e.g. FR-pretraining's MAE stage when a checkpoint is given)
+    stage_names: ClassVar[tuple[str, ...]] = ("main",)
 
     def __init__(self, num_classes: int, **hparams: Any) -> None:
         unknown = sorted(set(hparams) - set(self.defaults))
@@ -121,6 +151,15 @@ class Method:
         what the run is evaluated on.
         """
         return model
+
+    def stages(self) -> tuple[Stage, ...]:
+        """The stages to train, in order; one ("main") unless a method overrides this."""
+        return (Stage("main", views=self.views, labeled_views=self.labeled_views),)
+
+    def stage_model(self, stage: Stage, model: nn.Module, previous: nn.Module | None) -> nn.Module:
+        """The model `stage` trains. `model` is a freshly built `FERModel`; `previous` is the model the
+        previous stage trained (None for the first). Single-stage methods get `build_model(model)`."""
+        return self.build_model(model) if previous is None else previous
 
     def info(self) -> dict[str, Any]:
         """Facts about the run that are not arguments (e.g. which text encoder was loaded), for the record."""

@@ -244,6 +244,29 @@ def padded_random_crop(x: Tensor, gen: torch.Generator, pad: int, prob: float) -
     return x.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2).contiguous()
 
 
+def random_resized_crop(x: Tensor, gen: torch.Generator, scale: tuple[float, float],
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> Tensor:
+    """torchvision's RandomResizedCrop, batched: per sample an area fraction ~ U(scale) and a log-uniform
+    aspect ratio, a uniform position, resampled bicubically to the input size by an affine grid.
+
+    torchvision redraws a crop that does not fit (up to 10 times, then a centre crop); here each side is
+    clipped to the image instead, which changes the area of only the few draws that would not fit.
+    """
+    n, _, h, w = x.shape
+    dev = x.device
+    area = scale[0] + (scale[1] - scale[0]) * _rand(n, gen, dev)
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * _rand(n, gen, dev)
+    cw = (area * log_r.exp()).sqrt().clamp(max=1.0)  # crop width / image width
+    ch = (area / log_r.exp()).sqrt().clamp(max=1.0)
+    cx = (1 - cw) * _rand(n, gen, dev) + cw / 2  # crop centre, in [0, 1] image coordinates
+    cy = (1 - ch) * _rand(n, gen, dev) + ch / 2
+    theta = torch.zeros(n, 2, 3, device=dev)
+    theta[:, 0, 0], theta[:, 0, 2] = cw, 2 * cx - 1
+    theta[:, 1, 1], theta[:, 1, 2] = ch, 2 * cy - 1
+    grid = F.affine_grid(theta, [n, x.shape[1], h, w], align_corners=False)
+    return _u8(F.grid_sample(x.float(), grid, mode="bicubic", padding_mode="border", align_corners=False))
+
+
 def horizontal_flip(x: Tensor, gen: torch.Generator, prob: float = 0.5) -> Tensor:
     flip = (_rand(len(x), gen, x.device) < prob).view(-1, 1, 1, 1)
     return torch.where(flip, x.flip(-1), x)
@@ -256,6 +279,10 @@ class ViewMaker:
         self.cfg = cfg
 
     def weak(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        if self.cfg.crop == "resized":
+            return horizontal_flip(random_resized_crop(x, gen, tuple(self.cfg.rrc_scale)), gen)
+        if self.cfg.crop != "pad":
+            raise ValueError(f"augment.crop={self.cfg.crop!r}: expected 'pad' or 'resized'")
         pad = int(round(self.cfg.pad_frac * x.shape[-1]))
         return horizontal_flip(padded_random_crop(x, gen, pad, self.cfg.crop_prob), gen)
 
@@ -267,6 +294,12 @@ class ViewMaker:
         mean = torch.tensor(self.cfg.normalize_mean, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.cfg.normalize_std, device=x.device).view(1, 3, 1, 1)
         return (x.float() / 255.0 - mean) / std
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """A normalised view back to uint8 pixels (e.g. for a face detector)."""
+        mean = torch.tensor(self.cfg.normalize_mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.cfg.normalize_std, device=x.device).view(1, 3, 1, 1)
+        return _u8((x.float() * std + mean) * 255.0)
 
     def make(self, view: str, x: Tensor, gen: torch.Generator) -> Tensor:
         kind = view.rstrip("0123456789")

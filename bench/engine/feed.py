@@ -29,16 +29,17 @@ class BatchFeed:
                  labeled: IndexStream | ClassBalancedStream, unlabeled: IndexStream | None,
                  labeled_views: Sequence[str], unlabeled_views: Sequence[str],
                  labeled_position: np.ndarray, pool_position: np.ndarray,
-                 device: torch.device, seed: int, rank: int = 0, world: int = 1) -> None:
+                 device: torch.device, seed: int, rank: int = 0, world: int = 1, purpose: str = "augment") -> None:
         self.images, self.labels, self.views = images, labels, views
         self.labeled, self.unlabeled = labeled, unlabeled
         self.labeled_views, self.unlabeled_views = tuple(labeled_views), tuple(unlabeled_views)
         self.labeled_position, self.pool_position = labeled_position, pool_position
         self.device, self.seed, self.rank, self.world = device, seed, rank, world
+        self.purpose = purpose  # seeds the step's augmentation; stages of one run draw independently
 
     def batch(self, step: int) -> Batch:
         dev = self.device
-        gen = torch.Generator(device=dev).manual_seed(step_seed(self.seed, step, self.rank, "augment"))
+        gen = torch.Generator(device=dev).manual_seed(step_seed(self.seed, step, self.rank, self.purpose))
         li = self.labeled.indices(step, self.rank, self.world)
         x_u8 = self.images[li].to(dev)
         labeled = {"y": self.labels[li].to(dev), "idx": torch.from_numpy(li).to(dev),

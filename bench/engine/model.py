@@ -56,6 +56,18 @@ def ferbench_cnn_tiny(pretrained: bool = False, **kwargs: object) -> SmallCNN:
     return SmallCNN((16, 32, 64), **kwargs)
 
 
+@register_model
+def ferbench_vit_tiny(pretrained: bool = False, **kwargs: object) -> nn.Module:
+    """A 4-block ViT (96-d, 3 heads, 8-px patches) for CPU runs of ViT methods at 32-64 px (FR-pretraining's
+    MAE stage); `img_size` defaults to 48, the synthfer demo's size."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    args = {"img_size": 48, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3, "mlp_ratio": 4.0}
+    # timm's factory passes its pretrained-config arguments along; this local model has no weights to fetch
+    kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
+    return VisionTransformer(**{**args, **kwargs})
+
+
 class FERModel(nn.Module):
     """Backbone (timm, no classifier) -> features -> dropout -> linear classifier."""
 
@@ -104,7 +116,7 @@ def feature_map_channels(backbone: nn.Module) -> int:
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> FERModel:
-    kwargs: dict = {"num_classes": 0}
+    kwargs: dict = {**cfg.timm_kwargs, "num_classes": 0}
     if cfg.pretrained_file:
         path = Path(cfg.pretrained_file)
         if not path.is_file():

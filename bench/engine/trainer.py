@@ -9,6 +9,7 @@ the run record atomically.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -25,18 +26,18 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 from timm.utils import ModelEmaV3
 
-from bench.config import RunConfig, run_id
+from bench.config import RunConfig, apply_mapping, config_from_dict, run_id
 from bench.data.cache import default_cache_dir, load_prepared, prepare_dataset
 from bench.data.datasets import get_dataset
 from bench.data.splits import check_budget, make_split, save_manifest
 from bench.data.views import ViewMaker
 from bench.engine.evaluation import evaluate_model
 from bench.engine.feed import BatchFeed
-from bench.engine.model import build_model
+from bench.engine.model import build_model, parameter_checksum
 from bench.engine.provenance import git_commit, host_info, package_versions
 from bench.engine.streams import LABELED_SAMPLING, IndexStream, labeled_stream, step_seed
 from bench.errors import FERBenchError
-from bench.method import HookContext, Method, SetupInfo, StepContext
+from bench.method import HookContext, Method, SetupInfo, Stage, StepContext
 from bench.registry import create_method, get_method_class
 from bench.results.record import SCHEMA, record_path, write_json_atomic
 
@@ -59,17 +60,29 @@ class TrainerState:
         self.__dict__.update(state)
 
 
-class MethodState:
-    """Adapter so the method's own state goes into `save_state` / `load_state`."""
+class LoopCheckpoint:
+    """What `save_state` keeps besides model and optimiser, for the stage being trained: schedule, loop
+    bookkeeping, the method's state and the EMA. Registered once; each stage fills it with its own."""
 
     def __init__(self, method: Method) -> None:
         self.method = method
+        self.stage = ""
+        self.scheduler: Any = None
+        self.state: TrainerState | None = None
+        self.ema: ModelEmaV3 | None = None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"method": self.method.state_dict()}
+        return {"stage": self.stage, "scheduler": self.scheduler.state_dict(), "trainer": self.state.state_dict(),
+                "method": self.method.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state["stage"] != self.stage:
+            raise FERBenchError(f"checkpoint of stage {state['stage']!r} found where stage {self.stage!r} resumes")
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.state.load_state_dict(state["trainer"])
         self.method.load_state_dict(state["method"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
 
 @dataclass
@@ -97,9 +110,9 @@ def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optim
     if o.name == "sgd":
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
     if o.name == "adam":
-        return torch.optim.Adam(groups, lr=o.lr)
+        return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))
     if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=o.lr)
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
     raise FERBenchError(f"optim.name={o.name!r}: expected sgd, adam or adamw")
 
 
@@ -111,7 +124,11 @@ def lr_factor(cfg: RunConfig, step: int) -> float:
         return 1.0
     if o.schedule == "cosine":  # FixMatch: lr * cos(7*pi*k / (16*K))
         return math.cos(7 * math.pi * step / (16 * total))
-    raise FERBenchError(f"optim.schedule={o.schedule!r}: expected cosine or constant")
+    if o.schedule == "halfcosine":  # MAE / timm CosineLRScheduler: half a cosine to min_lr, then min_lr
+        span = o.decay_iters or total
+        floor = o.min_lr / o.lr if o.lr else 0.0
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, span) / span))
+    raise FERBenchError(f"optim.schedule={o.schedule!r}: expected cosine, halfcosine or constant")
 
 
 def validate(cfg: RunConfig) -> type[Method]:
@@ -127,15 +144,28 @@ def validate(cfg: RunConfig) -> type[Method]:
     if method.labeled_sampling not in LABELED_SAMPLING:
         raise FERBenchError(f"method {cfg.method!r}: labeled_sampling={method.labeled_sampling!r}; expected one of "
                             f"{', '.join(LABELED_SAMPLING)}")
-    t = cfg.train
-    if t.iterations < 1:
-        raise FERBenchError(f"train.iterations={t.iterations}: expected a positive number of iterations")
-    if t.batch_size < 1 or t.mu < 0:
-        raise FERBenchError(f"train.batch_size={t.batch_size}, train.mu={t.mu}: expected batch_size >= 1, mu >= 0")
-    if cls.requires_ema and cfg.train.ema_decay <= 0:
-        raise FERBenchError(f"method {cfg.method!r} trains against an EMA teacher: train.ema_decay must be > 0")
-    if cls.views and t.mu < 1:
-        raise FERBenchError(f"method {cfg.method!r} needs unlabeled data: train.mu must be >= 1")
+    stages = method.stages()
+    unknown = sorted(set(cfg.stages) - set(cls.stage_names))
+    if unknown:
+        raise FERBenchError(f"stages.{unknown[0]}: method {cfg.method!r} has no such stage; its stages: "
+                            f"{', '.join(cls.stage_names)}")
+    for stage in stages:
+        scfg = stage_config(cfg, stage)
+        where = "" if stage.name == "main" else f" (stage {stage.name})"
+        t = scfg.train
+        if t.iterations < 1:
+            raise FERBenchError(f"train.iterations={t.iterations}{where}: expected a positive number of iterations")
+        if t.batch_size < 1 or t.mu < 0:
+            raise FERBenchError(f"train.batch_size={t.batch_size}, train.mu={t.mu}{where}: expected batch_size >= 1, "
+                                "mu >= 0")
+        if (cls.requires_ema or stage.requires_ema) and t.ema_decay <= 0:
+            raise FERBenchError(f"method {cfg.method!r} trains against an EMA teacher: train.ema_decay must be > 0"
+                                f"{where}")
+        if stage.views and t.mu < 1:
+            raise FERBenchError(f"method {cfg.method!r} needs unlabeled data{where}: train.mu must be >= 1")
+        lr_factor(scfg, 0)  # unknown schedule
+        if scfg.augment.crop not in ("pad", "resized"):
+            raise FERBenchError(f"augment.crop={scfg.augment.crop!r}{where}: expected 'pad' or 'resized'")
     check_budget(cfg.data.protocol, cfg.data.budget)  # unknown protocol / budget out of range
     if cfg.data.unlabeled not in ("all", "rest"):
         raise FERBenchError(f"data.unlabeled={cfg.data.unlabeled!r}: expected 'all' or 'rest'")
@@ -161,44 +191,39 @@ def _tracker() -> str | None:
     return "tensorboard"
 
 
-def train(cfg: RunConfig, progress: Any = None,
-          should_stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
-    """Run (or resume) one run. Returns its record, or None when stopped early: at `train.stop_after`,
-    or when `should_stop()` turns true (a pre-emption signal); either way with a checkpoint saved at an
-    iteration boundary, so a later call resumes exactly there.
+@dataclass
+class RunData:
+    """The prepared data of a run, shared by its stages: images, split manifest and index pools."""
 
-    If the run's record already exists it is returned as is: a finished run is never redone or
-    overwritten.
-    """
-    method_cls = validate(cfg)
-    paths = run_paths(cfg)
-    if paths.record.exists():
-        return json.loads(paths.record.read_text())
+    data: Any
+    manifest: dict[str, Any]
+    manifest_path: Path | None
+    labeled_pool: np.ndarray
+    unlabeled_pool: np.ndarray
+    images: torch.Tensor  # (N, C, H, W) uint8, the training split (plus a stage's extra unlabeled images)
+    labels: torch.Tensor
+    pool_position: np.ndarray  # training index -> position in the unlabeled pool, -1 elsewhere
+    labeled_position: np.ndarray  # training index -> position in the labeled pool, -1 elsewhere
 
-    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
-    handlers = []
-    if deepspeed and not torch.cuda.is_available():
-        # DeepSpeed on CPU hosts: without a gloo process group accelerate sees one process per rank
-        handlers.append(InitProcessGroupKwargs(backend="gloo"))
-    accelerator = Accelerator(
-        # multi-process launches on CPU-only hosts: MULTI_CPU over gloo (cpu=True would turn DeepSpeed off)
-        cpu=not torch.cuda.is_available() and not deepspeed,
-        kwargs_handlers=handlers,
-        mixed_precision=cfg.train.mixed_precision,
-        log_with=_tracker(),
-        project_config=ProjectConfiguration(project_dir=str(paths.run_dir), logging_dir=str(paths.run_dir / "tb")),
-    )
-    world, rank = accelerator.num_processes, accelerator.process_index
-    if cfg.train.batch_size % world:
-        raise FERBenchError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world} processes")
-    rid = run_id(cfg)
+    def with_extra_unlabeled(self, extra: np.ndarray) -> RunData:
+        """A copy whose unlabeled pool also holds `extra` (M, H, W, C) uint8 images (label -1)."""
+        n, m = len(self.images), len(extra)
+        new = np.arange(n, n + m)
+        pool = np.concatenate([self.unlabeled_pool, new])
+        pool_position = np.concatenate([self.pool_position, len(self.unlabeled_pool) + np.arange(m)])
+        return dataclasses.replace(
+            self, unlabeled_pool=pool, pool_position=pool_position,
+            images=torch.cat([self.images, torch.from_numpy(extra).permute(0, 3, 1, 2)]),
+            labels=torch.cat([self.labels, torch.full((m,), -1, dtype=self.labels.dtype)]),
+            labeled_position=np.concatenate([self.labeled_position, np.full(m, -1, dtype=np.int64)]))
 
-    # --- data: prepared cache, split manifest, index streams -------------------------------------
+
+def _prepare_run_data(cfg: RunConfig, accelerator: Accelerator, method_cls: type[Method]) -> RunData:
     cache_dir = default_cache_dir(cfg.data.cache_dir)
-    options = cfg.data.reader_options()
     with accelerator.main_process_first():  # the main process builds the cache; the others then find it
-        prep_path = prepare_dataset(cfg.data.name, cfg.data.root, cfg.data.image_size, str(cache_dir), options,
-                                    cfg.data.on_bad_image, label_protocol=cfg.data.label_protocol)
+        prep_path = prepare_dataset(cfg.data.name, cfg.data.root, cfg.data.image_size, str(cache_dir),
+                                    cfg.data.reader_options(), cfg.data.on_bad_image,
+                                    label_protocol=cfg.data.label_protocol)
     data = load_prepared(prep_path)
     budget = 1.0 if method_cls.labeled_source == "all" else cfg.data.budget
     protocol = "fraction" if method_cls.labeled_source == "all" else cfg.data.protocol
@@ -213,27 +238,171 @@ def train(cfg: RunConfig, progress: Any = None,
     # Methods see an unlabeled image's position in the pool, so per-sample state has exactly one slot each.
     pool_position = np.full(len(all_train), -1, dtype=np.int64)
     pool_position[unlabeled_pool] = np.arange(len(unlabeled_pool))
-
-    # Methods see a labeled image's position in the labeled pool ("pos"), for per-labeled-sample state.
+    # ... and a labeled image's position in the labeled pool ("pos"), for per-labeled-sample state.
     labeled_position = np.full(len(all_train), -1, dtype=np.int64)
     labeled_position[labeled_pool] = np.arange(len(labeled_pool))
+    return RunData(data, manifest, manifest_path, labeled_pool, unlabeled_pool,
+                   torch.from_numpy(np.array(data.train.images)).permute(0, 3, 1, 2),
+                   torch.from_numpy(data.train.labels), pool_position, labeled_position)
 
-    method = create_method(cfg.method, data.num_classes, cfg.method_args)
-    method.setup(SetupInfo(num_classes=data.num_classes, num_labeled=len(labeled_pool),
-                           num_unlabeled=len(unlabeled_pool), total_steps=cfg.train.iterations))
+
+def stage_config(cfg: RunConfig, stage: Stage) -> RunConfig:
+    """The run config a stage trains with: the run's, then the stage's defaults, then `stages.<name>`."""
+    if stage.name == "main" and not stage.defaults and not cfg.stages:
+        return cfg
+    scfg = config_from_dict(cfg.to_dict())
+    for source, mapping in ((f"method stage {stage.name}", stage.defaults),
+                            (f"stages.{stage.name}", cfg.stages.get(stage.name) or {})):
+        if not isinstance(mapping, dict) or set(mapping) - STAGE_SECTIONS:
+            raise FERBenchError(f"{source}: expected a mapping of {', '.join(sorted(STAGE_SECTIONS))} sections")
+        apply_mapping(scfg, mapping, source=source)
+    return scfg
+
+
+STAGE_SECTIONS = {"optim", "train", "augment"}
+
+
+@dataclass
+class StageResult:
+    model: torch.nn.Module  # the trained model, unwrapped: what the next stage starts from
+    summary: dict[str, Any]  # what the record keeps of the stage
+    state: TrainerState
+    final_metrics: dict[str, Any] | None
+    eval_model: torch.nn.Module | None = None  # the EMA model when the stage kept one (artefacts, not hand-off)
+
+
+def _make_accelerator(cfg: RunConfig, paths: RunPaths) -> Accelerator:
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
+    handlers = []
+    if deepspeed and not torch.cuda.is_available():
+        # DeepSpeed on CPU hosts: without a gloo process group accelerate sees one process per rank
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    return Accelerator(
+        # multi-process launches on CPU-only hosts: MULTI_CPU over gloo (cpu=True would turn DeepSpeed off)
+        cpu=not torch.cuda.is_available() and not deepspeed,
+        kwargs_handlers=handlers,
+        mixed_precision=cfg.train.mixed_precision,
+        log_with=_tracker(),
+        project_config=ProjectConfiguration(project_dir=str(paths.run_dir), logging_dir=str(paths.run_dir / "tb")),
+    )
+
+
+def train(cfg: RunConfig, progress: Any = None,
+          should_stop: Callable[[], bool] | None = None) -> dict[str, Any] | None:
+    """Run (or resume) one run. Returns its record, or None when stopped early: at `train.stop_after`,
+    or when `should_stop()` turns true (a pre-emption signal); either way with a checkpoint saved at an
+    iteration boundary, so a later call resumes exactly there.
+
+    A multi-stage method's stages run in order; a finished stage leaves its trained weights and summary in
+    `runs/<id>/stages/<name>/`, so a resumed run rebuilds the finished stages' models from them and goes on
+    inside the stage that was interrupted (`stop_after` counts that stage's iterations).
+
+    If the run's record already exists it is returned as is: a finished run is never redone or
+    overwritten.
+    """
+    method_cls = validate(cfg)
+    paths = run_paths(cfg)
+    if paths.record.exists():
+        return json.loads(paths.record.read_text())
+    accelerator = _make_accelerator(cfg, paths)
+    world = accelerator.num_processes
+    rid = run_id(cfg)
+    run = _prepare_run_data(cfg, accelerator, method_cls)
+    num_classes = run.data.num_classes
+    method = create_method(cfg.method, num_classes, cfg.method_args)
+    method.setup(SetupInfo(num_classes=num_classes, num_labeled=len(run.labeled_pool),
+                           num_unlabeled=len(run.unlabeled_pool), total_steps=cfg.train.iterations))
+    stages = method.stages()
+    checkpoint = LoopCheckpoint(method)
+    accelerator.register_for_checkpointing(checkpoint)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(rid, config=_flat(cfg.to_dict()))
+
+    multi = len(stages) > 1
+    previous: torch.nn.Module | None = None
+    results: list[StageResult] = []
+    for stage in stages:
+        scfg = stage_config(cfg, stage)
+        stage_dir = paths.run_dir / "stages" / stage.name if multi else paths.run_dir
+        purpose = "init" if stage.name == "main" else f"init:{stage.name}"
+        torch.manual_seed(step_seed(cfg.seed, -1, 0, purpose))  # same initial weights on every process
+        model = method.stage_model(stage, build_model(scfg.model, num_classes), previous)
+        if multi and (stage_dir / "stage.json").is_file():  # finished before an interruption: rebuild it
+            model.load_state_dict(torch.load(stage_dir / "model.pt", map_location="cpu"))
+            summary = json.loads((stage_dir / "stage.json").read_text())
+            results.append(StageResult(model, summary, TrainerState(**summary.pop("loop")), summary.pop("final")))
+            previous = model
+            continue
+        stage_run = run
+        if stage.extra_unlabeled:
+            from bench.data.imagefolder import load_image_folders
+
+            with accelerator.main_process_first():
+                extra = load_image_folders(stage.extra_unlabeled, cfg.data.image_size, default_cache_dir(
+                    cfg.data.cache_dir), progress=accelerator.is_main_process)
+            stage_run = run.with_extra_unlabeled(extra)
+        label = f"{rid}:{stage.name}" if multi else rid
+        result = _train_stage(accelerator, scfg, stage, method, model, stage_run, checkpoint,
+                              stage_dir / "checkpoint", label, progress, should_stop)
+        if result is None:  # stopped on purpose (stop_after, should_stop): the checkpoint holds the state
+            accelerator.end_training()
+            return None
+        if multi and accelerator.is_main_process:  # hand-off: the finished stage's weights and summary
+            stage_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(result.model.state_dict(), stage_dir / "model.pt")
+            write_json_atomic(stage_dir / "stage.json", {**result.summary, "loop": result.state.state_dict(),
+                                                         "final": result.final_metrics})
+            shutil.rmtree(stage_dir / "checkpoint", ignore_errors=True)
+        accelerator.wait_for_everyone()
+        results.append(result)
+        previous = result.model
+
+    scored = [r for r, st in zip(results, stages, strict=True) if st.evaluate]
+    if not scored:
+        raise FERBenchError(f"method {cfg.method!r}: no stage evaluates a classifier, so the run has no result")
+    last = scored[-1]
+    record = build_record(cfg, rid, run.data, run.manifest, run.manifest_path, len(run.unlabeled_pool),
+                          last.final_metrics, last.state, world, method,
+                          stage_config(cfg, next(st for st in reversed(stages) if st.evaluate)))
+    if multi:
+        record["stages"] = [r.summary for r in results]
+        record["iterations"] = sum(r.summary["iterations"] for r in results)
+        record["train_time_s"] = round(sum(r.state.train_time_s for r in results), 3)
+        record["wall_time_s"] = round(sum(r.state.wall_time_s for r in results), 3)
+        seen = sum(r.state.images_seen for r in results)
+        record["images_per_s"] = round(seen / max(record["train_time_s"], 1e-9), 1)
+    ds = accelerator.state.deepspeed_plugin
+    record["distributed"] = {"type": str(accelerator.distributed_type).split(".")[-1],
+                             "backend": accelerator.state.backend,
+                             "zero_stage": ds.zero_stage if ds is not None else None}
+    if accelerator.is_main_process:
+        # a record is never overwritten: if a duplicate job of this run finished first, its record stays
+        write_json_atomic(paths.record, record, overwrite=False)
+        _write_run_artifacts(record, paths, last.eval_model or last.model)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return record
+
+
+def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method: Method, model: torch.nn.Module,
+                 run: RunData, checkpoint: LoopCheckpoint, checkpoint_dir: Path, label: str, progress: Any,
+                 should_stop: Callable[[], bool] | None) -> StageResult | None:
+    """The training loop of one stage: returns its result, or None when stopped with a checkpoint saved."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.train.batch_size % world:
+        raise FERBenchError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world} processes")
+    data, num_classes = run.data, run.data.num_classes
     B, mu = cfg.train.batch_size, cfg.train.mu
+    labeled_pool = run.labeled_pool
     lab_stream = labeled_stream(method.labeled_sampling, labeled_pool, data.train.labels[labeled_pool], B, cfg.seed)
-    unl_stream = IndexStream(unlabeled_pool, mu * B, cfg.seed, "unlabeled") if method_cls.views else None
-    train_images = torch.from_numpy(np.array(data.train.images)).permute(0, 3, 1, 2)
-    train_labels = torch.from_numpy(data.train.labels)
+    unl_stream = IndexStream(run.unlabeled_pool, mu * B, cfg.seed, "unlabeled") if stage.views else None
     views = ViewMaker(cfg.augment)
-    feed = BatchFeed(train_images, train_labels, views, lab_stream, unl_stream, method.labeled_views,
-                     method.views, labeled_position, pool_position, accelerator.device, cfg.seed, rank, world)
+    feed = BatchFeed(run.images, run.labels, views, lab_stream, unl_stream, stage.labeled_views, stage.views,
+                     run.labeled_position, run.pool_position, accelerator.device, cfg.seed, rank, world,
+                     purpose="augment" if stage.name == "main" else f"augment:{stage.name}")
 
-    # --- model, optimiser, EMA, method ----------------------------------------------------------
-    torch.manual_seed(step_seed(cfg.seed, -1, 0, "init"))  # same initial weights on every process
-    # The method's own modules (adapters, heads) join here, so they are optimised, EMA'd and checkpointed.
-    model = method.build_model(build_model(cfg.model, data.num_classes))
+    start_checksum = parameter_checksum(model)
+    accelerator.free_memory()  # the previous stage's model and optimiser leave the accelerator
     optimizer = build_optimizer(cfg, model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
     if accelerator.state.deepspeed_plugin is not None:  # no dataloader to infer DeepSpeed's batch sizes from
@@ -247,57 +416,59 @@ def train(cfg: RunConfig, progress: Any = None,
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.train.ema_decay, device=accelerator.device)
         ema.module.eval()
     state = TrainerState()
-    accelerator.register_for_checkpointing(scheduler, state, MethodState(method), *([ema] if ema else []))
-    if paths.checkpoint.is_dir():
-        accelerator.load_state(str(paths.checkpoint))
-
-    if accelerator.is_main_process:
-        accelerator.init_trackers(rid, config=_flat(cfg.to_dict()))
+    checkpoint.stage, checkpoint.scheduler, checkpoint.state, checkpoint.ema = stage.name, scheduler, state, ema
+    if checkpoint_dir.is_dir():
+        accelerator.load_state(str(checkpoint_dir))
 
     total = cfg.train.iterations
     stop_at = min(total, cfg.train.stop_after) if cfg.train.stop_after else total
-    images_per_step = B * (len(method.labeled_views)) + (mu * B * len(method.views) if method.views else 0)
+    images_per_step = (B * len(stage.labeled_views)) + (mu * B * len(stage.views) if stage.views else 0)
     log_acc: dict[str, list[float]] = {}
     session_start = time.perf_counter()
-    task = progress.add_task(rid, total=total, completed=state.step) if progress is not None else None
+    task = progress.add_task(label, total=total, completed=state.step) if progress is not None else None
+    step_name = "" if stage.name == "main" else f"{stage.name}/"
+
+    def eval_model() -> torch.nn.Module:
+        return ema.module if ema is not None else accelerator.unwrap_model(model)
 
     def evaluate_now() -> dict[str, Any]:
-        eval_model = ema.module if ema is not None else accelerator.unwrap_model(model)
-        m = evaluate_model(eval_model, data.test.images, data.test.labels, data.num_classes, views, accelerator)
+        m = evaluate_model(eval_model(), data.test.images, data.test.labels, num_classes, views, accelerator)
         entry = {"step": state.step, **{k: m[k] for k in ("accuracy", "mean_class_accuracy", "macro_f1")}}
         state.history.append(entry)
-        accelerator.log({f"test/{k}": v for k, v in entry.items() if k != "step"}, step=state.step)
+        accelerator.log({f"test/{step_name}{k}": v for k, v in entry.items() if k != "step"}, step=state.step)
         return m
 
     @torch.no_grad()
     def predict_labeled() -> tuple[torch.Tensor, torch.Tensor]:
-        eval_model = ema.module if ema is not None else accelerator.unwrap_model(model)
-        was_training = eval_model.training
-        eval_model.eval()
+        m = eval_model()
+        was_training = m.training
+        m.eval()
         g = torch.Generator(device=accelerator.device).manual_seed(step_seed(cfg.seed, state.step, 0, "hook"))
         probs = []
         for start in range(0, len(labeled_pool), 512):
             idx = labeled_pool[start : start + 512]
-            x = views.make("weak", train_images[idx].to(accelerator.device), g)
+            x = views.make("weak", run.images[idx].to(accelerator.device), g)
             with accelerator.autocast():
-                probs.append(torch.softmax(eval_model(x).float(), dim=-1))
-        eval_model.train(was_training)
-        return torch.cat(probs), train_labels[labeled_pool].to(accelerator.device)
+                probs.append(torch.softmax(m(x).float(), dim=-1))
+        m.train(was_training)
+        return torch.cat(probs), run.labels[labeled_pool].to(accelerator.device)
 
     hook_every = method.hook_every()
     final_metrics: dict[str, Any] | None = None
+    last_logs: dict[str, float] = {}
     model.train()
     while state.step < stop_at:
         t0 = time.perf_counter()
         step = state.step
         torch.manual_seed(step_seed(cfg.seed, step, rank, "dropout"))
         batch = feed.batch(step)
-        ctx = StepContext(step=step, total_steps=total, num_classes=data.num_classes,
-                          ema_model=ema.module if ema is not None else None)
+        ctx = StepContext(step=step, total_steps=total, num_classes=num_classes,
+                          ema_model=ema.module if ema is not None else None, stage=stage.name,
+                          denormalize=views.denormalize)
         with accelerator.autocast():
             out = method.training_step(model, batch, ctx)
         if not torch.isfinite(out.loss):
-            raise FERBenchError(f"run {rid}: loss became {out.loss.item()} at iteration {step}; lower optim.lr?")
+            raise FERBenchError(f"run {label}: loss became {out.loss.item()} at iteration {step}; lower optim.lr?")
         accelerator.backward(out.loss)
         optimizer.step()
         scheduler.step()
@@ -317,43 +488,43 @@ def train(cfg: RunConfig, progress: Any = None,
             means = {k: float(np.mean(v)) for k, v in log_acc.items()}
             means["lr"] = scheduler.get_last_lr()[0]
             state.curves.append({"step": state.step, **means})
-            accelerator.log({f"train/{k}": v for k, v in means.items()}, step=state.step)
-            log_acc = {}
-        if state.step % cfg.train.eval_every == 0 or state.step == total:
+            accelerator.log({f"train/{step_name}{k}": v for k, v in means.items()}, step=state.step)
+            log_acc, last_logs = {}, means
+        if stage.evaluate and (state.step % cfg.train.eval_every == 0 or state.step == total):
             final_metrics = evaluate_now()
         if progress is not None:
             last = state.history[-1]["accuracy"] if state.history else float("nan")
-            progress.update(task, completed=state.step, description=f"{rid} acc={last:.3f}")
+            progress.update(task, completed=state.step, description=f"{label} acc={last:.3f}")
         stop_now = should_stop is not None and should_stop()
         if state.step < total and (state.step % cfg.train.checkpoint_every == 0 or state.step == stop_at or stop_now):
             state.wall_time_s += time.perf_counter() - session_start
             session_start = time.perf_counter()
-            save_checkpoint(accelerator, paths.checkpoint)
+            save_checkpoint(accelerator, checkpoint_dir)
         if stop_now:
             break
 
     state.wall_time_s += time.perf_counter() - session_start
     if progress is not None:
         progress.remove_task(task)
-    if state.step < total:  # stopped on purpose (stop_after, should_stop): the checkpoint holds the state
-        accelerator.end_training()
+    if state.step < total:
         return None
-
-    if final_metrics is None:  # resumed exactly at the end: evaluate the restored weights
+    if stage.evaluate and final_metrics is None:  # resumed exactly at the end: evaluate the restored weights
         final_metrics = evaluate_now()
-    record = build_record(cfg, rid, data, manifest, manifest_path, len(unlabeled_pool), final_metrics, state, world,
-                          method)
-    ds = accelerator.state.deepspeed_plugin
-    record["distributed"] = {"type": str(accelerator.distributed_type).split(".")[-1],
-                             "backend": accelerator.state.backend,
-                             "zero_stage": ds.zero_stage if ds is not None else None}
-    if accelerator.is_main_process:
-        # a record is never overwritten: if a duplicate job of this run finished first, its record stays
-        write_json_atomic(paths.record, record, overwrite=False)
-        _write_run_artifacts(record, paths, ema.module if ema is not None else accelerator.unwrap_model(model))
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-    return record
+    trained = accelerator.unwrap_model(model)
+    summary = {
+        "name": stage.name,
+        "iterations": total,
+        "unlabeled_pool": len(run.unlabeled_pool) if stage.views else 0,
+        "config": {k: cfg.to_dict()[k] for k in sorted(STAGE_SECTIONS)},
+        "train_time_s": round(state.train_time_s, 3),
+        "wall_time_s": round(state.wall_time_s, 3),
+        "images_per_s": round(state.images_seen / max(state.train_time_s, 1e-9), 1),
+        "last_logs": last_logs or (state.curves[-1] if state.curves else {}),
+        "accuracy": final_metrics["accuracy"] if final_metrics else None,
+        "start_checksum": start_checksum,
+        "end_checksum": parameter_checksum(trained),
+    }
+    return StageResult(trained, summary, state, final_metrics, eval_model())
 
 
 def save_checkpoint(accelerator: Accelerator, path: Path) -> None:
@@ -393,9 +564,12 @@ def build_record(
     state: TrainerState,
     world: int,
     method: Method,
+    stage_cfg: RunConfig | None = None,
 ) -> dict[str, Any]:
+    """The run record. `stage_cfg`: the config of the stage the metrics come from (batch sizes)."""
     accs = [h["accuracy"] for h in state.history]
-    unl_batch = cfg.train.mu * cfg.train.batch_size if method.views else 0
+    sc = stage_cfg or cfg
+    unl_batch = sc.train.mu * sc.train.batch_size if method.stages()[-1].views else 0
     final_keys = ("accuracy", "mean_class_accuracy", "macro_f1", "per_class_recall", "confusion_matrix")
     best = max(state.history, key=lambda h: h["accuracy"])
     return {
@@ -426,7 +600,7 @@ def build_record(
         "image_size": cfg.data.image_size,
         "world_size": world,
         "iterations": cfg.train.iterations,
-        "global_batch": {"labeled": cfg.train.batch_size, "unlabeled": unl_batch},
+        "global_batch": {"labeled": sc.train.batch_size, "unlabeled": unl_batch},
         "metrics": {
             "final": {k: final[k] for k in final_keys},
             "last5_median_accuracy": float(np.median(accs[-5:])),

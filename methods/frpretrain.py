@@ -1,0 +1,216 @@
+"""FR-pretraining, "Bridging the Gaps" (Song, He, Feng, Shen; arXiv 2410.17622; code zhelishisongjie/SSFER),
+as reference/methods.md §5 records it: a pipeline of three stages sharing one ViT.
+
+- `pretrain` (stage 0): masked-autoencoder reconstruction on the unlabeled images of the dataset plus any
+  `pretrain_data` folders (mask ratio 0.75, pixel MSE on the masked patches, light decoder), AdamW 3.4e-4,
+  wd 0.05, betas (0.9, 0.95), half-cosine schedule. Skipped when `pretrain_checkpoint` gives weights
+  (the released `125w_base_warmup50_batch256_600.pth`, or a stage-0 `model.pt` of an earlier run), or
+  with `pretrain: none` (the ablation without stage 0).
+- `finetune` (stage 1): supervised on the labeled split with IoU-weighted Face-Mixup: per batch
+  lambda ~ Beta(1, 1); image i is mixed with image B-1-i; the target is label-smoothed (0.1) and mixed;
+  L = mean_i [CE_soft(f(x~_i), y~_i) + (1 - IoU_i) * (CE(f(x_i), y_i) + CE(f(x_{B-1-i}), y_{B-1-i}))],
+  with IoU_i the overlap of the two images' face boxes. AdamW 1.5e-4 (0.05, (0.9, 0.95)), warm-up and a
+  half-cosine to 1e-5, EMA 0.999 for evaluation.
+- `semisup` (stage 2): FixMatch against the EMA teacher: L = CE(x) + 5 * mean_b 1[max p_teacher(u_w) >= 0.7]
+  * CE(f(u_s), argmax p_teacher(u_w)); AdamW 1.5e-4 constant; strong view RandAugment(2) + the weak view.
+
+All stages: RandomResizedCrop(scale 0.2-1) + flip, face normalisation mean (0.588, 0.459, 0.402),
+std (0.228, 0.202, 0.190). The `ssfer` preset adds the reference's ViT-B/16 at 224 px and its schedule
+lengths (for RAF-DB at 10%); `stages.<name>.{optim,train,augment}` overrides any stage.
+
+Deviations, each an option or documented:
+- the reference mixes in place (`utils/mixup.py`), so its "real-image" term and the face boxes are computed
+  on the mixed images; FERBench uses the images before mixing (`mixup_inplace_bug: true` restores the bug);
+- face boxes come from `box_provider`: `fixed` (the reference's fallback box, the default) or `opencv`
+  (a Haar detector; the reference runs YOLOv7-face, whose weights are not installable offline). With
+  `fixed` every pair has IoU 1, so the loss is plain mixup CE, which is what the reference computes whenever
+  its detector does not find exactly one face;
+- the reference strong view is timm's rand-m9-mstd0.5 (magnitude 9 +- 0.5); FERBench's RandAugment draws a
+  magnitude uniformly in each op's range (reference/methods.md §1), with 2 ops and no Cutout;
+- stage-2 evaluation uses the stage-2 EMA (the reference evaluates a stale stage-1 EMA: a bug);
+- the reference validates by 5-fold CV on the labeled split; FERBench reports the final model on the test
+  split, as for every method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from bench.data.faceboxes import box_iou, box_provider
+from bench.engine.mae import MaskedAutoencoder
+from bench.errors import FERBenchError
+from bench.method import Batch, Method, Stage, StepContext, StepOutput, cross_entropy_masked_mean, joint_forward
+from bench.registry import register_method
+
+FACE_NORM = {"normalize_mean": [0.588, 0.459, 0.402], "normalize_std": [0.228, 0.202, 0.190]}
+RESIZED_CROP = {"crop": "resized", "rrc_scale": [0.2, 1.0]}
+
+
+def _adamw(lr: float, **schedule: Any) -> dict[str, Any]:
+    return {"name": "adamw", "lr": lr, "weight_decay": 0.05, "betas": [0.9, 0.95], **schedule}
+
+
+def face_mixup_loss(logits_mixed: Tensor, logits_real: Tensor, y: Tensor, lam: float, iou: Tensor,
+                    num_classes: int, smoothing: float) -> Tensor:
+    """mean_i [CE_soft(mixed_i, lam*t(y_i) + (1-lam)*t(y_{B-1-i})) + (1-IoU_i)(CE(real_i) + CE(real_{B-1-i}))],
+    t = one-hot smoothed as timm's mixup target (off = s/C, on = 1 - s + s/C)."""
+    off = smoothing / num_classes
+    one_hot = torch.full((len(y), num_classes), off, device=y.device)
+    one_hot.scatter_(1, y.view(-1, 1), 1.0 - smoothing + off)
+    target = lam * one_hot + (1.0 - lam) * one_hot.flip(0)
+    ce_mixed = -(target * F.log_softmax(logits_mixed.float(), dim=-1)).sum(-1)
+    ce_real = F.cross_entropy(logits_real.float(), y, reduction="none")
+    return (ce_mixed + (1.0 - iou) * (ce_real + ce_real.flip(0))).mean()
+
+
+def load_encoder(encoder: nn.Module, path: str) -> dict[str, Any]:
+    """Load ViT encoder weights from a released SSFER/MAE checkpoint or a stage-0 `model.pt` (MAE keys,
+    optionally under "model", "encoder." or "module."); decoder tensors are ignored and the position
+    embedding is resampled when the grid differs. Returns what was loaded, for the record."""
+    from timm.layers import resample_abs_pos_embed
+
+    blob = Path(path).read_bytes()
+    # a local file the user chose; the released checkpoint also pickles its argparse Namespace
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    sd = obj.get("model", obj.get("state_dict", obj)) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict):
+        raise FERBenchError(f"pretrain_checkpoint {path}: not a state dict (or a dict with 'model')")
+    own = encoder.state_dict()
+    picked: dict[str, Tensor] = {}
+    for key, value in sd.items():
+        for prefix in ("module.", "encoder."):
+            key = key.removeprefix(prefix)
+        if key not in own or not isinstance(value, Tensor):
+            continue
+        if key == "pos_embed" and value.shape != own[key].shape:
+            grid = [int(g) for g in encoder.patch_embed.grid_size]
+            value = resample_abs_pos_embed(value, new_size=grid, num_prefix_tokens=1)
+        if value.shape != own[key].shape:
+            raise FERBenchError(f"pretrain_checkpoint {path}: {key} has shape {tuple(value.shape)}, the model's "
+                                f"{tuple(own[key].shape)} (a different ViT size?)")
+        picked[key] = value
+    if not any(k.startswith("blocks.") for k in picked):
+        raise FERBenchError(f"pretrain_checkpoint {path}: no ViT encoder weights found (no 'blocks.*' keys)")
+    encoder.load_state_dict({**own, **picked})
+    return {"file": str(path), "sha256": hashlib.sha256(blob).hexdigest(), "tensors_loaded": len(picked),
+            "missing": sorted(set(own) - set(picked))}
+
+
+@register_method("frpretrain")
+class FRPretraining(Method):
+    views = ("weak", "strong")  # of the last stage; each stage declares its own
+    stage_names = ("pretrain", "finetune", "semisup")
+    defaults = {
+        "pretrain": "mae",  # mae | checkpoint | none
+        "pretrain_checkpoint": None,
+        "pretrain_data": [],
+        "mask_ratio": 0.75,
+        "decoder_dim": 512,
+        "decoder_depth": 8,
+        "decoder_heads": 16,
+        "face_mixup": True,
+        "mixup_alpha": 1.0,
+        "label_smoothing": 0.1,
+        "box_provider": "fixed",
+        "mixup_inplace_bug": False,
+        "threshold": 0.7,
+        "lambda_u": 5.0,
+    }
+    reference = ("Song et al. 2024 (arXiv 2410.17622), code zhelishisongjie/SSFER: MAE (mask 0.75) -> Face-Mixup "
+                 "fine-tuning with (1-IoU) weights -> FixMatch with EMA teacher (tau 0.7, lambda_u 5)")
+
+    def __init__(self, num_classes: int, **hparams: Any) -> None:
+        super().__init__(num_classes, **hparams)
+        mode = self.choice("pretrain", ("mae", "checkpoint", "none"))
+        self.choice("box_provider", ("fixed", "opencv"))
+        ckpt = self.hparams["pretrain_checkpoint"]
+        if (mode == "checkpoint") != (ckpt is not None):
+            raise FERBenchError("method 'frpretrain': pretrain=checkpoint and pretrain_checkpoint=FILE go together")
+        if ckpt is not None and not Path(ckpt).is_file():
+            raise FERBenchError(f"method 'frpretrain': pretrain_checkpoint {ckpt}: file not found")
+        folders = self.hparams["pretrain_data"]
+        if isinstance(folders, str):
+            folders = self.hparams["pretrain_data"] = [folders]
+        for folder in folders:
+            if not Path(folder).is_dir():
+                raise FERBenchError(f"method 'frpretrain': pretrain_data {folder}: folder not found")
+        if folders and mode != "mae":
+            raise FERBenchError("method 'frpretrain': pretrain_data is used by pretrain=mae only")
+        self._boxes = None
+        self._checkpoint_info: dict[str, Any] | None = None
+
+    def stages(self) -> tuple[Stage, ...]:
+        h = self.hparams
+        augment = {**RESIZED_CROP, **FACE_NORM}
+        pretrain = Stage("pretrain", views=("weak",), labeled_views=(), evaluate=False,
+                         extra_unlabeled=tuple(h["pretrain_data"]),
+                         defaults={"optim": _adamw(3.4e-4, schedule="halfcosine"),
+                                   "train": {"mu": 1, "ema_decay": 0.0}, "augment": augment})
+        finetune = Stage("finetune", views=(), labeled_views=("weak",),
+                         defaults={"optim": _adamw(1.5e-4, schedule="halfcosine", min_lr=1e-5),
+                                   "train": {"ema_decay": 0.999}, "augment": augment})
+        semisup = Stage("semisup", views=("weak", "strong"), labeled_views=("weak",), requires_ema=True,
+                        defaults={"optim": _adamw(1.5e-4, schedule="constant"), "train": {"mu": 1, "ema_decay": 0.999},
+                                  "augment": {**augment, "randaugment_n": 2, "cutout_max": 0.0}})
+        return (pretrain, finetune, semisup) if h["pretrain"] == "mae" else (finetune, semisup)
+
+    def stage_model(self, stage: Stage, model: nn.Module, previous: nn.Module | None) -> nn.Module:
+        h = self.hparams
+        if stage.name == "pretrain":
+            return MaskedAutoencoder(model.backbone, h["decoder_dim"], h["decoder_depth"], h["decoder_heads"],
+                                     h["mask_ratio"])
+        if stage.name == "finetune":
+            if isinstance(previous, MaskedAutoencoder):  # hand-off: the pretrained encoder, new head
+                model.backbone.load_state_dict(previous.encoder.state_dict())
+            elif h["pretrain"] == "checkpoint":
+                self._checkpoint_info = load_encoder(model.backbone, h["pretrain_checkpoint"])
+            return model
+        return previous
+
+    def info(self) -> dict[str, Any]:
+        return {"pretrain": self.hparams["pretrain"], "pretrain_checkpoint": self._checkpoint_info,
+                "pretrain_data": list(self.hparams["pretrain_data"]), "box_provider": self.hparams["box_provider"]}
+
+    def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        if ctx.stage == "pretrain":
+            loss, _, mask = model(batch.unlabeled["weak"])
+            return StepOutput(loss, {"mask_rate": mask.mean().item()})
+        if ctx.stage == "finetune":
+            return self.finetune_step(model, batch, ctx)
+        return self.semisup_step(model, batch, ctx)
+
+    def finetune_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        h = self.hparams
+        x, y = batch.labeled["weak"], batch.labeled["y"]
+        if not h["face_mixup"]:
+            loss = F.cross_entropy(model(x).float(), y)
+            return StepOutput(loss, {"loss_x": loss.item()})
+        lam = float(torch.distributions.Beta(h["mixup_alpha"], h["mixup_alpha"]).sample())
+        mixed = lam * x + (1.0 - lam) * x.flip(0)
+        real = mixed if h["mixup_inplace_bug"] else x  # the reference's in-place mixup: "real" is mixed too
+        if self._boxes is None:
+            self._boxes = box_provider(h["box_provider"])
+        with torch.no_grad():
+            boxes = self._boxes(ctx.denormalize(real))
+            iou = box_iou(boxes, boxes.flip(0))
+        logits_mixed, logits_real = joint_forward(model, mixed, real)
+        loss = face_mixup_loss(logits_mixed, logits_real, y, lam, iou, self.num_classes, h["label_smoothing"])
+        return StepOutput(loss, {"lam": lam, "mean_iou": iou.mean().item()})
+
+    def semisup_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        h = self.hparams
+        with torch.no_grad():  # pseudo-labels from the EMA teacher on the weak view
+            probs = torch.softmax(ctx.ema_model(batch.unlabeled["weak"]).float(), dim=-1)
+        logits_x, logits_us = joint_forward(model, batch.labeled["weak"], batch.unlabeled["strong"])
+        loss_x = F.cross_entropy(logits_x.float(), batch.labeled["y"])
+        conf, pseudo = probs.max(dim=-1)
+        mask = (conf >= h["threshold"]).float()
+        loss_u = cross_entropy_masked_mean(logits_us.float(), pseudo, mask)
+        return StepOutput(loss_x + h["lambda_u"] * loss_u,
+                          {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "mask_rate": mask.mean().item()})
