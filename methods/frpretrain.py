@@ -128,7 +128,8 @@ class FRPretraining(Method):
     def __init__(self, num_classes: int, **hparams: Any) -> None:
         super().__init__(num_classes, **hparams)
         mode = self.choice("pretrain", ("mae", "checkpoint", "none"))
-        self.choice("box_provider", ("fixed", "opencv"))
+        if ":" not in str(self.hparams["box_provider"]):
+            self.choice("box_provider", ("fixed", "opencv"))
         ckpt = self.hparams["pretrain_checkpoint"]
         if (mode == "checkpoint") != (ckpt is not None):
             raise FERBenchError("method 'frpretrain': pretrain=checkpoint and pretrain_checkpoint=FILE go together")

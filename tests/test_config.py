@@ -67,5 +67,5 @@ def test_presets_apply_where_they_appear() -> None:
     assert (usb.optim.name, usb.optim.lr, usb.train.batch_size, usb.train.mu) == ("sgd", 0.03, 64, 7)
     assert usb.train.iterations == 9 and usb.to_dict()["preset"] == "usb"
     assert run_id(usb) != run_id(build_config(base={"train": {"iterations": 9}}))
-    with pytest.raises(FERBenchError, match="unknown preset 'fast'; known presets: adacm, usb"):
+    with pytest.raises(FERBenchError, match="unknown preset 'fast'; known presets: adacm, ssfer, usb"):
         build_config(overrides=["preset=fast"])

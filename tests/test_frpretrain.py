@@ -129,6 +129,20 @@ def test_face_boxes_are_taken_before_mixing_unless_the_reference_bug_is_on(bug: 
     assert torch.allclose(seen[0], mixed if bug else x)
 
 
+def _half_boxes(images: torch.Tensor) -> torch.Tensor:  # a provider plugged in by import path
+    n, _, h, w = images.shape
+    return torch.tensor([0.0, 0.0, w / 2, h]).expand(n, 4)
+
+
+def test_a_box_provider_plugs_in_by_import_path() -> None:
+    from bench.data.faceboxes import box_provider
+
+    provider = box_provider("tests.test_frpretrain:_half_boxes")
+    assert provider(torch.zeros(1, 3, 8, 8)).tolist() == [[0.0, 0.0, 4.0, 8.0]]
+    with pytest.raises(FERBenchError, match="box_provider='tests.nowhere:f': cannot import it"):
+        box_provider("tests.nowhere:f")
+
+
 def test_opencv_boxes_find_the_face_in_a_real_photo() -> None:
     skimage_data = pytest.importorskip("skimage.data")
     pytest.importorskip("cv2")
@@ -255,3 +269,32 @@ def test_cli_pretrain_data_flag_reaches_the_method(shared_cache: Path, tmp_path:
     overrides = _fr_overrides(shared_cache, tmp_path)
     assert main(["run", "--quiet", *overrides, "--pretrain-data", str(tmp_path / "missing")]) == 2
     assert f"pretrain_data {tmp_path / 'missing'}: folder not found" in capsys.readouterr().err
+
+
+def test_the_ssfer_preset_gives_each_stage_the_reference_schedule() -> None:
+    from bench.engine.trainer import stage_config
+
+    cfg = build_config(overrides=["method=frpretrain", "preset=ssfer"])
+    validate(cfg)
+    stages = {s.name: stage_config(cfg, s) for s in create_method("frpretrain", 7, {}).stages()}
+    pre, fine, semi = stages["pretrain"], stages["finetune"], stages["semisup"]
+    assert (pre.train.iterations, pre.train.batch_size, pre.optim.lr, pre.optim.warmup_iters) == (38400, 256, 3.4e-4,
+                                                                                                   2400)
+    assert (fine.optim.name, fine.optim.lr, tuple(fine.optim.betas), fine.optim.min_lr, fine.optim.decay_iters) == (
+        "adamw", 1.5e-4, (0.9, 0.95), 1e-5, 1900)
+    assert (semi.train.batch_size, semi.train.mu, semi.optim.schedule, semi.augment.randaugment_n) == (64, 1,
+                                                                                                        "constant", 2)
+    assert cfg.model.backbone == "vit_base_patch16_224" and cfg.data.image_size == 224
+    assert tuple(fine.augment.normalize_std) == (0.228, 0.202, 0.190) and tuple(fine.augment.rrc_scale) == (0.2, 1.0)
+    # with the released checkpoint in place of stage 0, the preset's pretrain settings are simply unused
+    validate(build_config(overrides=["method=frpretrain", "preset=ssfer", "method_args.pretrain=none"]))
+
+
+def test_halfcosine_schedule_decays_to_min_lr_then_stays() -> None:
+    from bench.engine.trainer import lr_factor
+
+    cfg = build_config(overrides=["optim.schedule=halfcosine", "optim.lr=1.0", "optim.min_lr=0.1",
+                                  "optim.decay_iters=10", "optim.warmup_iters=2", "train.iterations=20"])
+    assert [lr_factor(cfg, s) for s in (0, 1)] == [0.5, 1.0]  # warm-up
+    assert lr_factor(cfg, 5) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way down the cosine
+    assert lr_factor(cfg, 10) == pytest.approx(0.1) and lr_factor(cfg, 19) == pytest.approx(0.1)

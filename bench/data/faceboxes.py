@@ -7,6 +7,11 @@ A provider maps a uint8 batch (N, 3, H, W) to boxes (N, 4) as (x0, y0, x1, y1) i
   box) the face fills the image, so this is what the annotation would give too.
 - `opencv`: OpenCV's frontal-face Haar detector on each image; exactly one detection gives the box,
   anything else the fixed box (as the reference does with YOLOv7-face when it finds != 1 face).
+- "package.module:callable": any other detector with the same contract.
+
+Boxes are taken on the augmented images the step mixes, as the reference does. A dataset's own boxes
+(AffectNet's annotation) are not offered: the AffectNet reader crops each image to that box, so in the
+prepared images it is the whole frame before augmentation, and the augmentation's geometry is not tracked.
 """
 
 from __future__ import annotations
@@ -64,11 +69,23 @@ class OpenCVFaceBoxes:
 
 
 def box_provider(name: str) -> BoxProvider:
+    """`fixed`, `opencv`, or "package.module:callable" for any other detector (a callable with the same
+    contract, or a class/factory taking no arguments that returns one when its name ends in "()")."""
     if name == "fixed":
         return fixed_boxes
     if name == "opencv":
         return OpenCVFaceBoxes()
-    raise FERBenchError(f"box_provider={name!r}: expected 'fixed' or 'opencv'")
+    if ":" in name:
+        import importlib
+
+        module, _, attr = name.partition(":")
+        factory = attr.endswith("()")
+        try:
+            obj = getattr(importlib.import_module(module), attr.removesuffix("()"))
+        except (ImportError, AttributeError) as e:
+            raise FERBenchError(f"box_provider={name!r}: cannot import it ({e})") from e
+        return obj() if factory else obj
+    raise FERBenchError(f"box_provider={name!r}: expected 'fixed', 'opencv' or 'package.module:callable'")
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
