@@ -30,8 +30,9 @@ from bench.data.cache import default_cache_dir, load_prepared, prepare_dataset
 from bench.data.datasets import get_dataset
 from bench.data.splits import check_budget, make_split, save_manifest
 from bench.data.views import ViewMaker
+from bench.engine import performance as perf
 from bench.engine.evaluation import evaluate_model
-from bench.engine.feed import BatchFeed
+from bench.engine.feed import check_augment_settings, make_feed
 from bench.engine.model import build_model
 from bench.engine.provenance import git_commit, host_info, package_versions
 from bench.engine.streams import LABELED_SAMPLING, IndexStream, labeled_stream, step_seed
@@ -88,18 +89,19 @@ def run_paths(cfg: RunConfig) -> RunPaths:
     return RunPaths(record=record_path(out / "records", rid), run_dir=out / "runs" / rid)
 
 
-def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: RunConfig, model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
     o = cfg.optim
+    extra = {"fused": True} if fused else {}
     # No weight decay on biases and normalisation parameters (as USB and timm do).
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0, **extra)
     if o.name == "adam":
-        return torch.optim.Adam(groups, lr=o.lr)
+        return torch.optim.Adam(groups, lr=o.lr, **extra)
     if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=o.lr)
+        return torch.optim.AdamW(groups, lr=o.lr, **extra)
     raise FERBenchError(f"optim.name={o.name!r}: expected sgd, adam or adamw")
 
 
@@ -139,6 +141,8 @@ def validate(cfg: RunConfig) -> type[Method]:
     check_budget(cfg.data.protocol, cfg.data.budget)  # unknown protocol / budget out of range
     if cfg.data.unlabeled not in ("all", "rest"):
         raise FERBenchError(f"data.unlabeled={cfg.data.unlabeled!r}: expected 'all' or 'rest'")
+    check_augment_settings(cfg)  # data.augment_on, workers, device_cache_gb
+    perf.check_performance_settings(cfg)  # train.compile, mixed_precision, channels_last, fused_optimizer
     return cls
 
 
@@ -227,14 +231,16 @@ def train(cfg: RunConfig, progress: Any = None,
     train_images = torch.from_numpy(np.array(data.train.images)).permute(0, 3, 1, 2)
     train_labels = torch.from_numpy(data.train.labels)
     views = ViewMaker(cfg.augment)
-    feed = BatchFeed(train_images, train_labels, views, lab_stream, unl_stream, method.labeled_views,
-                     method.views, labeled_position, pool_position, accelerator.device, cfg.seed, rank, world)
+    feed = make_feed(cfg, train_images, train_labels, views, lab_stream, unl_stream, method.labeled_views,
+                     method.views, labeled_position, pool_position, accelerator.device, rank, world)
 
     # --- model, optimiser, EMA, method ----------------------------------------------------------
     torch.manual_seed(step_seed(cfg.seed, -1, 0, "init"))  # same initial weights on every process
     # The method's own modules (adapters, heads) join here, so they are optimised, EMA'd and checkpointed.
     model = method.build_model(build_model(cfg.model, data.num_classes))
-    optimizer = build_optimizer(cfg, model)
+    model = perf.apply_channels_last(model, cfg.train.channels_last)
+    fused = perf.fused_optimizer(cfg, accelerator.device, accelerator.state.deepspeed_plugin is not None)
+    optimizer = build_optimizer(cfg, model, fused[0])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
     if accelerator.state.deepspeed_plugin is not None:  # no dataloader to infer DeepSpeed's batch sizes from
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
@@ -246,6 +252,7 @@ def train(cfg: RunConfig, progress: Any = None,
     if cfg.train.ema_decay > 0:
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.train.ema_decay, device=accelerator.device)
         ema.module.eval()
+    perf.compile_model(accelerator.unwrap_model(model), cfg.train.compile)  # after the EMA copy: only training compiles
     state = TrainerState()
     accelerator.register_for_checkpointing(scheduler, state, MethodState(method), *([ema] if ema else []))
     if paths.checkpoint.is_dir():
@@ -333,6 +340,7 @@ def train(cfg: RunConfig, progress: Any = None,
             break
 
     state.wall_time_s += time.perf_counter() - session_start
+    feed.close()
     if progress is not None:
         progress.remove_task(task)
     if state.step < total:  # stopped on purpose (stop_after, should_stop): the checkpoint holds the state
@@ -347,6 +355,7 @@ def train(cfg: RunConfig, progress: Any = None,
     record["distributed"] = {"type": str(accelerator.distributed_type).split(".")[-1],
                              "backend": accelerator.state.backend,
                              "zero_stage": ds.zero_stage if ds is not None else None}
+    record["performance"] = perf.performance_block(cfg, feed, accelerator.device, fused, record["images_per_s"])
     if accelerator.is_main_process:
         # a record is never overwritten: if a duplicate job of this run finished first, its record stays
         write_json_atomic(paths.record, record, overwrite=False)
