@@ -179,11 +179,15 @@ def _progress():  # a live progress display for single runs
 
 
 def _run_sweep(spec_path: Path, overrides: list[str], dry_run: bool, leaderboard_dir: str | None,
-               executor: str = "inline", cluster: dict | None = None, wait: bool = False) -> int:
+               executor: str = "inline", cluster: dict | None = None, wait: bool = False,
+               runs_per_gpu: int | None = None) -> int:
     from bench.engine.trainer import validate
+    from bench.launch.pack import check_runs_per_gpu
     from bench.launch.sweep import expand, load_sweep, run_local
 
     spec = load_sweep(spec_path)
+    if runs_per_gpu is not None:
+        spec.runs_per_gpu = check_runs_per_gpu(runs_per_gpu, "--")
     runs = expand(spec, overrides)
     for cfg in runs:  # fail on bad names or values before any run starts
         validate(cfg)
@@ -194,6 +198,9 @@ def _run_sweep(spec_path: Path, overrides: list[str], dry_run: bool, leaderboard
 
     todo = [c for c in runs if not run_paths(c).record.exists()]
     print(f"sweep {spec.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run")
+    if spec.runs_per_gpu > 1:
+        print(f"  runs_per_gpu={spec.runs_per_gpu} packs runs into jobs of --executor slurm|local|debug; "
+              "here they run one after another")
     if dry_run:
         for c in todo:
             print(f"  {c.method} {c.data.protocol}={c.data.budget:g} seed={c.seed}")
@@ -221,9 +228,11 @@ def _submit_sweep(spec, runs, executor: str, cluster: dict, dry_run: bool, wait:
             print(f"  {c.method} {c.data.protocol}={c.data.budget:g} seed={c.seed}")
         return 0
     _prepare_data(todo)
-    jobs = submit_runs(todo, executor, spec.output_dir, spec.name, params)
+    jobs = submit_runs(todo, executor, spec.output_dir, spec.name, params, spec.runs_per_gpu)
     ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
-    print(f"submitted {len(jobs)} runs as job(s) {', '.join(ids)}; follow with: ferbench status {spec.output_dir}")
+    packed = f" ({len(jobs)} jobs of up to {spec.runs_per_gpu} runs)" if spec.runs_per_gpu > 1 else ""
+    print(f"submitted {len(todo)} runs as job(s) {', '.join(ids)}{packed}; follow with: ferbench status "
+          f"{spec.output_dir}")
     if not wait:
         return 0
     failed = [(j, e) for j, e in wait_for(jobs) if e is not None]
@@ -295,7 +304,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                "gpus_per_node": args.gpus_per_node, "mem_gb": args.mem_gb,
                "array_parallelism": args.array_parallelism}
     return _run_sweep(Path(args.spec), args.overrides, args.dry_run, args.leaderboard_dir, args.executor, cluster,
-                      args.wait)
+                      args.wait, args.runs_per_gpu)
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -390,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus-per-task", type=int, default=None)
     s.add_argument("--gpus-per-node", type=int, default=None, help="one task (process) per GPU")
     s.add_argument("--mem-gb", type=float, default=None)
-    s.add_argument("--array-parallelism", type=int, default=None, help="most runs at a time")
+    s.add_argument("--array-parallelism", type=int, default=None, help="most jobs at a time")
+    s.add_argument("--runs-per-gpu", type=int, default=None, metavar="K",
+                   help="pack K runs into each job, running concurrently on its GPU (default: the spec's, or 1)")
     s.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     s.set_defaults(fn=_cmd_sweep)
 
