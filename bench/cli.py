@@ -330,6 +330,15 @@ def _cmd_bench_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    from bench.benchmarks.train_speed import run_train_benchmark
+
+    run_train_benchmark(args.method, args.steps, args.warmup, args.image_size, args.batch_size, args.mu, args.backbone,
+                        args.augment_on, args.compile, args.channels_last, args.mixed_precision, args.workers,
+                        args.n_train, args.cache_dir, not args.no_cpu_path, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -379,6 +388,25 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--work-dir", default=None, help="where to write the JPEGs (default: the system temp folder)")
     bp.add_argument("--json", default=None, help="also write the results here")
     bp.set_defaults(fn=_cmd_bench_prepare)
+    bt = bsub.add_parser("train", help="images/s of N training steps end to end vs the pure-compute ceiling")
+    bt.add_argument("method")
+    bt.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    bt.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, workers starting)")
+    bt.add_argument("--image-size", type=int, default=112)
+    bt.add_argument("--batch-size", type=int, default=128, help="labeled batch B (unlabeled: mu * B)")
+    bt.add_argument("--mu", type=int, default=7)
+    bt.add_argument("--backbone", default="resnet18")
+    bt.add_argument("--augment-on", default="device", help="data path measured first: device | cpu")
+    bt.add_argument("--compile", default="none", help="none | default | reduce-overhead")
+    bt.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                    help="default: on with CUDA")
+    bt.add_argument("--mixed-precision", default=None, help="no | bf16 | fp16 (default: bf16 with CUDA, else no)")
+    bt.add_argument("--workers", type=int, default=None, help="CPU path workers (default: CPUs - 1)")
+    bt.add_argument("--n-train", type=int, default=2000, help="synthfer training images generated for it")
+    bt.add_argument("--cache-dir", default=None)
+    bt.add_argument("--no-cpu-path", action="store_true", help="skip the augment_on=cpu comparison")
+    bt.add_argument("--json", default=None, help="also write the results here")
+    bt.set_defaults(fn=_cmd_bench_train)
 
     r = sub.add_parser("run", help="train one run (resumes from its checkpoint if interrupted)")
     r.add_argument("--config", "-c", action="append", default=[], help="YAML config file (repeatable)")

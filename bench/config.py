@@ -180,6 +180,8 @@ def _coerce(value: str, current: Any, where: str) -> Any:
         raise FERBenchError(f"override {where}={value!r}: not valid YAML ({e})") from e
     if isinstance(current, bool) and not isinstance(parsed, bool):
         raise FERBenchError(f"override {where}={value!r}: expected true or false")
+    if isinstance(current, str) and isinstance(parsed, bool):  # YAML reads no/off/yes as booleans
+        return value.strip()
     if isinstance(current, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
         return float(parsed)
     if isinstance(current, tuple) and isinstance(parsed, list):
