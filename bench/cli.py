@@ -182,11 +182,15 @@ def _progress():  # a live progress display for single runs
 
 
 def _run_sweep(spec_path: Path, overrides: list[str], dry_run: bool, leaderboard_dir: str | None,
-               executor: str = "inline", cluster: dict | None = None, wait: bool = False) -> int:
+               executor: str = "inline", cluster: dict | None = None, wait: bool = False,
+               runs_per_gpu: int | None = None) -> int:
     from bench.engine.trainer import validate
+    from bench.launch.pack import check_runs_per_gpu
     from bench.launch.sweep import expand, load_sweep, run_local
 
     spec = load_sweep(spec_path)
+    if runs_per_gpu is not None:
+        spec.runs_per_gpu = check_runs_per_gpu(runs_per_gpu, "--")
     runs = expand(spec, overrides)
     for cfg in runs:  # fail on bad names or values before any run starts
         validate(cfg)
@@ -197,6 +201,9 @@ def _run_sweep(spec_path: Path, overrides: list[str], dry_run: bool, leaderboard
 
     todo = [c for c in runs if not run_paths(c).record.exists()]
     print(f"sweep {spec.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run")
+    if spec.runs_per_gpu > 1:
+        print(f"  runs_per_gpu={spec.runs_per_gpu} packs runs into jobs of --executor slurm|local|debug; "
+              "here they run one after another")
     if dry_run:
         for c in todo:
             print(f"  {c.method} {c.data.protocol}={c.data.budget:g} seed={c.seed}")
@@ -224,9 +231,11 @@ def _submit_sweep(spec, runs, executor: str, cluster: dict, dry_run: bool, wait:
             print(f"  {c.method} {c.data.protocol}={c.data.budget:g} seed={c.seed}")
         return 0
     _prepare_data(todo)
-    jobs = submit_runs(todo, executor, spec.output_dir, spec.name, params)
+    jobs = submit_runs(todo, executor, spec.output_dir, spec.name, params, spec.runs_per_gpu)
     ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
-    print(f"submitted {len(jobs)} runs as job(s) {', '.join(ids)}; follow with: ferbench status {spec.output_dir}")
+    packed = f" ({len(jobs)} jobs of up to {spec.runs_per_gpu} runs)" if spec.runs_per_gpu > 1 else ""
+    print(f"submitted {len(todo)} runs as job(s) {', '.join(ids)}{packed}; follow with: ferbench status "
+          f"{spec.output_dir}")
     if not wait:
         return 0
     failed = [(j, e) for j, e in wait_for(jobs) if e is not None]
@@ -298,7 +307,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                "gpus_per_node": args.gpus_per_node, "mem_gb": args.mem_gb,
                "array_parallelism": args.array_parallelism}
     return _run_sweep(Path(args.spec), args.overrides, args.dry_run, args.leaderboard_dir, args.executor, cluster,
-                      args.wait)
+                      args.wait, args.runs_per_gpu)
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -321,6 +330,15 @@ def _cmd_bench_prepare(args: argparse.Namespace) -> int:
     if args.n < 14 or args.workers < 1:
         raise FERBenchError(f"bench prepare: expected --n >= 14 and --workers >= 1, got {args.n} and {args.workers}")
     run_prepare_benchmark(args.n, args.size, args.image_size, args.workers, args.work_dir, args.json)
+    return 0
+
+
+def _cmd_bench_train(args: argparse.Namespace) -> int:
+    from bench.benchmarks.train_speed import run_train_benchmark
+
+    run_train_benchmark(args.method, args.steps, args.warmup, args.image_size, args.batch_size, args.mu, args.backbone,
+                        args.augment_on, args.compile, args.channels_last, args.mixed_precision, args.workers,
+                        args.n_train, args.cache_dir, not args.no_cpu_path, args.json)
     return 0
 
 
@@ -373,6 +391,25 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--work-dir", default=None, help="where to write the JPEGs (default: the system temp folder)")
     bp.add_argument("--json", default=None, help="also write the results here")
     bp.set_defaults(fn=_cmd_bench_prepare)
+    bt = bsub.add_parser("train", help="images/s of N training steps end to end vs the pure-compute ceiling")
+    bt.add_argument("method")
+    bt.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    bt.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, workers starting)")
+    bt.add_argument("--image-size", type=int, default=112)
+    bt.add_argument("--batch-size", type=int, default=128, help="labeled batch B (unlabeled: mu * B)")
+    bt.add_argument("--mu", type=int, default=7)
+    bt.add_argument("--backbone", default="resnet18")
+    bt.add_argument("--augment-on", default="device", help="data path measured first: device | cpu")
+    bt.add_argument("--compile", default="none", help="none | default | reduce-overhead")
+    bt.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                    help="default: on with CUDA")
+    bt.add_argument("--mixed-precision", default=None, help="no | bf16 | fp16 (default: bf16 with CUDA, else no)")
+    bt.add_argument("--workers", type=int, default=None, help="CPU path workers (default: CPUs - 1)")
+    bt.add_argument("--n-train", type=int, default=2000, help="synthfer training images generated for it")
+    bt.add_argument("--cache-dir", default=None)
+    bt.add_argument("--no-cpu-path", action="store_true", help="skip the augment_on=cpu comparison")
+    bt.add_argument("--json", default=None, help="also write the results here")
+    bt.set_defaults(fn=_cmd_bench_train)
 
     r = sub.add_parser("run", help="train one run (resumes from its checkpoint if interrupted)")
     r.add_argument("--config", "-c", action="append", default=[], help="YAML config file (repeatable)")
@@ -396,7 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cpus-per-task", type=int, default=None)
     s.add_argument("--gpus-per-node", type=int, default=None, help="one task (process) per GPU")
     s.add_argument("--mem-gb", type=float, default=None)
-    s.add_argument("--array-parallelism", type=int, default=None, help="most runs at a time")
+    s.add_argument("--array-parallelism", type=int, default=None, help="most jobs at a time")
+    s.add_argument("--runs-per-gpu", type=int, default=None, metavar="K",
+                   help="pack K runs into each job, running concurrently on its GPU (default: the spec's, or 1)")
     s.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     s.set_defaults(fn=_cmd_sweep)
 

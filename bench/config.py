@@ -31,6 +31,11 @@ class DataConfig:
     synthfer: dict[str, Any] = field(default_factory=lambda: {"n_train": 6000, "n_test": 1500, "seed": 0})
     label_protocol: str | None = None  # the dataset's label rule (ferplus: majority8 | argmax7); None: its default
     options: dict[str, Any] = field(default_factory=dict)  # reader options (rafdb images, ferplus train_with_valid)
+    # Where views are made (bench/engine/feed.py): "device" (batched on the accelerator, images held there
+    # when they fit in `device_cache_gb`) or "cpu" (on the host, in `workers` background processes).
+    augment_on: str = "device"
+    device_cache_gb: float | None = None  # None: half the accelerator's free memory; 0: always stream
+    workers: int = 0  # augment_on=cpu: DataLoader worker processes making future steps' views
 
     def reader_options(self) -> dict[str, Any]:
         """What the dataset's reader takes: synthfer's generator parameters, else `options`."""
@@ -80,7 +85,10 @@ class TrainConfig:
     eval_every: int = 100
     log_every: int = 10
     checkpoint_every: int = 200
-    mixed_precision: str = "no"
+    mixed_precision: str = "no"  # no | bf16 | fp16: autocast through Accelerate
+    channels_last: bool = False  # model and views in NHWC memory layout (faster convolutions on GPUs)
+    compile: str = "none"  # none | default | reduce-overhead (torch.compile; reduce-overhead = CUDA graphs)
+    fused_optimizer: bool = True  # torch's fused optimiser kernels where available (CUDA); recorded
     stop_after: int | None = None  # stop (checkpointed) at this iteration: a simulated interruption
 
 
@@ -148,6 +156,14 @@ _NOT_IN_RUN_ID = {
     ("train", "stop_after"),
     ("train", "log_every"),
     ("train", "checkpoint_every"),
+    # How fast, not what: the same run on the fast or the classic path is the same run (on a CPU host the
+    # two paths give identical batches); the record's `performance` block says which path made it.
+    ("data", "augment_on"),
+    ("data", "device_cache_gb"),
+    ("data", "workers"),
+    ("train", "channels_last"),
+    ("train", "compile"),
+    ("train", "fused_optimizer"),
 }
 
 
@@ -206,6 +222,8 @@ def _coerce(value: str, current: Any, where: str) -> Any:
         raise FERBenchError(f"override {where}={value!r}: not valid YAML ({e})") from e
     if isinstance(current, bool) and not isinstance(parsed, bool):
         raise FERBenchError(f"override {where}={value!r}: expected true or false")
+    if isinstance(current, str) and isinstance(parsed, bool):  # YAML reads no/off/yes as booleans
+        return value.strip()
     if isinstance(current, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
         return float(parsed)
     if isinstance(current, tuple) and isinstance(parsed, list):

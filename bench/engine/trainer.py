@@ -31,8 +31,9 @@ from bench.data.cache import default_cache_dir, load_prepared, prepare_dataset
 from bench.data.datasets import get_dataset
 from bench.data.splits import check_budget, make_split, save_manifest
 from bench.data.views import ViewMaker
+from bench.engine import performance as perf
 from bench.engine.evaluation import evaluate_model
-from bench.engine.feed import BatchFeed
+from bench.engine.feed import check_augment_settings, make_feed
 from bench.engine.model import build_model, parameter_checksum
 from bench.engine.provenance import git_commit, host_info, package_versions
 from bench.engine.streams import LABELED_SAMPLING, IndexStream, labeled_stream, step_seed
@@ -101,18 +102,19 @@ def run_paths(cfg: RunConfig) -> RunPaths:
     return RunPaths(record=record_path(out / "records", rid), run_dir=out / "runs" / rid)
 
 
-def build_optimizer(cfg: RunConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: RunConfig, model: torch.nn.Module, fused: bool = False) -> torch.optim.Optimizer:
     o = cfg.optim
+    extra = {"fused": True} if fused else {}
     # No weight decay on biases and normalisation parameters (as USB and timm do).
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0)
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0, **extra)
     if o.name == "adam":
-        return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas))
+        return torch.optim.Adam(groups, lr=o.lr, betas=tuple(o.betas), **extra)
     if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas))
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), **extra)
     raise FERBenchError(f"optim.name={o.name!r}: expected sgd, adam or adamw")
 
 
@@ -169,6 +171,8 @@ def validate(cfg: RunConfig) -> type[Method]:
     check_budget(cfg.data.protocol, cfg.data.budget)  # unknown protocol / budget out of range
     if cfg.data.unlabeled not in ("all", "rest"):
         raise FERBenchError(f"data.unlabeled={cfg.data.unlabeled!r}: expected 'all' or 'rest'")
+    check_augment_settings(cfg)  # data.augment_on, workers, device_cache_gb
+    perf.check_performance_settings(cfg)  # train.compile, mixed_precision, channels_last, fused_optimizer
     return cls
 
 
@@ -375,6 +379,7 @@ def train(cfg: RunConfig, progress: Any = None,
     record["distributed"] = {"type": str(accelerator.distributed_type).split(".")[-1],
                              "backend": accelerator.state.backend,
                              "zero_stage": ds.zero_stage if ds is not None else None}
+    record["performance"] = {**last.summary["performance"], "images_per_s": record["images_per_s"]}
     if accelerator.is_main_process:
         # a record is never overwritten: if a duplicate job of this run finished first, its record stays
         write_json_atomic(paths.record, record, overwrite=False)
@@ -397,13 +402,15 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
     lab_stream = labeled_stream(method.labeled_sampling, labeled_pool, data.train.labels[labeled_pool], B, cfg.seed)
     unl_stream = IndexStream(run.unlabeled_pool, mu * B, cfg.seed, "unlabeled") if stage.views else None
     views = ViewMaker(cfg.augment)
-    feed = BatchFeed(run.images, run.labels, views, lab_stream, unl_stream, stage.labeled_views, stage.views,
-                     run.labeled_position, run.pool_position, accelerator.device, cfg.seed, rank, world,
+    feed = make_feed(cfg, run.images, run.labels, views, lab_stream, unl_stream, stage.labeled_views, stage.views,
+                     run.labeled_position, run.pool_position, accelerator.device, rank, world,
                      purpose="augment" if stage.name == "main" else f"augment:{stage.name}")
 
     start_checksum = parameter_checksum(model)
     accelerator.free_memory()  # the previous stage's model and optimiser leave the accelerator
-    optimizer = build_optimizer(cfg, model)
+    model = perf.apply_channels_last(model, cfg.train.channels_last)
+    fused = perf.fused_optimizer(cfg, accelerator.device, accelerator.state.deepspeed_plugin is not None)
+    optimizer = build_optimizer(cfg, model, fused[0])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg, s))
     if accelerator.state.deepspeed_plugin is not None:  # no dataloader to infer DeepSpeed's batch sizes from
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
@@ -415,6 +422,7 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
     if cfg.train.ema_decay > 0:
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.train.ema_decay, device=accelerator.device)
         ema.module.eval()
+    perf.compile_model(accelerator.unwrap_model(model), cfg.train.compile)  # after the EMA copy: only training compiles
     state = TrainerState()
     checkpoint.stage, checkpoint.scheduler, checkpoint.state, checkpoint.ema = stage.name, scheduler, state, ema
     if checkpoint_dir.is_dir():
@@ -504,6 +512,7 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
             break
 
     state.wall_time_s += time.perf_counter() - session_start
+    feed.close()
     if progress is not None:
         progress.remove_task(task)
     if state.step < total:
@@ -511,6 +520,7 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
     if stage.evaluate and final_metrics is None:  # resumed exactly at the end: evaluate the restored weights
         final_metrics = evaluate_now()
     trained = accelerator.unwrap_model(model)
+    images_per_s = round(state.images_seen / max(state.train_time_s, 1e-9), 1)
     summary = {
         "name": stage.name,
         "iterations": total,
@@ -518,11 +528,12 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
         "config": {k: cfg.to_dict()[k] for k in sorted(STAGE_SECTIONS)},
         "train_time_s": round(state.train_time_s, 3),
         "wall_time_s": round(state.wall_time_s, 3),
-        "images_per_s": round(state.images_seen / max(state.train_time_s, 1e-9), 1),
+        "images_per_s": images_per_s,
         "last_logs": last_logs or (state.curves[-1] if state.curves else {}),
         "accuracy": final_metrics["accuracy"] if final_metrics else None,
         "start_checksum": start_checksum,
         "end_checksum": parameter_checksum(trained),
+        "performance": perf.performance_block(cfg, feed, accelerator.device, fused, images_per_s),
     }
     return StageResult(trained, summary, state, final_metrics, eval_model())
 

@@ -6,6 +6,8 @@
     local  submitit's LocalExecutor: real subprocesses, at most `array_parallelism` at a time
     debug  submitit's DebugExecutor: every run in this process, for debugging
 
+With `runs_per_gpu` K > 1, each job is a pack of K runs sharing its GPU (`bench.launch.pack.PackJob`).
+
 Submissions are logged in `<output_dir>/jobs.jsonl`. A run is submitted again only if it has no record
 and no job that is still pending or running, so resubmitting a sweep is always safe.
 """
@@ -26,6 +28,7 @@ import submitit
 from bench.config import RunConfig, run_id
 from bench.errors import FERBenchError
 from bench.launch.jobs import RunJob
+from bench.launch.pack import PackJob, check_runs_per_gpu
 
 EXECUTORS = ("slurm", "local", "debug")
 #: sacct states of a job that is not over yet
@@ -138,9 +141,20 @@ def pending_runs(runs: list[RunConfig], output_dir: str | Path) -> tuple[list[Ru
     return todo, done, live
 
 
+def _job_for(pack: list[RunConfig], params: ClusterParams, runs_per_gpu: int) -> RunJob | PackJob:
+    if runs_per_gpu == 1:
+        return RunJob(pack[0].to_dict(), params.cpus_per_task)
+    return PackJob([cfg.to_dict() for cfg in pack], params.cpus_per_task)
+
+
 def submit_runs(runs: list[RunConfig], kind: str, output_dir: str | Path, name: str,
-                params: ClusterParams) -> list[submitit.Job]:
-    """Submit every run as one job (an array on SLURM); returns the jobs, in the order of `runs`."""
+                params: ClusterParams, runs_per_gpu: int = 1) -> list[submitit.Job]:
+    """Submit the runs, `runs_per_gpu` to a job (one array on SLURM); returns the jobs, in the order of `runs`
+    (one job per pack of consecutive runs)."""
+    check_runs_per_gpu(runs_per_gpu, "")
+    if runs_per_gpu > 1 and params.gpus_per_node > 1:
+        raise FERBenchError(f"runs_per_gpu={runs_per_gpu} packs single-process runs onto one GPU; "
+                            f"it cannot be combined with gpus_per_node={params.gpus_per_node}")
     if kind not in EXECUTORS:
         raise FERBenchError(f"--executor {kind!r}: expected one of {', '.join(EXECUTORS)}")
     if kind == "slurm" and shutil.which("sbatch") is None:
@@ -148,11 +162,13 @@ def submit_runs(runs: list[RunConfig], kind: str, output_dir: str | Path, name: 
                             "(or start the local test cluster: bash slurm/cluster.sh up)")
     out = Path(output_dir)
     ex = _executor(kind, out / "logs", f"ferbench-{name}", params)
+    packs = [runs[i : i + runs_per_gpu] for i in range(0, len(runs), runs_per_gpu)]
     if kind == "local":  # the local executor has no array throttle: submit in waves
-        return _submit_in_waves(ex, runs, out, params)
+        return _submit_in_waves(ex, packs, out, params, runs_per_gpu)
     with ex.batch():
-        jobs = [ex.submit(RunJob(cfg.to_dict(), params.cpus_per_task)) for cfg in runs]
-    _log_submissions(out, kind, runs, jobs)
+        jobs = [ex.submit(_job_for(pack, params, runs_per_gpu)) for pack in packs]
+    for pack, job in zip(packs, jobs):
+        _log_submissions(out, kind, pack, [job] * len(pack))
     return jobs
 
 
@@ -167,17 +183,17 @@ def _log_submissions(out: Path, kind: str, runs: list[RunConfig], jobs: list[sub
                                 "submitted_utc": stamp}) + "\n")
 
 
-def _submit_in_waves(ex: submitit.Executor, runs: list[RunConfig], out: Path,
-                     params: ClusterParams) -> list[submitit.Job]:
+def _submit_in_waves(ex: submitit.Executor, packs: list[list[RunConfig]], out: Path,
+                     params: ClusterParams, runs_per_gpu: int) -> list[submitit.Job]:
     width = params.array_parallelism
     jobs: list[submitit.Job] = []
     running: list[submitit.Job] = []
-    for cfg in runs:
+    for pack in packs:
         while len(running) >= width:
             running = [j for j in running if not j.done()]
             time.sleep(0.5)
-        job = ex.submit(RunJob(cfg.to_dict(), params.cpus_per_task))
-        _log_submissions(out, "local", [cfg], [job])
+        job = ex.submit(_job_for(pack, params, runs_per_gpu))
+        _log_submissions(out, "local", pack, [job] * len(pack))
         jobs.append(job)
         running.append(job)
     return jobs

@@ -31,7 +31,7 @@ def status_path(output_dir: str | Path, run_id: str) -> Path:
 def _log_paths() -> dict[str, str]:
     try:
         paths = submitit.JobEnvironment().paths
-    except RuntimeError:  # not inside a submitit job (tests calling the job directly)
+    except (RuntimeError, KeyError):  # not inside a submitit job; the debug executor has no log folder
         return {}
     env = submitit.JobEnvironment()
     return {"stdout": str(paths.stdout).replace("%t", str(env.global_rank)),
@@ -45,6 +45,11 @@ def _job_id() -> str | None:
         return None
 
 
+def job_info() -> dict[str, Any]:
+    """This submitit job's id and log paths (empty outside a job)."""
+    return {"job_id": _job_id(), "logs": _log_paths()}
+
+
 def error_line(exc: BaseException) -> str:
     """The one line a user needs: the FERBench error message, or the exception's type and message."""
     from bench.errors import FERBenchError
@@ -56,49 +61,64 @@ def error_line(exc: BaseException) -> str:
 class RunJob(submitit.helpers.Checkpointable):
     """Train one run (resuming from its checkpoint), given its resolved config as a dict."""
 
-    def __init__(self, config: dict[str, Any], threads: int | None = None) -> None:
+    def __init__(self, config: dict[str, Any], threads: int | None = None,
+                 job_info: dict[str, Any] | None = None) -> None:
         self.config = config
         self.threads = threads  # torch threads; SLURM_CPUS_PER_TASK when set
+        self.job_info = job_info  # {"job_id", "logs"} of the job this run is part of (a pack), else asked here
 
     def _status(self, run_id: str, state: str, **extra: Any) -> None:
+        info = self.job_info if self.job_info is not None else job_info()
         write_json_atomic(status_path(self.config["output_dir"], run_id), {
-            "run_id": run_id, "state": state, "job_id": _job_id(), "host": socket.gethostname(),
-            "logs": _log_paths(), "updated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra})
+            "run_id": run_id, "state": state, "job_id": info["job_id"], "host": socket.gethostname(),
+            "logs": info["logs"], "updated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra})
 
-    def __call__(self) -> dict[str, Any]:
+    def run(self, should_stop: Any = None) -> dict[str, Any] | None:
+        """Train with status files (running, then done or failed); None when stopped at a checkpoint."""
         from bench.config import config_from_dict, run_id
         from bench.engine.trainer import train
 
-        try:  # ranks, world size and master address of a multi-task job, for the Accelerator
-            submitit.helpers.TorchDistributedEnvironment().export()
-        except RuntimeError:  # not inside a submitit job
-            pass
-        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or self.threads
-        if cpus:
-            import torch
-
-            torch.set_num_threads(cpus)
         cfg = config_from_dict(self.config)
         rid = run_id(cfg)
         rank = int(os.environ.get("RANK", "0"))
         if rank == 0:
             self._status(rid, "running")
-        preempted: list[tuple[int, Any]] = []
-        submitit_handler = signal.getsignal(signal.SIGUSR2)
-        if callable(submitit_handler):  # defer submitit's requeue until a checkpoint is saved
-            signal.signal(signal.SIGUSR2, lambda signum, frame: preempted.append((signum, frame)))
         try:
-            record = train(cfg, should_stop=lambda: bool(preempted))
+            record = train(cfg, should_stop=should_stop)
         except BaseException as exc:
             if rank == 0:
                 self._status(rid, "failed", error=error_line(exc), traceback=traceback.format_exc(limit=8))
             raise
+        if record is not None and rank == 0:
+            self._status(rid, "done", accuracy=record["metrics"]["final"]["accuracy"])
+        return record
+
+    def __call__(self) -> dict[str, Any]:
+        from bench.config import config_from_dict, run_id
+
+        try:  # ranks, world size and master address of a multi-task job, for the Accelerator
+            submitit.helpers.TorchDistributedEnvironment().export()
+        except RuntimeError:  # not inside a submitit job
+            pass
+        set_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or self.threads)
+        rid = run_id(config_from_dict(self.config))
+        preempted: list[tuple[int, Any]] = []
+        submitit_handler = signal.getsignal(signal.SIGUSR2)
+        if callable(submitit_handler):  # defer submitit's requeue until a checkpoint is saved
+            signal.signal(signal.SIGUSR2, lambda signum, frame: preempted.append((signum, frame)))
+        record = self.run(should_stop=lambda: bool(preempted))
         if record is None and preempted and callable(submitit_handler):
-            if rank == 0:
+            if int(os.environ.get("RANK", "0")) == 0:
                 self._status(rid, "requeued")
             submitit_handler(*preempted[0])  # submitit pickles this job, requeues it and exits
         if record is None:
             raise RuntimeError(f"run {rid} stopped before its last iteration (train.stop_after?)")
-        if rank == 0:
-            self._status(rid, "done", accuracy=record["metrics"]["final"]["accuracy"])
         return {"run_id": rid, "accuracy": record["metrics"]["final"]["accuracy"]}
+
+
+def set_threads(n: int | None) -> None:
+    """torch's intra-op threads (the CPUs this run may use), when known."""
+    if n:
+        import torch
+
+        torch.set_num_threads(n)

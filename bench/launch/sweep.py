@@ -11,7 +11,8 @@ Spec:
     references: [fullysupervised]    # methods trained on all labels: one run per seed, not per budget
     extends: demo.yaml               # optional: start from another spec's keys (relative path)
     cluster: {partition: gpu, time_min: 240, cpus_per_task: 8, gpus_per_node: 1, mem_gb: 32,
-              array_parallelism: 16}   # optional: resources per run for `--executor slurm|local`
+              array_parallelism: 16}   # optional: resources per job for `--executor slurm|local`
+    runs_per_gpu: 4                  # optional: runs packed into one job, sharing its GPU (default 1)
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from bench.config import RunConfig, apply_mapping, apply_overrides, load_yaml
 from bench.errors import FERBenchError
+from bench.launch.pack import check_runs_per_gpu
 
 
 @dataclass
@@ -36,6 +38,7 @@ class SweepSpec:
     references: list[dict[str, Any]] = field(default_factory=list)
     leaderboard_dir: str | None = None
     cluster: dict[str, Any] = field(default_factory=dict)
+    runs_per_gpu: int = 1
 
 
 def _method_entries(items: Any, where: str) -> list[dict[str, Any]]:
@@ -65,7 +68,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
     missing = [k for k in ("methods", "seeds") if k not in d]
     if missing:
         raise FERBenchError(f"{path}: sweep spec is missing {', '.join(missing)}")
-    known = {"name", "output_dir", "base", "methods", "budgets", "seeds", "references", "leaderboard_dir", "cluster"}
+    known = {"name", "output_dir", "base", "methods", "budgets", "seeds", "references", "leaderboard_dir", "cluster",
+             "runs_per_gpu"}
     unknown = sorted(set(d) - known)
     if unknown:
         raise FERBenchError(f"{path}: unknown sweep key(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
@@ -79,6 +83,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         references=_method_entries(d.get("references", []), f"{path}: references"),
         leaderboard_dir=d.get("leaderboard_dir"),
         cluster=dict(d.get("cluster") or {}),
+        runs_per_gpu=check_runs_per_gpu(d.get("runs_per_gpu", 1), f"{path}: "),
     )
 
 

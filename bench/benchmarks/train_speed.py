@@ -1,0 +1,203 @@
+"""`ferbench bench train METHOD`: images/s of training end to end against the pure-compute ceiling.
+
+In one process, on synthfer generated locally: N steps of the method through the real engine (the feed of
+`data.augment_on`, then autocast + `training_step` + backward + optimiser + EMA, as the training loop does
+them), and N steps of the same model and training step on random tensors already on the device (no data
+path at all: the ceiling). The ratio end_to_end / ceiling says how much of the accelerator the data path
+leaves unused. Also measured: the CPU path (`augment_on: cpu`, views made in DataLoader workers) and, on
+CUDA, the CUDA-graph variant (`compile: reduce-overhead`). Prints a table; optionally writes JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from timm.utils import ModelEmaV3
+
+from bench.config import RunConfig, build_config
+from bench.data.cache import default_cache_dir, load_prepared, prepare_dataset
+from bench.data.splits import make_split
+from bench.data.views import ViewMaker
+from bench.engine import performance as perf
+from bench.engine.feed import make_feed
+from bench.engine.model import build_model
+from bench.engine.streams import IndexStream, labeled_stream, step_seed
+from bench.engine.trainer import build_optimizer, validate
+from bench.errors import FERBenchError
+from bench.method import Batch, SetupInfo, StepContext
+from bench.registry import create_method
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Setup:
+    """The trainer's data, method and model set-up for one config, without checkpoints, evaluation or record."""
+
+    def __init__(self, cfg: RunConfig, accelerator: Accelerator) -> None:
+        self.cfg, self.acc, self.device = cfg, accelerator, accelerator.device
+        cache = default_cache_dir(cfg.data.cache_dir)
+        path = prepare_dataset(cfg.data.name, cfg.data.root, cfg.data.image_size, str(cache),
+                               cfg.data.reader_options(), cfg.data.on_bad_image, progress=True)
+        data = load_prepared(path)
+        manifest = make_split(data.name, data.fingerprint, data.train.ids, data.train.labels, data.num_classes,
+                              cfg.data.protocol, cfg.data.budget, cfg.seed, data.class_names)
+        self.labeled_pool = np.asarray(manifest["labeled_index"], dtype=np.int64)
+        n = len(data.train.ids)
+        self.pool = np.arange(n)
+        self.labeled_position = np.full(n, -1, dtype=np.int64)
+        self.labeled_position[self.labeled_pool] = np.arange(len(self.labeled_pool))
+        self.num_classes = data.num_classes
+        self.method = create_method(cfg.method, data.num_classes, cfg.method_args)
+        self.method.setup(SetupInfo(data.num_classes, len(self.labeled_pool), n, cfg.train.iterations))
+        self.images = torch.from_numpy(np.array(data.train.images)).permute(0, 3, 1, 2)
+        self.labels = torch.from_numpy(data.train.labels)
+        B, mu, m = cfg.train.batch_size, cfg.train.mu, self.method
+        self.images_per_step = B * len(m.labeled_views) + (mu * B * len(m.views) if m.views else 0)
+
+    def feed(self, augment_on: str) -> Any:
+        cfg, m = self.cfg, self.method
+        cfg.data.augment_on = augment_on
+        lab = labeled_stream(m.labeled_sampling, self.labeled_pool, self.labels.numpy()[self.labeled_pool],
+                             cfg.train.batch_size, cfg.seed)
+        unl = IndexStream(self.pool, cfg.train.mu * cfg.train.batch_size, cfg.seed, "unlabeled") if m.views else None
+        return make_feed(cfg, self.images, self.labels, ViewMaker(cfg.augment), lab, unl, m.labeled_views, m.views,
+                         self.labeled_position, self.pool, self.device)
+
+    def model(self, compile_mode: str) -> tuple[Callable[[Batch, int], None], dict[str, Any]]:
+        """A fresh model, optimiser and EMA, and the loop's training step on them."""
+        cfg, acc, method = self.cfg, self.acc, self.method
+        torch.manual_seed(step_seed(cfg.seed, -1, 0, "init"))
+        model = perf.apply_channels_last(method.build_model(build_model(cfg.model, self.num_classes)),
+                                         cfg.train.channels_last)
+        fused = perf.fused_optimizer(cfg, self.device)
+        optimizer = build_optimizer(cfg, model, fused[0])
+        model, optimizer = acc.prepare(model, optimizer)
+        method.to(self.device)
+        ema = ModelEmaV3(acc.unwrap_model(model), decay=cfg.train.ema_decay, device=self.device) \
+            if cfg.train.ema_decay > 0 else None
+        perf.compile_model(acc.unwrap_model(model), compile_mode)
+        model.train()
+
+        def step_fn(batch: Batch, step: int) -> None:  # the training loop's body, minus logging and evaluation
+            torch.manual_seed(step_seed(cfg.seed, step, 0, "dropout"))
+            ctx = StepContext(step=step, total_steps=cfg.train.iterations, num_classes=self.num_classes,
+                              ema_model=ema.module if ema is not None else None)
+            with acc.autocast():
+                out = method.training_step(model, batch, ctx)
+            if not torch.isfinite(out.loss):
+                raise FERBenchError(f"bench train: loss became {out.loss.item()} at step {step}")
+            acc.backward(out.loss)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(acc.unwrap_model(model), step=step)
+            float(out.loss.item())  # the loop logs the loss every step
+
+        return step_fn, {"fused_optimizer": fused[0], "fused_optimizer_note": fused[1]}
+
+
+def _random_like(batch: Batch) -> Batch:
+    """The batch's shapes as random images already on the device; labels and indices kept."""
+    def rnd(group: dict[str, torch.Tensor] | None) -> dict[str, torch.Tensor] | None:
+        if group is None:
+            return None
+        return {k: torch.randn_like(v) if v.is_floating_point() else v.clone() for k, v in group.items()}
+    return Batch(rnd(batch.labeled), rnd(batch.unlabeled))
+
+
+def _rate(step_fn: Callable[[Batch, int], None], get: Callable[[int], Batch], steps: int, warmup: int,
+          images_per_step: int, device: torch.device) -> float:
+    for s in range(warmup):
+        step_fn(get(s), s)
+    _sync(device)
+    t0 = time.perf_counter()
+    for s in range(warmup, warmup + steps):
+        step_fn(get(s), s)
+    _sync(device)
+    return images_per_step * steps / (time.perf_counter() - t0)
+
+
+def run_train_benchmark(method: str = "fixmatch", steps: int = 20, warmup: int = 3, image_size: int = 112,
+                        batch_size: int = 128, mu: int = 7, backbone: str = "resnet18", augment_on: str = "device",
+                        compile_mode: str = "none", channels_last: bool | None = None,
+                        mixed_precision: str | None = None, workers: int | None = None, n_train: int = 2000,
+                        cache_dir: str | None = None, cpu_path: bool = True, json_path: str | None = None
+                        ) -> dict[str, Any]:
+    """Measure and print end-to-end vs ceiling images/s; returns (and optionally writes) the results."""
+    from rich.console import Console
+    from rich.table import Table
+
+    if steps < 1 or warmup < 0 or n_train < 14:
+        raise FERBenchError(f"bench train: expected --steps >= 1, --warmup >= 0, --n-train >= 14; got {steps}, "
+                            f"{warmup}, {n_train}")
+    cuda = torch.cuda.is_available()
+    workers = max(1, (os.cpu_count() or 2) - 1) if workers is None else workers
+    cfg = build_config(overrides=[
+        f"method={method}", f"model.backbone={backbone}", f"data.image_size={image_size}",
+        f"data.synthfer={{n_train: {n_train}, n_test: 70, seed: 0}}", f"data.augment_on={augment_on}",
+        f"data.workers={workers}", f"train.batch_size={batch_size}", f"train.mu={mu}",
+        f"train.iterations={warmup + steps}", f"train.compile={compile_mode}",
+        f"train.channels_last={str(cuda if channels_last is None else channels_last).lower()}",
+        f"train.mixed_precision={mixed_precision or ('bf16' if cuda else 'no')}",
+        *([f"data.cache_dir={cache_dir}"] if cache_dir else [])])
+    validate(cfg)
+    console = Console()
+    acc = Accelerator(cpu=not cuda, mixed_precision=cfg.train.mixed_precision)
+    setup = _Setup(cfg, acc)
+    ips = setup.images_per_step
+
+    def measure(aug: str, mode: str, ceiling: bool = True) -> dict[str, Any]:
+        step_fn, fused = setup.model(mode)
+        feed = setup.feed(aug)
+        with console.status(f"{aug} path, compile {mode}: {warmup} + {steps} steps"):
+            e2e = _rate(step_fn, feed.batch, steps, warmup, ips, setup.device)
+            fixed = _random_like(feed.batch(0)) if ceiling else None
+            feed.close()
+            ceil = _rate(step_fn, lambda s: fixed, steps, warmup, ips, setup.device) if ceiling else None
+        row = {"augment_on": aug, "images_on": feed.where, "workers": workers if aug == "cpu" else 0,
+               "compile": mode, "end_to_end_images_per_s": e2e, "ceiling_images_per_s": ceil,
+               "ratio": e2e / ceil if ceil else None, **fused}
+        return row
+
+    rows = [measure(augment_on, compile_mode)]
+    if cpu_path and augment_on != "cpu":  # the classic pipeline, against the same ceiling
+        row = measure("cpu", compile_mode, ceiling=False)
+        row["ceiling_images_per_s"] = rows[0]["ceiling_images_per_s"]
+        row["ratio"] = row["end_to_end_images_per_s"] / row["ceiling_images_per_s"]
+        rows.append(row)
+    if cuda and compile_mode != "reduce-overhead":  # CUDA graphs: what launch-bound small batches gain
+        rows.append(measure(augment_on, "reduce-overhead"))
+
+    head = rows[0]
+    results = {
+        "method": method, "backbone": backbone, "image_size": image_size, "batch_size": batch_size, "mu": mu,
+        "images_per_step": ips, "steps": steps, "warmup": warmup, "n_train": n_train,
+        "device": str(setup.device), "device_name": torch.cuda.get_device_name() if cuda else "cpu",
+        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+        "mixed_precision": cfg.train.mixed_precision, "channels_last": cfg.train.channels_last,
+        "end_to_end_images_per_s": head["end_to_end_images_per_s"],
+        "ceiling_images_per_s": head["ceiling_images_per_s"], "ratio": head["ratio"], "rows": rows,
+    }
+    table = Table(title=f"{method} {backbone} {image_size}px B={batch_size} mu={mu}: {ips} images/step on "
+                        f"{results['device_name']} ({steps} timed steps after {warmup})")
+    for col in ("data path", "images on", "compile", "end to end (img/s)", "ceiling (img/s)", "ratio"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        path = f"{r['augment_on']}" + (f" ({r['workers']} workers)" if r["augment_on"] == "cpu" else "")
+        table.add_row(path, r["images_on"], r["compile"], f"{r['end_to_end_images_per_s']:,.0f}",
+                      f"{r['ceiling_images_per_s']:,.0f}", f"{r['ratio']:.2f}")
+    console.print(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
+    return results
