@@ -30,7 +30,7 @@ from bench.engine import performance as perf
 from bench.engine.feed import make_feed
 from bench.engine.model import build_model
 from bench.engine.streams import IndexStream, labeled_stream, step_seed
-from bench.engine.trainer import build_optimizer, validate
+from bench.engine.trainer import build_optimizer, optimisation_step, validate
 from bench.errors import FERBenchError
 from bench.method import Batch, SetupInfo, StepContext
 from bench.registry import create_method
@@ -93,15 +93,7 @@ class _Setup:
             torch.manual_seed(step_seed(cfg.seed, step, 0, "dropout"))
             ctx = StepContext(step=step, total_steps=cfg.train.iterations, num_classes=self.num_classes,
                               ema_model=ema.module if ema is not None else None)
-            with acc.autocast():
-                out = method.training_step(model, batch, ctx)
-            if not torch.isfinite(out.loss):
-                raise FERBenchError(f"bench train: loss became {out.loss.item()} at step {step}")
-            acc.backward(out.loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.update(acc.unwrap_model(model), step=step)
+            out = optimisation_step(acc, method, model, optimizer, ema, batch, ctx, "bench train")
             float(out.loss.item())  # the loop logs the loss every step
 
         return step_fn, {"fused_optimizer": fused[0], "fused_optimizer_note": fused[1]}

@@ -473,16 +473,8 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
         ctx = StepContext(step=step, total_steps=total, num_classes=num_classes,
                           ema_model=ema.module if ema is not None else None, stage=stage.name,
                           denormalize=views.denormalize)
-        with accelerator.autocast():
-            out = method.training_step(model, batch, ctx)
-        if not torch.isfinite(out.loss):
-            raise FERBenchError(f"run {label}: loss became {out.loss.item()} at iteration {step}; lower optim.lr?")
-        accelerator.backward(out.loss)
-        optimizer.step()
+        out = optimisation_step(accelerator, method, model, optimizer, ema, batch, ctx, f"run {label}")
         scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(accelerator.unwrap_model(model), step=step)
         state.step += 1
         state.images_seen += images_per_step * world
         if hook_every and state.step % hook_every == 0:
@@ -536,6 +528,23 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
         "performance": perf.performance_block(cfg, feed, accelerator.device, fused, images_per_s),
     }
     return StageResult(trained, summary, state, final_metrics, eval_model())
+
+
+def optimisation_step(accelerator: Accelerator, method: Method, model: torch.nn.Module,
+                      optimizer: torch.optim.Optimizer, ema: ModelEmaV3 | None, batch: Any, ctx: StepContext,
+                      where: str) -> Any:
+    """One step as the loop takes it: the method's loss under autocast, a finite check, backward, the
+    optimiser and the EMA update. Returns the method's `StepOutput`."""
+    with accelerator.autocast():
+        out = method.training_step(model, batch, ctx)
+    if not torch.isfinite(out.loss):
+        raise FERBenchError(f"{where}: loss became {out.loss.item()} at iteration {ctx.step}; lower optim.lr?")
+    accelerator.backward(out.loss)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    if ema is not None:
+        ema.update(accelerator.unwrap_model(model), step=ctx.step)
+    return out
 
 
 def save_checkpoint(accelerator: Accelerator, path: Path) -> None:
