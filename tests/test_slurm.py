@@ -199,3 +199,18 @@ def test_concurrent_record_writers_never_overwrite_or_corrupt(tmp_path: Path) ->
     assert sum(wrote) == 1  # exactly one writer created the record; every other one left it alone
     assert json.loads(path.read_text())["writer"] == wrote.index(True)
     assert [p.name for p in path.parent.iterdir()] == ["run.json"]  # no temp files left behind
+
+
+def test_packed_sweep_runs_two_runs_per_array_task(slurm_cluster, shared_cache: Path, tmp_path: Path,
+                                                   capsys) -> None:
+    out = tmp_path / "out"
+    spec = _spec(tmp_path / "packed.yaml", out, shared_cache, ["supervised"], [0, 1, 2, 3],
+                 {"iterations": 3, "eval_every": 3})
+    assert main(["sweep", str(spec), "--executor", "slurm", "--wait", "--runs-per-gpu", "2"]) == 0
+    assert "submitted 4 runs as job(s)" in capsys.readouterr().out
+    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert sorted(r["seed"] for r in records) == [0, 1, 2, 3]
+    jobs = set(_job_ids(out).values())
+    assert len(jobs) == 2 and len({j.split("_")[0] for j in jobs}) == 1  # one array of 2 tasks, 2 runs each
+    statuses = [json.loads(p.read_text()) for p in (out / "status").glob("*.json")]
+    assert sorted(s["job_id"] for s in statuses) == sorted([*jobs, *jobs])
