@@ -21,8 +21,9 @@ lengths (for RAF-DB at 10%); `stages.<name>.{optim,train,augment}` overrides any
 Deviations, each an option or documented:
 - the reference mixes in place (`utils/mixup.py`), so its "real-image" term and the face boxes are computed
   on the mixed images; FERBench uses the images before mixing (`mixup_inplace_bug: true` restores the bug);
-- face boxes come from `box_provider`: `fixed` (the reference's fallback box, the default) or `opencv`
-  (a Haar detector; the reference runs YOLOv7-face, whose weights are not installable offline). With
+- face boxes come from `box_provider`: `fixed` (the reference's fallback box, the default), `opencv`
+  (a Haar detector; the reference runs YOLOv7-face, whose weights are not installable offline), `dataset`
+  (the annotated box, i.e. the whole frame of images cropped to it, as AffectNet's), or an import path. With
   `fixed` every pair has IoU 1, so the loss is plain mixup CE, which is what the reference computes whenever
   its detector does not find exactly one face;
 - the reference strong view is timm's rand-m9-mstd0.5 (magnitude 9 +- 0.5); FERBench's RandAugment draws a
@@ -129,7 +130,7 @@ class FRPretraining(Method):
         super().__init__(num_classes, **hparams)
         mode = self.choice("pretrain", ("mae", "checkpoint", "none"))
         if ":" not in str(self.hparams["box_provider"]):
-            self.choice("box_provider", ("fixed", "opencv"))
+            self.choice("box_provider", ("fixed", "opencv", "dataset"))
         ckpt = self.hparams["pretrain_checkpoint"]
         if (mode == "checkpoint") != (ckpt is not None):
             raise FERBenchError("method 'frpretrain': pretrain=checkpoint and pretrain_checkpoint=FILE go together")

@@ -137,6 +137,7 @@ def _half_boxes(images: torch.Tensor) -> torch.Tensor:  # a provider plugged in 
 def test_a_box_provider_plugs_in_by_import_path() -> None:
     from bench.data.faceboxes import box_provider
 
+    assert box_provider("dataset")(torch.zeros(2, 3, 8, 6)).tolist() == [[0.0, 0.0, 6.0, 8.0]] * 2
     provider = box_provider("tests.test_frpretrain:_half_boxes")
     assert provider(torch.zeros(1, 3, 8, 8)).tolist() == [[0.0, 0.0, 4.0, 8.0]]
     with pytest.raises(FERBenchError, match="box_provider='tests.nowhere:f': cannot import it"):
@@ -247,7 +248,7 @@ def test_pretrain_data_folders_join_stage_zero_only(shared_cache: Path, tmp_path
     ("stages.semisup.train.ema_decay=0.0", "trains against an EMA teacher: train.ema_decay must be > 0 "
                                            "(stage semisup)"),
     ("stages.finetune.train.iterations=0", "train.iterations=0 (stage finetune): expected a positive number"),
-    ("method_args.box_provider=yolo", "box_provider='yolo'; expected one of 'fixed', 'opencv'"),
+    ("method_args.box_provider=yolo", "box_provider='yolo'; expected one of 'fixed', 'opencv', 'dataset'"),
     ("method_args.pretrain_data=/nowhere", "pretrain_data /nowhere: folder not found"),
     ("stages.finetune.augment.crop=random", "augment.crop='random' (stage finetune): expected 'pad' or 'resized'"),
 ])

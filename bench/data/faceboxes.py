@@ -7,11 +7,13 @@ A provider maps a uint8 batch (N, 3, H, W) to boxes (N, 4) as (x0, y0, x1, y1) i
   box) the face fills the image, so this is what the annotation would give too.
 - `opencv`: OpenCV's frontal-face Haar detector on each image; exactly one detection gives the box,
   anything else the fixed box (as the reference does with YOLOv7-face when it finds != 1 face).
+- `dataset`: the dataset's own face box. Readers with annotated boxes (AffectNet) crop each image to its
+  box when the cache is prepared, so the box is the whole frame; a crop taken inside the frame and
+  resized (or flipped) still shows only face, so after augmentation it is the whole frame again. Pairs
+  then have IoU 1 and the loss is the mixup term alone.
 - "package.module:callable": any other detector with the same contract.
 
-Boxes are taken on the augmented images the step mixes, as the reference does. A dataset's own boxes
-(AffectNet's annotation) are not offered: the AffectNet reader crops each image to that box, so in the
-prepared images it is the whole frame before augmentation, and the augmentation's geometry is not tracked.
+Boxes are taken on the augmented images the step mixes, as the reference does.
 """
 
 from __future__ import annotations
@@ -68,13 +70,21 @@ class OpenCVFaceBoxes:
         return out
 
 
+def dataset_boxes(images: Tensor) -> Tensor:
+    """The whole frame: where the face is in images cropped to their annotated face box."""
+    n, _, h, w = images.shape
+    return torch.tensor([0.0, 0.0, float(w), float(h)], device=images.device).expand(n, 4).clone()
+
+
 def box_provider(name: str) -> BoxProvider:
-    """`fixed`, `opencv`, or "package.module:callable" for any other detector (a callable with the same
+    """`fixed`, `opencv`, `dataset`, or "package.module:callable" for any other detector (a callable with the same
     contract, or a class/factory taking no arguments that returns one when its name ends in "()")."""
     if name == "fixed":
         return fixed_boxes
     if name == "opencv":
         return OpenCVFaceBoxes()
+    if name == "dataset":
+        return dataset_boxes
     if ":" in name:
         import importlib
 
@@ -85,7 +95,7 @@ def box_provider(name: str) -> BoxProvider:
         except (ImportError, AttributeError) as e:
             raise FERBenchError(f"box_provider={name!r}: cannot import it ({e})") from e
         return obj() if factory else obj
-    raise FERBenchError(f"box_provider={name!r}: expected 'fixed', 'opencv' or 'package.module:callable'")
+    raise FERBenchError(f"box_provider={name!r}: expected 'fixed', 'opencv', 'dataset' or 'package.module:callable'")
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
