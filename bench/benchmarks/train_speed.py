@@ -17,23 +17,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate import Accelerator
 from timm.utils import ModelEmaV3
 
 from bench.config import RunConfig, build_config
-from bench.data.cache import default_cache_dir, load_prepared, prepare_dataset
-from bench.data.splits import make_split
 from bench.data.views import ViewMaker
 from bench.engine import performance as perf
 from bench.engine.feed import make_feed
 from bench.engine.model import build_model
 from bench.engine.streams import IndexStream, labeled_stream, step_seed
-from bench.engine.trainer import build_optimizer, optimisation_step, validate
+from bench.engine.trainer import build_optimizer, optimisation_step, prepare_run_data, validate
 from bench.errors import FERBenchError
 from bench.method import Batch, SetupInfo, StepContext
-from bench.registry import create_method
+from bench.registry import create_method, get_method_class
 
 
 def _sync(device: torch.device) -> None:
@@ -46,33 +43,23 @@ class _Setup:
 
     def __init__(self, cfg: RunConfig, accelerator: Accelerator) -> None:
         self.cfg, self.acc, self.device = cfg, accelerator, accelerator.device
-        cache = default_cache_dir(cfg.data.cache_dir)
-        path = prepare_dataset(cfg.data.name, cfg.data.root, cfg.data.image_size, str(cache),
-                               cfg.data.reader_options(), cfg.data.on_bad_image, progress=True)
-        data = load_prepared(path)
-        manifest = make_split(data.name, data.fingerprint, data.train.ids, data.train.labels, data.num_classes,
-                              cfg.data.protocol, cfg.data.budget, cfg.seed, data.class_names)
-        self.labeled_pool = np.asarray(manifest["labeled_index"], dtype=np.int64)
-        n = len(data.train.ids)
-        self.pool = np.arange(n)
-        self.labeled_position = np.full(n, -1, dtype=np.int64)
-        self.labeled_position[self.labeled_pool] = np.arange(len(self.labeled_pool))
-        self.num_classes = data.num_classes
-        self.method = create_method(cfg.method, data.num_classes, cfg.method_args)
-        self.method.setup(SetupInfo(data.num_classes, len(self.labeled_pool), n, cfg.train.iterations))
-        self.images = torch.from_numpy(np.array(data.train.images)).permute(0, 3, 1, 2)
-        self.labels = torch.from_numpy(data.train.labels)
+        self.run = prepare_run_data(cfg, accelerator, get_method_class(cfg.method))  # the trainer's data set-up
+        self.num_classes = self.run.data.num_classes
+        self.method = create_method(cfg.method, self.num_classes, cfg.method_args)
+        self.method.setup(SetupInfo(self.num_classes, len(self.run.labeled_pool), len(self.run.unlabeled_pool),
+                                    cfg.train.iterations))
         B, mu, m = cfg.train.batch_size, cfg.train.mu, self.method
         self.images_per_step = B * len(m.labeled_views) + (mu * B * len(m.views) if m.views else 0)
 
     def feed(self, augment_on: str) -> Any:
-        cfg, m = self.cfg, self.method
+        cfg, m, run = self.cfg, self.method, self.run
         cfg.data.augment_on = augment_on
-        lab = labeled_stream(m.labeled_sampling, self.labeled_pool, self.labels.numpy()[self.labeled_pool],
+        lab = labeled_stream(m.labeled_sampling, run.labeled_pool, run.labels.numpy()[run.labeled_pool],
                              cfg.train.batch_size, cfg.seed)
-        unl = IndexStream(self.pool, cfg.train.mu * cfg.train.batch_size, cfg.seed, "unlabeled") if m.views else None
-        return make_feed(cfg, self.images, self.labels, ViewMaker(cfg.augment), lab, unl, m.labeled_views, m.views,
-                         self.labeled_position, self.pool, self.device)
+        unl = IndexStream(run.unlabeled_pool, cfg.train.mu * cfg.train.batch_size, cfg.seed, "unlabeled") \
+            if m.views else None
+        return make_feed(cfg, run.images, run.labels, ViewMaker(cfg.augment), lab, unl, m.labeled_views, m.views,
+                         run.labeled_position, run.pool_position, self.device)
 
     def model(self, compile_mode: str) -> tuple[Callable[[Batch, int], None], dict[str, Any]]:
         """A fresh model, optimiser and EMA, and the loop's training step on them."""

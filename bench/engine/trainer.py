@@ -222,7 +222,8 @@ class RunData:
             labeled_position=np.concatenate([self.labeled_position, np.full(m, -1, dtype=np.int64)]))
 
 
-def _prepare_run_data(cfg: RunConfig, accelerator: Accelerator, method_cls: type[Method]) -> RunData:
+def prepare_run_data(cfg: RunConfig, accelerator: Accelerator, method_cls: type[Method]) -> RunData:
+    """Prepare (or reuse) the dataset cache, make and save the split manifest, and lay out the pools."""
     cache_dir = default_cache_dir(cfg.data.cache_dir)
     with accelerator.main_process_first():  # the main process builds the cache; the others then find it
         prep_path = prepare_dataset(cfg.data.name, cfg.data.root, cfg.data.image_size, str(cache_dir),
@@ -272,6 +273,8 @@ class StageResult:
     summary: dict[str, Any]  # what the record keeps of the stage
     state: TrainerState
     final_metrics: dict[str, Any] | None
+    stage: Stage
+    cfg: RunConfig  # the stage's resolved config
     eval_model: torch.nn.Module | None = None  # the EMA model when the stage kept one (artefacts, not hand-off)
 
 
@@ -311,7 +314,7 @@ def train(cfg: RunConfig, progress: Any = None,
     accelerator = _make_accelerator(cfg, paths)
     world = accelerator.num_processes
     rid = run_id(cfg)
-    run = _prepare_run_data(cfg, accelerator, method_cls)
+    run = prepare_run_data(cfg, accelerator, method_cls)
     num_classes = run.data.num_classes
     method = create_method(cfg.method, num_classes, cfg.method_args)
     method.setup(SetupInfo(num_classes=num_classes, num_labeled=len(run.labeled_pool),
@@ -334,7 +337,8 @@ def train(cfg: RunConfig, progress: Any = None,
         if multi and (stage_dir / "stage.json").is_file():  # finished before an interruption: rebuild it
             model.load_state_dict(torch.load(stage_dir / "model.pt", map_location="cpu"))
             summary = json.loads((stage_dir / "stage.json").read_text())
-            results.append(StageResult(model, summary, TrainerState(**summary.pop("loop")), summary.pop("final")))
+            results.append(StageResult(model, summary, TrainerState(**summary.pop("loop")), summary.pop("final"),
+                                       stage, scfg))
             previous = model
             continue
         stage_run = run
@@ -361,13 +365,12 @@ def train(cfg: RunConfig, progress: Any = None,
         results.append(result)
         previous = result.model
 
-    scored = [r for r, st in zip(results, stages, strict=True) if st.evaluate]
+    scored = [r for r in results if r.stage.evaluate]
     if not scored:
         raise FERBenchError(f"method {cfg.method!r}: no stage evaluates a classifier, so the run has no result")
     last = scored[-1]
     record = build_record(cfg, rid, run.data, run.manifest, run.manifest_path, len(run.unlabeled_pool),
-                          last.final_metrics, last.state, world, method,
-                          stage_config(cfg, next(st for st in reversed(stages) if st.evaluate)))
+                          last.final_metrics, last.state, world, method, last.stage, last.cfg)
     if multi:
         record["stages"] = [r.summary for r in results]
         record["iterations"] = sum(r.summary["iterations"] for r in results)
@@ -527,7 +530,7 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
         "end_checksum": parameter_checksum(trained),
         "performance": perf.performance_block(cfg, feed, accelerator.device, fused, images_per_s),
     }
-    return StageResult(trained, summary, state, final_metrics, eval_model())
+    return StageResult(trained, summary, state, final_metrics, stage, cfg, eval_model())
 
 
 def optimisation_step(accelerator: Accelerator, method: Method, model: torch.nn.Module,
@@ -584,12 +587,13 @@ def build_record(
     state: TrainerState,
     world: int,
     method: Method,
-    stage_cfg: RunConfig | None = None,
+    stage: Stage,
+    stage_cfg: RunConfig,
 ) -> dict[str, Any]:
-    """The run record. `stage_cfg`: the config of the stage the metrics come from (batch sizes)."""
+    """The run record. `stage`, `stage_cfg`: the stage the metrics come from and its config (batch sizes)."""
     accs = [h["accuracy"] for h in state.history]
-    sc = stage_cfg or cfg
-    unl_batch = sc.train.mu * sc.train.batch_size if method.stages()[-1].views else 0
+    sc = stage_cfg
+    unl_batch = sc.train.mu * sc.train.batch_size if stage.views else 0
     final_keys = ("accuracy", "mean_class_accuracy", "macro_f1", "per_class_recall", "confusion_matrix")
     best = max(state.history, key=lambda h: h["accuracy"])
     return {
