@@ -11,31 +11,50 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
+from bench.checks import Interval, check_fields
 from bench.errors import FERBenchError
+
+# Value types of config fields, checked when a config is built (bench/checks.py): `key=value: expected ...`.
+Positive = Annotated[float, Interval("(0, inf)")]
+NonNegative = Annotated[float, Interval("[0, inf)")]
+Probability = Annotated[float, Interval("[0, 1]")]
+Decay = Annotated[float, Interval("[0, 1)")]
+Count = Annotated[int, Interval("[1, inf)")]
+NonNegativeInt = Annotated[int, Interval("[0, inf)")]
+AreaFraction = Annotated[float, Interval("(0, 1]")]
+
+# Enumerations, in one place (the engine modules import them from here).
+BUDGET_PROTOCOLS = ("fraction", "total", "per_class")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("cosine", "halfcosine", "constant")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+COMPILE_MODES = ("none", "default", "reduce-overhead")
+AUGMENT_ON = ("device", "cpu")
+WEAK_CROPS = ("pad", "resized")
 
 
 @dataclass
 class DataConfig:
     name: str = "synthfer"
     root: str | None = None  # raw dataset folder; synthfer is generated into the cache when None
-    protocol: str = "fraction"
-    budget: float = 0.1
-    image_size: int = 48
-    unlabeled: str = "all"  # "all": every training image is also unlabeled (USB); "rest": the others
+    protocol: Literal[BUDGET_PROTOCOLS] = "fraction"
+    budget: float = 0.1  # its range depends on the protocol: bench/data/splits.py check_budget
+    image_size: Annotated[int, Interval("[8, inf)")] = 48
+    unlabeled: Literal["all", "rest"] = "all"  # "all": every training image is also unlabeled (USB); "rest": the others
     cache_dir: str | None = None  # default: $FERBENCH_CACHE or ~/.cache/ferbench
-    on_bad_image: str = "fail"  # "fail" | "skip"
+    on_bad_image: Literal["fail", "skip"] = "fail"
     synthfer: dict[str, Any] = field(default_factory=lambda: {"n_train": 6000, "n_test": 1500, "seed": 0})
     label_protocol: str | None = None  # the dataset's label rule (ferplus: majority8 | argmax7); None: its default
     options: dict[str, Any] = field(default_factory=dict)  # reader options (rafdb images, ferplus train_with_valid)
     # Where views are made (bench/engine/feed.py): "device" (batched on the accelerator, images held there
     # when they fit in `device_cache_gb`) or "cpu" (on the host, in `workers` background processes).
-    augment_on: str = "device"
-    device_cache_gb: float | None = None  # None: half the accelerator's free memory; 0: always stream
-    workers: int = 0  # augment_on=cpu: DataLoader worker processes making future steps' views
+    augment_on: Literal[AUGMENT_ON] = "device"
+    device_cache_gb: NonNegative | None = None  # None: half the accelerator's free memory; 0: always stream
+    workers: NonNegativeInt = 0  # augment_on=cpu: DataLoader worker processes making future steps' views
 
     def reader_options(self) -> dict[str, Any]:
         """What the dataset's reader takes: synthfer's generator parameters, else `options`."""
@@ -46,50 +65,50 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "ferbench_cnn_small"
     pretrained_file: str | None = None  # local checkpoint only; never a hub download
-    drop_rate: float = 0.0
+    drop_rate: Decay = 0.0
     timm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments (img_size, ...)
 
 
 @dataclass
 class OptimConfig:
-    name: str = "sgd"  # sgd | adam | adamw
-    lr: float = 0.03
-    momentum: float = 0.9
+    name: Literal[OPTIMIZERS] = "sgd"
+    lr: Positive = 0.03
+    momentum: Decay = 0.9
     nesterov: bool = True
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"  # cosine (FixMatch's cos(7*pi*k / 16K)) | halfcosine (to min_lr) | constant
-    warmup_iters: int = 0
-    betas: tuple[float, float] = (0.9, 0.999)  # adam / adamw
-    min_lr: float = 0.0  # halfcosine: the floor it decays to
-    decay_iters: int = 0  # halfcosine: iterations of the decay, then min_lr; 0 = the whole run (or stage)
+    weight_decay: NonNegative = 5e-4
+    schedule: Literal[SCHEDULES] = "cosine"  # cosine: FixMatch's cos(7*pi*k / 16K); halfcosine: to min_lr
+    warmup_iters: NonNegativeInt = 0
+    betas: tuple[Decay, Decay] = (0.9, 0.999)  # adam / adamw
+    min_lr: NonNegative = 0.0  # halfcosine: the floor it decays to
+    decay_iters: NonNegativeInt = 0  # halfcosine: iterations of the decay, then min_lr; 0 = the whole run (or stage)
 
 
 @dataclass
 class AugmentConfig:
-    crop_prob: float = 1.0  # probability of the padded random crop in the weak view
-    pad_frac: float = 0.125  # padding as a fraction of the image side
-    randaugment_n: int = 3  # ops per strong view (sampled with replacement)
-    cutout_max: float = 0.5  # cutout side ~ U(0, cutout_max) * image side
-    crop: str = "pad"  # weak-view crop: "pad" (padded random crop) | "resized" (RandomResizedCrop)
-    rrc_scale: tuple[float, float] = (0.08, 1.0)  # crop="resized": range of the crop's area fraction
+    crop_prob: Probability = 1.0  # probability of the padded random crop in the weak view
+    pad_frac: Annotated[float, Interval("[0, 1)")] = 0.125  # padding as a fraction of the image side
+    randaugment_n: NonNegativeInt = 3  # ops per strong view (sampled with replacement)
+    cutout_max: Probability = 0.5  # cutout side ~ U(0, cutout_max) * image side
+    crop: Literal[WEAK_CROPS] = "pad"  # weak-view crop: padded random crop | RandomResizedCrop
+    rrc_scale: tuple[AreaFraction, AreaFraction] = (0.08, 1.0)  # crop="resized": range of the crop's area fraction
     normalize_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    normalize_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    normalize_std: tuple[Positive, Positive, Positive] = (0.229, 0.224, 0.225)
 
 
 @dataclass
 class TrainConfig:
-    iterations: int = 1000
-    batch_size: int = 32  # global labeled batch (all processes together)
-    mu: int = 3  # unlabeled batch = mu * batch_size
-    ema_decay: float = 0.999  # 0 disables the EMA model
-    eval_every: int = 100
-    log_every: int = 10
-    checkpoint_every: int = 200
-    mixed_precision: str = "no"  # no | bf16 | fp16: autocast through Accelerate
+    iterations: Count = 1000
+    batch_size: Count = 32  # global labeled batch (all processes together)
+    mu: NonNegativeInt = 3  # unlabeled batch = mu * batch_size
+    ema_decay: Decay = 0.999  # 0 disables the EMA model
+    eval_every: Count = 100
+    log_every: Count = 10
+    checkpoint_every: Count = 200
+    mixed_precision: Literal[MIXED_PRECISION] = "no"  # no | bf16 | fp16: autocast through Accelerate
     channels_last: bool = False  # model and views in NHWC memory layout (faster convolutions on GPUs)
-    compile: str = "none"  # none | default | reduce-overhead (torch.compile; reduce-overhead = CUDA graphs)
+    compile: Literal[COMPILE_MODES] = "none"  # torch.compile's mode; reduce-overhead = CUDA graphs
     fused_optimizer: bool = True  # torch's fused optimiser kernels where available (CUDA); recorded
-    stop_after: int | None = None  # stop (checkpointed) at this iteration: a simulated interruption
+    stop_after: Count | None = None  # stop (checkpointed) at this iteration: a simulated interruption
 
 
 # Named hyper-parameter presets (reference/methods.md §1, §7), selectable for any method. A preset is
@@ -128,8 +147,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 class RunConfig:
     method: str = "fixmatch"
     preset: str | None = None
-    seed: int = 0
-    split_seed: int | None = None  # defaults to seed: seed i fixes both the split and the training
+    seed: NonNegativeInt = 0
+    split_seed: NonNegativeInt | None = None  # defaults to seed: seed i fixes both the split and the training
     method_args: dict[str, Any] = field(default_factory=dict)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -216,10 +235,7 @@ def run_id(cfg: RunConfig) -> str:
 
 def _coerce(value: str, current: Any, where: str) -> Any:
     """Parse a command-line string into the type of the field it overrides (YAML syntax)."""
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError as e:
-        raise FERBenchError(f"override {where}={value!r}: not valid YAML ({e})") from e
+    parsed = parse_yaml(value, f"override {where}={value!r}")
     if isinstance(current, bool) and not isinstance(parsed, bool):
         raise FERBenchError(f"override {where}={value!r}: expected true or false")
     if isinstance(current, str) and isinstance(parsed, bool):  # YAML reads no/off/yes as booleans
@@ -237,7 +253,8 @@ def _apply(obj: Any, key_path: list[str], value: Any, where: str, from_cli: bool
         if rest:
             _apply(obj.setdefault(head, {}), rest, value, where, from_cli)
         else:
-            obj[head] = yaml.safe_load(value) if from_cli and isinstance(value, str) else value
+            obj[head] = parse_yaml(value, f"override {where}={value!r}") if from_cli and isinstance(value, str) \
+                else value
         return
     names = {f.name for f in dataclasses.fields(obj)}
     if head not in names:
@@ -292,20 +309,32 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             raise FERBenchError(f"override {item!r}: expected KEY=VALUE, e.g. train.iterations=500")
         key, value = item.split("=", 1)
         if key.strip() == "preset":
-            apply_preset(cfg, yaml.safe_load(value))
+            apply_preset(cfg, parse_yaml(value, f"override {item!r}"))
             continue
         _apply(cfg, key.strip().split("."), value, key.strip(), from_cli=True)
     return cfg
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """`text` parsed as YAML; a syntax error is one line: `where:LINE:COLUMN: not valid YAML: <problem>`."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context = getattr(e, "context", None)
+        cmark = getattr(e, "context_mark", None)
+        if context and cmark is not None:
+            context += f" at line {cmark.line + 1}, column {cmark.column + 1}"
+        raise FERBenchError(f"{where}{at}: not valid YAML: {problem}" + (f" ({context})" if context else "")) from e
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FERBenchError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise FERBenchError(f"{path}: not valid YAML ({e})") from e
+    data = parse_yaml(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise FERBenchError(f"{path}: expected a mapping at the top level")
     return data
@@ -321,9 +350,15 @@ def build_config(
     for f in files or []:
         apply_mapping(cfg, load_yaml(f), source=str(f))
     apply_overrides(cfg, list(overrides or []))
+    return check_config(cfg)
+
+
+def check_config(cfg: RunConfig, prefix: str = "") -> RunConfig:
+    """Every value's type and range (the field annotations above): one line naming key and value if not."""
+    check_fields(cfg, prefix)
     return cfg
 
 
 def config_from_dict(d: dict[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig from `to_dict()` output (e.g. a record's or a sweep job's config)."""
-    return apply_mapping(RunConfig(), d)
+    """Rebuild a RunConfig from `to_dict()` output (e.g. a record's or a sweep job's config), checked."""
+    return check_config(apply_mapping(RunConfig(), d))

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from bench.checks import argument_hint, check_value
 from bench.errors import FERBenchError
 
 
@@ -120,6 +121,11 @@ class Method:
     #: every stage `stages()` may return, in order; `stages.<name>` overrides may name any of them (a preset
     #: may set a stage that some arguments skip, e.g. FR-pretraining's MAE stage when a checkpoint is given)
     stage_names: ClassVar[tuple[str, ...]] = ("main",)
+    #: ranges of numeric arguments in interval notation ("[0, 1]", "(0, inf)"), checked with their types
+    argument_ranges: ClassVar[dict[str, str]] = {}
+    #: types of arguments their default does not tell (a None default), e.g. {"text_seed": int | None};
+    #: every other argument must have its default's type (an int default takes integers only)
+    argument_types: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, num_classes: int, **hparams: Any) -> None:
         unknown = sorted(set(hparams) - set(self.defaults))
@@ -128,6 +134,9 @@ class Method:
                 f"method {self.name!r}: unknown argument(s) {', '.join(unknown)}; "
                 f"accepted: {', '.join(sorted(self.defaults)) or 'none'}"
             )
+        for key, value in hparams.items():
+            hint = argument_hint(self.defaults[key], self.argument_types.get(key), self.argument_ranges.get(key))
+            hparams[key] = check_value(value, hint, f"method {self.name!r}: method_args.{key}")
         self.num_classes = num_classes
         self.hparams: dict[str, Any] = {**self.defaults, **hparams}
 

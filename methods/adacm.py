@@ -38,6 +38,9 @@ class AdaCM(Method):
     views = ("weak", "weak2", "strong")
     defaults = {"initial_threshold": 0.8, "scale": 0.97, "epoch_iters": 800, "temperature": 0.07,
                 "lambda_x": 0.5, "lambda_u": 1.0, "lambda_s": 0.1}
+    argument_ranges = {"initial_threshold": "[0, 1]", "scale": "[0, 1]", "epoch_iters": "[1, inf)",
+                       "temperature": "(0, inf)", "lambda_x": "[0, inf)", "lambda_u": "[0, inf)",
+                       "lambda_s": "[0, inf)"}
     reference = "Li et al. CVPR 2022; hangyu94/Ada-CM main.py (T0 0.8, 0.97*sigmoid(epoch), 0.5/1/0.1)"
 
     def __init__(self, num_classes: int, **hparams: object) -> None:

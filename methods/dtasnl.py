@@ -116,6 +116,9 @@ class DTASNL(Method):
                 "tau_min": 0.5, "tau_max": 0.95, "tau_neg": 0.05, "nl_reduction": "batch", "lambda_u": 1.0,
                 "lambda_n": 1.0, "labeled_sampling": "class_balanced", "local_attention": True, "local_grid": 2,
                 "feature_dropout": "region", "region_drop_prob": 0.5, "channel_drop_p": 0.1}
+    argument_ranges = {"dta_init": "[0, 1]", "dta_momentum": "[0, 1)", "dta_beta": "[0, inf)", "tau_min": "[0, 1]",
+                       "tau_max": "[0, 1]", "tau_neg": "[0, 1]", "lambda_u": "[0, inf)", "lambda_n": "[0, inf)",
+                       "local_grid": "[0, inf)", "region_drop_prob": "[0, 1]", "channel_drop_p": "[0, 1)"}
     reconstructed = tuple(defaults)
     reference = ("Cai et al. arXiv 2601.05556 (abstract only, no code): recipe RECONSTRUCTED per reference/methods.md "
                  "§4.2 - EMA teacher, class thresholds clip(EMA conf, .5, .95), negative learning p<.05, "
@@ -129,11 +132,8 @@ class DTASNL(Method):
         self.choice("feature_dropout", ("region", "channel", "none"))
         self.choice("local_attention", (True, False))
         self.labeled_sampling = self.choice("labeled_sampling", ("class_balanced", "uniform"))
-        if not 0 <= h["tau_min"] <= h["tau_max"] <= 1:
-            raise FERBenchError(f"method 'dtasnl': expected 0 <= tau_min ({h['tau_min']}) <= tau_max "
-                                f"({h['tau_max']}) <= 1")
-        if not 0 <= h["dta_momentum"] < 1 or int(h["local_grid"]) < 0:
-            raise FERBenchError("method 'dtasnl': dta_momentum must lie in [0, 1) and local_grid be >= 0")
+        if h["tau_min"] > h["tau_max"]:
+            raise FERBenchError(f"method 'dtasnl': expected tau_min ({h['tau_min']}) <= tau_max ({h['tau_max']})")
         self.mu = torch.full((num_classes,), float(h["dta_init"]))
 
     def to(self, device: torch.device) -> DTASNL:

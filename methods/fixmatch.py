@@ -16,6 +16,7 @@ from bench.registry import register_method
 class FixMatch(Method):
     views = ("weak", "strong")
     defaults = {"threshold": 0.95, "lambda_u": 1.0}
+    argument_ranges = {"threshold": "[0, 1]", "lambda_u": "[0, inf)"}
     reference = "Sohn et al. 2020; USB semilearn/algorithms/fixmatch (tau 0.95, lambda_u 1, hard labels)"
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:

@@ -30,6 +30,7 @@ from bench.registry import register_method
 class FlexMatch(Method):
     views = ("weak", "strong")
     defaults = {"threshold": 0.95, "lambda_u": 1.0, "thresh_warmup": True}
+    argument_ranges = {"threshold": "[0, 1]", "lambda_u": "[0, inf)"}
     reference = "Zhang et al. 2021; USB semilearn/algorithms/flexmatch (tau 0.95, warm-up, convex mapping)"
 
     def setup(self, info: SetupInfo) -> None:

@@ -38,6 +38,7 @@ def fairness_loss(mask: Tensor, logits_strong: Tensor, p_model: Tensor, label_hi
 class FreeMatch(Method):
     views = ("weak", "strong")
     defaults = {"lambda_u": 1.0, "lambda_e": 0.001, "ema_p": 0.999}
+    argument_ranges = {"lambda_u": "[0, inf)", "lambda_e": "[0, inf)", "ema_p": "[0, 1)"}
     reference = "Wang et al. 2023; USB semilearn/algorithms/freematch (ema_p 0.999, ent_loss_ratio 0.001)"
 
     def __init__(self, num_classes: int, **hparams: object) -> None:

@@ -35,7 +35,6 @@ Deviations, each an option or documented:
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from torch.nn import functional as F
 
 from bench.data.faceboxes import box_iou, box_provider
 from bench.engine.mae import MaskedAutoencoder
+from bench.engine.pretrained import load_pretrained
 from bench.errors import FERBenchError
 from bench.method import Batch, Method, Stage, StepContext, StepOutput, cross_entropy_masked_mean, joint_forward
 from bench.registry import register_method
@@ -71,36 +71,12 @@ def face_mixup_loss(logits_mixed: Tensor, logits_real: Tensor, y: Tensor, lam: f
 
 
 def load_encoder(encoder: nn.Module, path: str) -> dict[str, Any]:
-    """Load ViT encoder weights from a released SSFER/MAE checkpoint or a stage-0 `model.pt` (MAE keys,
-    optionally under "model", "encoder." or "module."); decoder tensors are ignored and the position
-    embedding is resampled when the grid differs. Returns what was loaded, for the record."""
-    from timm.layers import resample_abs_pos_embed
-
-    blob = Path(path).read_bytes()
-    # a local file the user chose; the released checkpoint also pickles its argparse Namespace
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    sd = obj.get("model", obj.get("state_dict", obj)) if isinstance(obj, dict) else None
-    if not isinstance(sd, dict):
-        raise FERBenchError(f"pretrain_checkpoint {path}: not a state dict (or a dict with 'model')")
-    own = encoder.state_dict()
-    picked: dict[str, Tensor] = {}
-    for key, value in sd.items():
-        for prefix in ("module.", "encoder."):
-            key = key.removeprefix(prefix)
-        if key not in own or not isinstance(value, Tensor):
-            continue
-        if key == "pos_embed" and value.shape != own[key].shape:
-            grid = [int(g) for g in encoder.patch_embed.grid_size]
-            value = resample_abs_pos_embed(value, new_size=grid, num_prefix_tokens=1)
-        if value.shape != own[key].shape:
-            raise FERBenchError(f"pretrain_checkpoint {path}: {key} has shape {tuple(value.shape)}, the model's "
-                                f"{tuple(own[key].shape)} (a different ViT size?)")
-        picked[key] = value
-    if not any(k.startswith("blocks.") for k in picked):
-        raise FERBenchError(f"pretrain_checkpoint {path}: no ViT encoder weights found (no 'blocks.*' keys)")
-    encoder.load_state_dict({**own, **picked})
-    return {"file": str(path), "sha256": hashlib.sha256(blob).hexdigest(), "tensors_loaded": len(picked),
-            "missing": sorted(set(own) - set(picked))}
+    """Load every ViT encoder tensor from a released SSFER/MAE checkpoint (under "model") or a stage-0 `model.pt`
+    ("encoder." keys), as `model.pretrained_file` loads a backbone (bench/engine/pretrained.py): decoder tensors
+    are ignored, the position embedding is resampled when the grid differs, and a file that leaves any encoder
+    tensor unloaded is refused. Returns what was loaded, for the record."""
+    where = "method 'frpretrain': pretrain_checkpoint"
+    return load_pretrained(encoder, path, where, "the ViT encoder")
 
 
 @register_method("frpretrain")
@@ -123,6 +99,10 @@ class FRPretraining(Method):
         "threshold": 0.7,
         "lambda_u": 5.0,
     }
+    argument_types = {"pretrain_checkpoint": str | None, "pretrain_data": str | list[str]}
+    argument_ranges = {"mask_ratio": "(0, 1)", "decoder_dim": "[1, inf)", "decoder_depth": "[1, inf)",
+                       "decoder_heads": "[1, inf)", "mixup_alpha": "(0, inf)", "label_smoothing": "[0, 1)",
+                       "threshold": "[0, 1]", "lambda_u": "[0, inf)"}
     reference = ("Song et al. 2024 (arXiv 2410.17622), code zhelishisongjie/SSFER: MAE (mask 0.75) -> Face-Mixup "
                  "fine-tuning with (1-IoU) weights -> FixMatch with EMA teacher (tau 0.7, lambda_u 5)")
 

@@ -190,6 +190,8 @@ class LEAF(AdaCM):
     defaults = {**AdaCM.defaults, "epoch_iters": 1600, "topk": 3, "cpl_threshold": 0.9, "cpl_weight": "concave",
                 "rescale_to_ce": True, "mask_per_sample": False, "paper_moe": False, "num_experts": 8,
                 "moe_loss_coef": 0.01, "noisy_gating": True}
+    argument_ranges = {**AdaCM.argument_ranges, "topk": "[1, inf)", "cpl_threshold": "[0, 1]",
+                       "num_experts": "[1, inf)", "moe_loss_coef": "[0, inf)"}
     reference = ("Zhang et al. CVIU 2025; zfkarl/LEAF Code_LEAF (shared-expert top-1 MoE adapters, CPL top-3 @0.9 "
                  "concave, batch-level mask, 0.5/1/0.1, Ada-CM thresholds, 1600 it/epoch)")
 
@@ -198,8 +200,8 @@ class LEAF(AdaCM):
         self.choice("cpl_weight", ("concave", "linear", "convex"))
         for key in ("rescale_to_ce", "mask_per_sample", "paper_moe", "noisy_gating"):
             self.choice(key, (True, False))
-        if int(self.hparams["topk"]) < 1 or num_classes < 2:
-            raise FERBenchError(f"method 'leaf': topk={self.hparams['topk']} must be >= 1 (and classes >= 2)")
+        if num_classes < 2:
+            raise FERBenchError(f"method 'leaf': needs at least 2 classes, got {num_classes}")
         if int(self.hparams["num_experts"]) < (2 if self.hparams["paper_moe"] else 1):
             raise FERBenchError(f"method 'leaf': num_experts={self.hparams['num_experts']} is too small")
 

@@ -20,6 +20,7 @@ class MeanTeacher(Method):
     views = ("weak", "weak2")
     requires_ema = True
     defaults = {"lambda_u": 50.0, "rampup_frac": 0.4}
+    argument_ranges = {"lambda_u": "[0, inf)", "rampup_frac": "(0, 1]"}
     reference = ("Tarvainen & Valpola 2017; USB meanteacher (lambda_u 50, linear ramp-up over 40%, mu 1), "
                  "with the student's gradient restored")
 

@@ -187,6 +187,11 @@ class SITFER(Method):
                 "normalize_classifier_input": True, "text_encoder": "random", "text_encoder_path": None,
                 "text_projection": "fixed", "text_seed": None, "prompt": "This is a face image of {}",
                 "class_words": None, "class_prompts": None}
+    argument_types = {"text_encoder_path": str | None, "text_seed": int | None, "class_words": list[str] | None,
+                      "class_prompts": list[str] | None}
+    argument_ranges = {"threshold": "[0, 1]", "lambda_s": "[0, inf)", "lambda_t": "[0, inf)", "lambda_u": "[0, inf)",
+                       "warmup_frac": "[0, 1]", "fusion_weights": "[0, inf)", "warmup_weights": "[0, inf)",
+                       "text_temperature": "(0, inf)", "instance_temperature": "(0, inf)"}
     reference = ("Ding et al. 2025; PatrickStarL/SIT-FER main.py (fixed random text anchors, fusion 0.6/0.4 then "
                  "0.3/0.2/0.5 after epoch 15 of 80, tau 0.75, 0.4/0.4/0.2, fused eval head)")
 
@@ -201,8 +206,6 @@ class SITFER(Method):
         if len(h["fusion_weights"]) != 3 or len(h["warmup_weights"]) != 2:
             raise FERBenchError("method 'sitfer': fusion_weights needs 3 numbers (semantic, text, instance), "
                                 "warmup_weights 2 (semantic, text)")
-        if min(h["text_temperature"], h["instance_temperature"]) <= 0:
-            raise FERBenchError("method 'sitfer': text_temperature and instance_temperature must be > 0")
         self.prompts = self._prompts(num_classes)
         if encoder != "random":
             path = h["text_encoder_path"]

@@ -21,6 +21,7 @@ from bench.registry import register_method
 class SoftMatch(Method):
     views = ("weak", "strong")
     defaults = {"lambda_u": 1.0, "ema_p": 0.999, "n_sigma": 2.0, "dist_align": True}
+    argument_ranges = {"lambda_u": "[0, inf)", "ema_p": "[0, 1)", "n_sigma": "(0, inf)"}
     reference = "Chen et al. 2023; USB semilearn/algorithms/softmatch (ema 0.999, n_sigma 2, uniform alignment)"
 
     def __init__(self, num_classes: int, **hparams: object) -> None:

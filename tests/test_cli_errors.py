@@ -48,7 +48,7 @@ def test_missing_data_root_as_a_real_subprocess(tmp_path: Path) -> None:
          "unknown dataset 'affectnet9'; known datasets: affectnet7, affectnet8, ferplus, rafdb, synthfer"),
         ("data.budget=1.5", "budget 1.5 out of range for protocol 'fraction': expected 0 < budget <= 1"),
         ("data.budget=0", "budget 0.0 out of range for protocol 'fraction'"),
-        ("data.protocol=percent", "unknown label protocol 'percent'"),
+        ("data.protocol=percent", "data.protocol='percent': expected one of 'fraction', 'total', 'per_class'"),
         ("train.iteratons=3", "unknown config key 'train.iteratons'"),
         ("method_args.treshold=0.9", "method 'fixmatch': unknown argument(s) treshold"),
         ("data.protocol=per_class", "budget 0.1 out of range for protocol 'per_class': expected a whole number"),
@@ -106,3 +106,4 @@ def test_methods_lists_every_plugin(capsys) -> None:
                  "meanteacher", "adacm"):
         assert f" {name} " in out
     assert "weak, weak2, strong" in out  # Ada-CM's views
+    assert "threshold [0, 1]" in out  # the ranges methods declare next to their defaults

@@ -137,11 +137,11 @@ def test_channels_last_and_compile_run_and_are_recorded(shared_cache: Path, tmp_
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("data.augment_on", "gpu", "data.augment_on='gpu': expected one of device, cpu"),
-    ("data.workers", -1, "data.workers=-1: expected an integer >= 0"),
-    ("data.device_cache_gb", -2, "data.device_cache_gb=-2: expected a number of GB >= 0"),
-    ("train.compile", "max", "train.compile='max': expected one of none, default, reduce-overhead"),
-    ("train.mixed_precision", "fp4", "train.mixed_precision='fp4': expected one of no, fp16, bf16"),
+    ("data.augment_on", "gpu", "data.augment_on='gpu': expected one of 'device', 'cpu'"),
+    ("data.workers", -1, "data.workers=-1: expected an integer in [0, inf)"),
+    ("data.device_cache_gb", -2, "data.device_cache_gb=-2: expected null or a number in [0, inf)"),
+    ("train.compile", "max", "train.compile='max': expected one of 'none', 'default', 'reduce-overhead'"),
+    ("train.mixed_precision", "fp4", "train.mixed_precision='fp4': expected one of 'no', 'fp16', 'bf16'"),
 ])
 def test_bad_speed_settings_fail_before_anything_runs(tmp_path: Path, capsys, key: str, value, message: str) -> None:
     args = tiny_overrides(tmp_path / "cache", tmp_path / "out", **{key: value})

@@ -158,6 +158,22 @@ def test_preemption_signal_saves_and_requeues(slurm_cluster, shared_cache: Path,
     assert [ln.split("|")[1] for ln in res["sacct"]] == ["REQUEUED", "COMPLETED"]
 
 
+def test_a_bad_last_cell_submits_nothing_to_the_cluster(slurm_cluster, tmp_path: Path, capsys) -> None:
+    """Every cell is checked before data is prepared or anything is submitted: the sweep's last cell has a
+    mistyped method argument, so no job is queued and no submitit folder, log or cache is made."""
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    methods = ["supervised", "fixmatch", {"name": "flexmatch", "args": {"threshold": "high"}}]
+    spec = _spec(tmp_path / "lastbad.yaml", out, cache, methods, [0, 1], {"iterations": 2})
+    assert main(["sweep", str(spec), "--executor", "slurm", "--wait"]) == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert lines == ["ferbench: error: sweep lastbad, cell flexmatch budget=0.1 seed=0: method 'flexmatch': "
+                     "method_args.threshold='high': expected a number in [0, 1]"]
+    queued = subprocess.run(["squeue", "-h", "-n", "ferbench-lastbad", "-o", "%i"], capture_output=True, text=True,
+                            check=True, timeout=60).stdout
+    assert queued.strip() == ""
+    assert not out.exists() and not cache.exists()  # no submitit folder, submission log, status or prepared data
+
+
 def test_status_needs_a_sweep_folder(tmp_path: Path, capsys) -> None:
     assert main(["status", str(tmp_path / "nowhere")]) == 2
     assert f"{tmp_path / 'nowhere'}: sweep output folder not found" in capsys.readouterr().err

@@ -24,7 +24,7 @@ def test_budget_out_of_range(budget: float) -> None:
 
 
 def test_unknown_protocol() -> None:
-    with pytest.raises(FERBenchError, match="unknown label protocol 'percent'"):
+    with pytest.raises(FERBenchError, match="unknown budget protocol 'percent'"):
         labeled_counts([10], "percent", 0.1)
 
 

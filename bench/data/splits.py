@@ -15,10 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from bench.config import BUDGET_PROTOCOLS as PROTOCOLS
 from bench.errors import FERBenchError
 from bench.results.record import write_json_atomic
-
-PROTOCOLS = ("fraction", "total", "per_class")
 
 #: `total`: the rarest class is drawn at this rate relative to the others (Ada-CM's RAF-DB splits give
 #: Fear 10/40/100/200 labels where the other classes get 15/60/150/300).
@@ -35,15 +34,15 @@ def _round_half_up(x: float) -> int:
 def check_budget(protocol: str, budget: float) -> None:
     """A FERBenchError unless `budget` is a valid value for `protocol` (whatever the class sizes)."""
     if protocol == "fraction":
-        if not (0 < budget <= 1):
+        if not (0 < budget <= 1):  # false for nan too
             raise FERBenchError(f"budget {budget!r} out of range for protocol 'fraction': expected 0 < budget <= 1")
     elif protocol in ("total", "per_class"):
-        if budget != int(budget) or budget < 1:
+        if not math.isfinite(budget) or budget != int(budget) or budget < 1:
             what = "labels in all" if protocol == "total" else "labels per class"
             raise FERBenchError(f"budget {budget!r} out of range for protocol {protocol!r}: expected a whole number "
                                 f"of {what}, at least 1")
     else:
-        raise FERBenchError(f"unknown label protocol {protocol!r}; known protocols: {', '.join(PROTOCOLS)}")
+        raise FERBenchError(f"unknown budget protocol {protocol!r}; known protocols: {', '.join(PROTOCOLS)}")
 
 
 def class_cap(n: int) -> int:

@@ -28,10 +28,7 @@ from bench.config import RunConfig
 from bench.data.views import ViewMaker
 from bench.engine.image_store import ImageStore
 from bench.engine.streams import ClassBalancedStream, IndexStream, step_seed
-from bench.errors import FERBenchError
 from bench.method import Batch
-
-AUGMENT_ON = ("device", "cpu")
 
 
 @dataclass
@@ -200,24 +197,12 @@ class HostFeed:
         self._it = None  # dropping the iterator shuts its workers down
 
 
-def check_augment_settings(cfg: RunConfig) -> None:
-    d = cfg.data
-    if d.augment_on not in AUGMENT_ON:
-        raise FERBenchError(f"data.augment_on={d.augment_on!r}: expected one of {', '.join(AUGMENT_ON)}")
-    if not isinstance(d.workers, int) or d.workers < 0:
-        raise FERBenchError(f"data.workers={d.workers!r}: expected an integer >= 0")
-    if d.device_cache_gb is not None and not (isinstance(d.device_cache_gb, (int, float)) and d.device_cache_gb >= 0):
-        raise FERBenchError(f"data.device_cache_gb={d.device_cache_gb!r}: expected a number of GB >= 0 "
-                            "(or null: half the free accelerator memory)")
-
-
 def make_feed(cfg: RunConfig, images: Tensor, labels: Tensor, views: ViewMaker,
               labeled: IndexStream | ClassBalancedStream, unlabeled: IndexStream | None,
               labeled_views: Sequence[str], unlabeled_views: Sequence[str], labeled_position: np.ndarray,
               pool_position: np.ndarray, device: torch.device, rank: int = 0, world: int = 1,
               purpose: str = "augment") -> BatchFeed | HostFeed:
     """The feed `cfg.data.augment_on` asks for; `images` (N, C, H, W) uint8 in host memory."""
-    check_augment_settings(cfg)
     spec = FeedSpec(labels, views, labeled, unlabeled, tuple(labeled_views), tuple(unlabeled_views),
                     labeled_position, pool_position, cfg.seed, rank, world, cfg.train.channels_last, purpose)
     t = cfg.train

@@ -1,11 +1,14 @@
 """Models: any timm backbone (by name) + a linear head; forward returns logits (and features on request).
 
-Pretrained weights come only from a local file (`pretrained_file`), through timm's
-`pretrained_cfg_overlay=dict(file=...)`; nothing is fetched from a hub.
+Pretrained weights come only from a local file (`pretrained_file`), loaded into the backbone by
+`bench.engine.pretrained` (every tensor, or a one-line error); nothing is fetched from a hub.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import json
 from pathlib import Path
 
 import timm
@@ -14,6 +17,7 @@ from timm.models import register_model
 from torch import Tensor, nn
 
 from bench.config import ModelConfig
+from bench.engine.pretrained import check_match, load_pretrained, match_state_dict, read_checkpoint
 from bench.errors import FERBenchError
 
 
@@ -21,7 +25,7 @@ class SmallCNN(nn.Module):
     """A compact VGG-style CNN for CPU runs at 32-64 px (tests, the synthfer demo)."""
 
     def __init__(self, widths: tuple[int, ...] = (32, 64, 128), num_classes: int = 0, drop_rate: float = 0.0,
-                 in_chans: int = 3, **_: object) -> None:
+                 in_chans: int = 3) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         c = in_chans
@@ -46,14 +50,20 @@ class SmallCNN(nn.Module):
         return self.head(self.drop(self.pool(self.forward_features(x)).flatten(1)))
 
 
+def _model_kwargs(kwargs: dict[str, object]) -> dict[str, object]:
+    """The model's own arguments: timm's factory also passes its pretrained-config arguments, which these local
+    models (no weights to fetch; `model.pretrained_file` loads them) do not use."""
+    return {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
+
+
 @register_model
 def ferbench_cnn_small(pretrained: bool = False, **kwargs: object) -> SmallCNN:
-    return SmallCNN((32, 64, 128), **kwargs)
+    return SmallCNN((32, 64, 128), **_model_kwargs(kwargs))
 
 
 @register_model
 def ferbench_cnn_tiny(pretrained: bool = False, **kwargs: object) -> SmallCNN:
-    return SmallCNN((16, 32, 64), **kwargs)
+    return SmallCNN((16, 32, 64), **_model_kwargs(kwargs))
 
 
 @register_model
@@ -63,9 +73,7 @@ def ferbench_vit_tiny(pretrained: bool = False, **kwargs: object) -> nn.Module:
     from timm.models.vision_transformer import VisionTransformer
 
     args = {"img_size": 48, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3, "mlp_ratio": 4.0}
-    # timm's factory passes its pretrained-config arguments along; this local model has no weights to fetch
-    kwargs = {k: v for k, v in kwargs.items() if k not in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")}
-    return VisionTransformer(**{**args, **kwargs})
+    return VisionTransformer(**{**args, **_model_kwargs(kwargs)})
 
 
 class FERModel(nn.Module):
@@ -77,6 +85,7 @@ class FERModel(nn.Module):
         self.num_features = int(backbone.num_features)
         self.drop = nn.Dropout(drop_rate)
         self.classifier = nn.Linear(self.num_features, num_classes)
+        self.pretrained: dict | None = None  # what `build_model` loaded from model.pretrained_file, for the record
 
     def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         feats = self.backbone(x)
@@ -115,20 +124,54 @@ def feature_map_channels(backbone: nn.Module) -> int:
         backbone.train(was_training)
 
 
+def _create_backbone(cfg: ModelConfig) -> nn.Module:
+    try:
+        return timm.create_model(cfg.backbone, **{**cfg.timm_kwargs, "num_classes": 0})
+    except RuntimeError as e:
+        if "Unknown model" in str(e):
+            raise FERBenchError(f"model.backbone={cfg.backbone!r}: not a timm model name") from e
+        raise
+    except TypeError as e:  # a keyword the model does not take
+        raise FERBenchError(f"model.timm_kwargs={cfg.timm_kwargs!r}: timm cannot build {cfg.backbone!r} with them "
+                            f"({e})") from e
+
+
 def build_model(cfg: ModelConfig, num_classes: int) -> FERModel:
-    kwargs: dict = {**cfg.timm_kwargs, "num_classes": 0}
+    """The backbone by timm name, its weights from `cfg.pretrained_file` (every tensor, or a one-line error),
+    and a fresh linear classifier. What was loaded is in `.pretrained` (None without a file)."""
+    backbone = _create_backbone(cfg)
+    loaded = None
+    if cfg.pretrained_file:
+        loaded = load_pretrained(backbone, cfg.pretrained_file, "model.pretrained_file", f"backbone {cfg.backbone!r}")
+    model = FERModel(backbone, num_classes, cfg.drop_rate)
+    model.pretrained = loaded
+    return model
+
+
+@functools.lru_cache(maxsize=64)
+def _checked(cfg_json: str, stamp: tuple[int, int] | None) -> None:  # stamp: the file's (size, mtime)
+    cfg = ModelConfig(**json.loads(cfg_json))
+    try:  # shapes only: a backbone on the meta device costs no memory and no initialisation
+        with torch.device("meta"):
+            backbone = _create_backbone(cfg)
+    except (NotImplementedError, RuntimeError):  # a model whose construction reads tensor values
+        backbone = _create_backbone(cfg)
+    if cfg.pretrained_file:
+        where = "model.pretrained_file"
+        check_match(match_state_dict(backbone, read_checkpoint(cfg.pretrained_file, where)), cfg.pretrained_file,
+                    where, f"backbone {cfg.backbone!r}")
+
+
+def check_model(cfg: ModelConfig) -> None:
+    """Before any data is prepared: the backbone exists, takes `timm_kwargs`, and `pretrained_file` fits it."""
+    stamp = None
     if cfg.pretrained_file:
         path = Path(cfg.pretrained_file)
         if not path.is_file():
             raise FERBenchError(f"model.pretrained_file {path}: file not found (weights load only from local files)")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path), "num_classes": -1})
-    try:
-        backbone = timm.create_model(cfg.backbone, **kwargs)
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            raise FERBenchError(f"model.backbone {cfg.backbone!r}: not a timm model name") from e
-        raise
-    return FERModel(backbone, num_classes, cfg.drop_rate)
+        st = path.stat()
+        stamp = (st.st_size, st.st_mtime_ns)
+    _checked(json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str), stamp)
 
 
 def parameter_checksum(model: nn.Module) -> float:

@@ -14,22 +14,6 @@ import torch
 from torch import nn
 
 from bench.config import RunConfig
-from bench.errors import FERBenchError
-
-COMPILE_MODES = ("none", "default", "reduce-overhead")
-MIXED_PRECISION = ("no", "fp16", "bf16")
-
-
-def check_performance_settings(cfg: RunConfig) -> None:
-    t = cfg.train
-    if t.compile not in COMPILE_MODES:
-        raise FERBenchError(f"train.compile={t.compile!r}: expected one of {', '.join(COMPILE_MODES)}")
-    if t.mixed_precision not in MIXED_PRECISION:
-        raise FERBenchError(f"train.mixed_precision={t.mixed_precision!r}: expected one of "
-                            f"{', '.join(MIXED_PRECISION)}")
-    for key in ("channels_last", "fused_optimizer"):
-        if not isinstance(getattr(t, key), bool):
-            raise FERBenchError(f"train.{key}={getattr(t, key)!r}: expected true or false")
 
 
 def fused_optimizer(cfg: RunConfig, device: torch.device, deepspeed: bool = False) -> tuple[bool, str | None]:

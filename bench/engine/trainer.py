@@ -26,21 +26,21 @@ from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 from timm.utils import ModelEmaV3
 
-from bench.config import RunConfig, apply_mapping, config_from_dict, run_id
+from bench.config import RunConfig, apply_mapping, check_config, config_from_dict, run_id
 from bench.data.cache import default_cache_dir, load_prepared, prepare_dataset
 from bench.data.datasets import get_dataset
 from bench.data.splits import check_budget, make_split, save_manifest
 from bench.data.views import ViewMaker
 from bench.engine import performance as perf
 from bench.engine.evaluation import evaluate_model
-from bench.engine.feed import check_augment_settings, make_feed
-from bench.engine.model import build_model, parameter_checksum
+from bench.engine.feed import make_feed
+from bench.engine.model import build_model, check_model, parameter_checksum
 from bench.engine.provenance import git_commit, host_info, package_versions
 from bench.engine.streams import LABELED_SAMPLING, IndexStream, labeled_stream, step_seed
 from bench.errors import FERBenchError
 from bench.method import HookContext, Method, SetupInfo, Stage, StepContext
 from bench.registry import create_method, get_method_class
-from bench.results.record import SCHEMA, record_path, write_json_atomic
+from bench.results.record import SCHEMA, record_path, write_json_atomic, write_predictions
 
 
 @dataclass
@@ -151,28 +151,20 @@ def validate(cfg: RunConfig) -> type[Method]:
     if unknown:
         raise FERBenchError(f"stages.{unknown[0]}: method {cfg.method!r} has no such stage; its stages: "
                             f"{', '.join(cls.stage_names)}")
-    for stage in stages:
+    for stage in stages:  # each stage's config is checked as it is built (types, ranges)
         scfg = stage_config(cfg, stage)
         where = "" if stage.name == "main" else f" (stage {stage.name})"
         t = scfg.train
-        if t.iterations < 1:
-            raise FERBenchError(f"train.iterations={t.iterations}{where}: expected a positive number of iterations")
-        if t.batch_size < 1 or t.mu < 0:
-            raise FERBenchError(f"train.batch_size={t.batch_size}, train.mu={t.mu}{where}: expected batch_size >= 1, "
-                                "mu >= 0")
         if (cls.requires_ema or stage.requires_ema) and t.ema_decay <= 0:
             raise FERBenchError(f"method {cfg.method!r} trains against an EMA teacher: train.ema_decay must be > 0"
                                 f"{where}")
         if stage.views and t.mu < 1:
             raise FERBenchError(f"method {cfg.method!r} needs unlabeled data{where}: train.mu must be >= 1")
-        lr_factor(scfg, 0)  # unknown schedule
-        if scfg.augment.crop not in ("pad", "resized"):
-            raise FERBenchError(f"augment.crop={scfg.augment.crop!r}{where}: expected 'pad' or 'resized'")
-    check_budget(cfg.data.protocol, cfg.data.budget)  # unknown protocol / budget out of range
-    if cfg.data.unlabeled not in ("all", "rest"):
-        raise FERBenchError(f"data.unlabeled={cfg.data.unlabeled!r}: expected 'all' or 'rest'")
-    check_augment_settings(cfg)  # data.augment_on, workers, device_cache_gb
-    perf.check_performance_settings(cfg)  # train.compile, mixed_precision, channels_last, fused_optimizer
+        lo, hi = scfg.augment.rrc_scale
+        if lo > hi:
+            raise FERBenchError(f"augment.rrc_scale={[lo, hi]}{where}: expected [smallest, largest] area fraction")
+    check_budget(cfg.data.protocol, cfg.data.budget)  # budget out of range for its protocol
+    check_model(cfg.model)  # unknown backbone; a pretrained file that does not fit it
     return cls
 
 
@@ -261,7 +253,7 @@ def stage_config(cfg: RunConfig, stage: Stage) -> RunConfig:
         if not isinstance(mapping, dict) or set(mapping) - STAGE_SECTIONS:
             raise FERBenchError(f"{source}: expected a mapping of {', '.join(sorted(STAGE_SECTIONS))} sections")
         apply_mapping(scfg, mapping, source=source)
-    return scfg
+    return check_config(scfg, f"stages.{stage.name}.")  # the run's own values were checked when it was built
 
 
 STAGE_SECTIONS = {"optim", "train", "augment"}
@@ -327,13 +319,16 @@ def train(cfg: RunConfig, progress: Any = None,
 
     multi = len(stages) > 1
     previous: torch.nn.Module | None = None
+    pretrained: dict[str, Any] | None = None
     results: list[StageResult] = []
     for stage in stages:
         scfg = stage_config(cfg, stage)
         stage_dir = paths.run_dir / "stages" / stage.name if multi else paths.run_dir
         purpose = "init" if stage.name == "main" else f"init:{stage.name}"
         torch.manual_seed(step_seed(cfg.seed, -1, 0, purpose))  # same initial weights on every process
-        model = method.stage_model(stage, build_model(scfg.model, num_classes), previous)
+        base = build_model(scfg.model, num_classes)
+        pretrained = pretrained or base.pretrained  # what the first model built loaded, for the record
+        model = method.stage_model(stage, base, previous)
         if multi and (stage_dir / "stage.json").is_file():  # finished before an interruption: rebuild it
             model.load_state_dict(torch.load(stage_dir / "model.pt", map_location="cpu"))
             summary = json.loads((stage_dir / "stage.json").read_text())
@@ -371,6 +366,7 @@ def train(cfg: RunConfig, progress: Any = None,
     last = scored[-1]
     record = build_record(cfg, rid, run.data, run.manifest, run.manifest_path, len(run.unlabeled_pool),
                           last.final_metrics, last.state, world, method, last.stage, last.cfg)
+    record["pretrained"] = pretrained  # file, sha256, tensors loaded, missing and unexpected keys
     if multi:
         record["stages"] = [r.summary for r in results]
         record["iterations"] = sum(r.summary["iterations"] for r in results)
@@ -384,6 +380,9 @@ def train(cfg: RunConfig, progress: Any = None,
                              "zero_stage": ds.zero_stage if ds is not None else None}
     record["performance"] = {**last.summary["performance"], "images_per_s": record["images_per_s"]}
     if accelerator.is_main_process:
+        # the predictions first, so a record never names a file that is not there
+        record["predictions"] = write_predictions(paths.record, last.final_metrics["predictions"],
+                                                  run.data.test.labels, run.data.test.ids)
         # a record is never overwritten: if a duplicate job of this run finished first, its record stays
         write_json_atomic(paths.record, record, overwrite=False)
         _write_run_artifacts(record, paths, last.eval_model or last.model)

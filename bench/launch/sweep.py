@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.config import RunConfig, apply_mapping, apply_overrides, load_yaml
+from bench.checks import check_value
+from bench.config import NonNegativeInt, RunConfig, apply_mapping, apply_overrides, check_config, load_yaml
 from bench.errors import FERBenchError
 from bench.launch.pack import check_runs_per_gpu
 
@@ -78,8 +79,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
         output_dir=str(d.get("output_dir", f"runs/{Path(path).stem}")),
         base=dict(d.get("base") or {}),
         methods=_method_entries(d["methods"], f"{path}: methods"),
-        budgets=[float(b) for b in d.get("budgets", [])],
-        seeds=[int(s) for s in d["seeds"]],
+        budgets=check_value(d.get("budgets", []), list[float], f"{path}: budgets"),
+        seeds=check_value(d["seeds"], list[NonNegativeInt], f"{path}: seeds"),
         references=_method_entries(d.get("references", []), f"{path}: references"),
         leaderboard_dir=d.get("leaderboard_dir"),
         cluster=dict(d.get("cluster") or {}),
@@ -91,22 +92,44 @@ def expand(spec: SweepSpec, overrides: list[str] | None = None) -> list[RunConfi
     """Every run of the sweep, in a stable order (references first, then by budget, method, seed)."""
 
     def one(entry: dict[str, Any], budget: float | None, seed: int) -> RunConfig:
-        cfg = apply_mapping(RunConfig(), copy.deepcopy(spec.base))
-        apply_mapping(cfg, copy.deepcopy(entry["config"]))
-        cfg.method = entry["name"]
-        cfg.method_args = {**cfg.method_args, **entry["args"]}
-        cfg.seed = seed
-        cfg.output_dir = spec.output_dir
-        if budget is not None:
-            cfg.data.budget = budget
-        cfg = apply_overrides(cfg, list(overrides or []))
-        if budget is None:  # trained on every label: one run id whatever the sweep's budget protocol
-            cfg.data.protocol, cfg.data.budget = "fraction", 1.0
-        return cfg
+        try:
+            cfg = apply_mapping(RunConfig(), copy.deepcopy(spec.base))
+            apply_mapping(cfg, copy.deepcopy(entry["config"]))
+            cfg.method = entry["name"]
+            cfg.method_args = {**cfg.method_args, **entry["args"]}
+            cfg.seed = seed
+            cfg.output_dir = spec.output_dir
+            if budget is not None:
+                cfg.data.budget = budget
+            cfg = apply_overrides(cfg, list(overrides or []))
+            if budget is None:  # trained on every label: one run id whatever the sweep's budget protocol
+                cfg.data.protocol, cfg.data.budget = "fraction", 1.0
+            return check_config(cfg)
+        except FERBenchError as e:
+            raise FERBenchError(f"sweep {spec.name}, {cell_label(entry['name'], budget, seed)}: {e}") from e
 
     runs = [one(r, None, s) for r in spec.references for s in spec.seeds]
     runs += [one(m, b, s) for b in spec.budgets for m in spec.methods for s in spec.seeds]
     return runs
+
+
+def cell_label(method: str, budget: float | None, seed: int) -> str:
+    """How errors and listings name one cell of a sweep."""
+    return f"cell {method} budget={'all' if budget is None else f'{budget:g}'} seed={seed}"
+
+
+def validate_cells(spec: SweepSpec, runs: list[RunConfig]) -> None:
+    """Every cell's checks (bench.engine.trainer.validate) before any data is prepared or job submitted; the
+    first bad cell stops the sweep with one line naming it."""
+    from bench.engine.trainer import validate
+
+    references = len(spec.references) * len(spec.seeds)  # expand() puts the reference runs first
+    for i, cfg in enumerate(runs):
+        try:
+            validate(cfg)
+        except FERBenchError as e:
+            budget = None if i < references else cfg.data.budget
+            raise FERBenchError(f"sweep {spec.name}, {cell_label(cfg.method, budget, cfg.seed)}: {e}") from e
 
 
 def run_local(runs: list[RunConfig], show_progress: bool = True) -> tuple[list[dict], list[tuple[RunConfig, str]]]:
