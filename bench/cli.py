@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.errors import FERBenchError
 
 CONFIG_DIR = Path(__file__).with_name("configs")
+SWEEP_FORMATS = ("md", "tex", "csv")  # what a sweep's leaderboard_dir gets
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -24,12 +25,14 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from bench.registry import get_method_class, method_names
 
     table = Table(title="Registered methods")
-    for col in ("name", "unlabeled views", "labels", "defaults", "reconstructed (not from a source)", "source"):
+    for col in ("name", "unlabeled views", "labels", "defaults", "ranges", "reconstructed (not from a source)",
+                "source"):
         table.add_column(col, overflow="fold")
     for name in method_names():
         cls = get_method_class(name)
-        table.add_row(name, ", ".join(cls.views) or "-", cls.labeled_source,
-                      json.dumps(cls.defaults, sort_keys=True), ", ".join(cls.reconstructed) or "-", cls.reference)
+        ranges = ", ".join(f"{k} {v}" for k, v in sorted(cls.argument_ranges.items())) or "-"
+        table.add_row(name, ", ".join(cls.views) or "-", cls.labeled_source, json.dumps(cls.defaults, sort_keys=True),
+                      ranges, ", ".join(cls.reconstructed) or "-", cls.reference)
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     return 0
 
@@ -184,16 +187,14 @@ def _progress():  # a live progress display for single runs
 def _run_sweep(spec_path: Path, overrides: list[str], dry_run: bool, leaderboard_dir: str | None,
                executor: str = "inline", cluster: dict | None = None, wait: bool = False,
                runs_per_gpu: int | None = None) -> int:
-    from bench.engine.trainer import validate
     from bench.launch.pack import check_runs_per_gpu
-    from bench.launch.sweep import expand, load_sweep, run_local
+    from bench.launch.sweep import expand, load_sweep, run_local, validate_cells
 
     spec = load_sweep(spec_path)
     if runs_per_gpu is not None:
         spec.runs_per_gpu = check_runs_per_gpu(runs_per_gpu, "--")
     runs = expand(spec, overrides)
-    for cfg in runs:  # fail on bad names or values before any run starts
-        validate(cfg)
+    validate_cells(spec, runs)  # every cell, before any data is prepared, run started or job submitted
     out = leaderboard_dir or spec.leaderboard_dir
     if executor != "inline":
         return _submit_sweep(spec, runs, executor, cluster or {}, dry_run, wait, out)
@@ -212,7 +213,7 @@ def _run_sweep(spec_path: Path, overrides: list[str], dry_run: bool, leaderboard
     records, failures = run_local(runs)
     print(f"sweep {spec.name}: {len(records)} records, {len(failures)} failed, {time.perf_counter() - t0:.0f} s")
     if out and records:
-        _render(Path(spec.output_dir) / "records", Path(out), "supervised")
+        _render(Path(spec.output_dir) / "records", Path(out), "supervised", SWEEP_FORMATS)
     for cfg, err in failures:
         print(f"ferbench: run failed: {cfg.method} budget={cfg.data.budget:g} seed={cfg.seed}: {err}", file=sys.stderr)
     return 1 if failures else 0
@@ -243,7 +244,7 @@ def _submit_sweep(spec, runs, executor: str, cluster: dict, dry_run: bool, wait:
         print(f"ferbench: job {job.job_id} failed: {err} (log {job.paths.stderr})", file=sys.stderr)
     records_dir = Path(spec.output_dir) / "records"
     if out and records_dir.is_dir() and any(records_dir.glob("*.json")):
-        _render(records_dir, Path(out), "supervised")
+        _render(records_dir, Path(out), "supervised", SWEEP_FORMATS)
     return 1 if failed else 0
 
 
@@ -287,16 +288,19 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _render(records_dir: Path, out: Path, baseline: str) -> list[Path]:
+def _render(records_dir: Path, out: Path, baseline: str, formats: tuple[str, ...] = ("md",),
+            interval: str = "combined") -> list[Path]:
     from bench.results.leaderboard import render_leaderboards
-    from bench.results.record import load_records
+    from bench.results.record import load_record_files, read_predictions
 
     if not records_dir.is_dir():
         raise FERBenchError(f"{records_dir}: records folder not found")
-    records = load_records(records_dir)
-    if not records:
+    files = load_record_files(records_dir)
+    if not files:
         raise FERBenchError(f"{records_dir}: no run records found")
-    paths = render_leaderboards(records, out, baseline=baseline)
+    predictions = {rec["run_id"]: a for path, rec in files if (a := read_predictions(path, rec)) is not None}
+    paths = render_leaderboards([rec for _, rec in files], out, baseline=baseline, predictions=predictions,
+                                formats=formats, interval=interval)
     for p in paths:
         print(f"wrote {p}")
     return paths
@@ -311,7 +315,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    _render(Path(args.records_dir), Path(args.output), args.baseline)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    _render(Path(args.records_dir), Path(args.output), args.baseline, formats, args.interval)
     return 0
 
 
@@ -443,10 +448,13 @@ def build_parser() -> argparse.ArgumentParser:
     st_.add_argument("output_dir")
     st_.set_defaults(fn=_cmd_status)
 
-    lb = sub.add_parser("leaderboard", help="render markdown + PNG leaderboards from run records")
+    lb = sub.add_parser("leaderboard", help="render markdown + PNG leaderboards (and LaTeX, CSV) from run records")
     lb.add_argument("records_dir")
     lb.add_argument("-o", "--output", default="leaderboards")
     lb.add_argument("--baseline", default="supervised")
+    lb.add_argument("--format", default="md", help="comma-separated: md, tex, csv (e.g. md,tex,csv)")
+    lb.add_argument("--interval", default="combined", choices=("combined", "seeds"),
+                    help="accuracy interval shown: over seeds and test images (default), or the seed-only t-CI")
     lb.set_defaults(fn=_cmd_leaderboard)
 
     dm = sub.add_parser("demo", help="supervised vs FixMatch on synthfer, 2 budgets x 3 seeds, + leaderboard")

@@ -100,8 +100,9 @@ def rendered(tmp_path_factory):
 
 def test_writes_markdown_and_png_per_dataset(rendered):
     out, paths, _ = rendered
-    assert paths == [out / "synthfer.md", out / "synthfer.png"]
-    assert (out / "synthfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    confusions = [out / "synthfer_confusion_fraction_10pct.png", out / "synthfer_confusion_fraction_2pct.png"]
+    assert paths == [out / "synthfer.md", out / "synthfer.png", *confusions]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths[1:])
 
 
 def test_accuracy_table_cells_bold_and_ties(rendered):
@@ -142,15 +143,19 @@ def test_delta_table_vs_baseline(rendered):
     header, rows, order = section(text, heading)
     assert header == ["Method", "2%", "10%"]
     assert order == ["fixmatch", "flexmatch", "meanteacher", "pseudolabel"]
-    # 10%: 0.15, 0.14, 0.13 -> +14.0 ± 2.5
-    assert rows["fixmatch"][1] == "+14.0 ± 2.5 (n=3) *"
-    assert rows["fixmatch"][0].startswith("+20.0 ± 0.0 (n=3)") and rows["fixmatch"][0].endswith(" *")
-    # 2%: 0.19, 0.21, 0.17 -> +19.0 ± 5.0 ; 10%: 0.05, 0.04, 0.03 -> +4.0 ± 2.5
-    assert rows["flexmatch"] == ["+19.0 ± 5.0 (n=3) *", "+4.0 ± 2.5 (n=3) *"]
-    # 2%: -0.02, 0.04, -0.02 -> mean 0, s = sqrt(0.0012), half-width 8.6 pt: not significant (and no "-0.0")
-    assert rows["meanteacher"] == ["+0.0 ± 8.6 (n=3)", "+0.0 (n=1)"]
-    # 10% on seeds 0, 1: 0.13, 0.15 -> 14.0 ± 12.706 * 0.01414 / sqrt(2) = 12.7 pt
-    assert rows["pseudolabel"] == ["—", "+14.0 ± 12.7 (n=2) *"]
+    # Paired t over seeds (these records keep no per-image predictions), then Holm over the 6 comparisons with a
+    # p-value (meanteacher at 10% has one seed). Raw p and Holm's step-down (sorted p times 6, 5, 4, 3, 2, 1):
+    #   fixmatch 2%: 0.20 on every seed -> p ~ 1e-32 -> Holm ~ 6e-32
+    #   fixmatch 10%: 0.15, 0.14, 0.13: t = 0.14 / (0.01 / sqrt 3) = 24.2, df 2 -> p 0.0017 -> x5 = 0.0085
+    #   flexmatch 2%: 0.19, 0.21, 0.17: t = 0.19 / (0.02 / sqrt 3) = 16.5 -> p 0.0037 -> x4 = 0.0147
+    #   flexmatch 10%: 0.05, 0.04, 0.03: t = 4/0.577 = 6.93 -> p 0.0202 -> x3 = 0.0606: significant raw, not after
+    #   pseudolabel 10%: 0.13, 0.15 (n=2): t = 0.14 / (0.01414 / sqrt 2) = 14, df 1 -> p 0.0454 -> x2 = 0.0908
+    #   meanteacher 2%: -0.02, 0.04, -0.02: mean 0 -> p 1 -> x1 = 1
+    assert rows["fixmatch"] == ["+20.0 ± 0.0 (n=3) p<0.001* Holm<0.001✓", "+14.0 ± 2.5 (n=3) p=0.002* Holm=0.008✓"]
+    assert rows["flexmatch"] == ["+19.0 ± 5.0 (n=3) p=0.004* Holm=0.015✓", "+4.0 ± 2.5 (n=3) p=0.020* Holm=0.061"]
+    assert rows["meanteacher"] == ["+0.0 ± 8.6 (n=3) p=1.000 Holm=1.000", "+0.0 (n=1)"]
+    assert rows["pseudolabel"] == ["—", "+14.0 ± 12.7 (n=2) p=0.045* Holm=0.091"]
+    assert "adjusted by Holm–Bonferroni over the 6 comparisons of this table" in text
 
 
 def test_best_on_test_table_is_flagged_and_separate(rendered):
@@ -186,9 +191,9 @@ def test_render_is_byte_identical_and_order_independent(tmp_path, rendered):
     recs.reverse()
     paths = render_leaderboards(recs, tmp_path)
     assert (tmp_path / "synthfer.md").read_text(encoding="utf-8") == text
-    assert (tmp_path / "synthfer.png").read_bytes() == (out / "synthfer.png").read_bytes()
-    assert b"matplotlib" not in (tmp_path / "synthfer.png").read_bytes()
-    assert len(paths) == 2
+    for p in paths[1:]:
+        assert p.read_bytes() == (out / p.name).read_bytes() and b"matplotlib" not in p.read_bytes()
+    assert len(paths) == 4
 
 
 def test_no_delta_table_without_baseline_records_and_other_protocols(tmp_path):
@@ -197,7 +202,8 @@ def test_no_delta_table_without_baseline_records_and_other_protocols(tmp_path):
             for s, a in enumerate(accs)]
     recs += [make_record("fixmatch", 0, 0.8, dataset="affectnet7", protocol="total", budget=1000)]
     paths = render_leaderboards(recs, tmp_path)
-    assert [p.name for p in paths] == ["affectnet7.md", "affectnet7.png", "rafdb.md", "rafdb.png"]
+    assert [p.name for p in paths] == ["affectnet7.md", "affectnet7.png", "affectnet7_confusion_total_N1000.png",
+                                       "rafdb.md", "rafdb.png", "rafdb_confusion_per_class_k25_class.png"]
     text = (tmp_path / "rafdb.md").read_text(encoding="utf-8")
     assert "Δ accuracy" not in text
     header, rows, _ = section(text, "top-1 accuracy")

@@ -45,5 +45,7 @@ def evaluate_model(
     views: ViewMaker,
     accelerator: Accelerator,
 ) -> dict[str, Any]:
+    """Metrics of `model` on the test split, plus "predictions": the predicted class of every test image, in
+    the split's order (saved next to the run's record, for per-image paired analyses of the leaderboard)."""
     preds = predict(model, images, views, accelerator)
-    return compute_metrics(preds, labels, num_classes)
+    return {**compute_metrics(preds, labels, num_classes), "predictions": preds.astype(int).tolist()}

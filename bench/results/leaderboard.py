@@ -1,142 +1,58 @@
-"""Markdown (and PNG) leaderboards regenerated from run records, one pair of files per dataset.
+"""Leaderboards regenerated from run records: markdown + PNG per dataset, and LaTeX / CSV exports.
 
 Layout follows reference/harness.md Part 3: methods as rows, label budgets as columns, cells
-`mean ± 95% t half-width (n)` over seeds, best mean bolded, statistical ties (paired CI vs the best
+`mean ± 95% half-width (n)` over seeds, best mean bolded, statistical ties (paired CI vs the best
 includes 0) marked †, the fully supervised run as a single reference column, paired deltas against
-a baseline, and a provenance footer. Output depends only on the records (no timestamps, records
-sorted first), so the same records always give byte-identical files.
+a baseline with raw and Holm-corrected p-values, per-class recall, confusion matrices and a provenance
+footer. Every number comes from `bench.results.aggregate`; output depends only on the records (no
+timestamps, records sorted first), so the same records always give byte-identical files.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from bench.errors import FERBenchError
-from bench.results.plots import budget_label, plot_budget_curves
-from bench.results.stats import Summary, paired_difference, summarize
+from bench.results.aggregate import (
+    FINAL_METRICS,
+    INTERVALS,
+    REFERENCE_METHOD,
+    Cell,
+    ProtocolTable,
+    Run,
+    build_tables,
+    is_number,
+    parse_run,
+    reference_interval,
+)
+from bench.results.fmt import interval_words, p_text, pct
+from bench.results.plots import budget_label, plot_budget_curves, plot_confusions, plot_single_budget
+from bench.results.stats import Summary
 
-__all__ = ["REFERENCE_METHOD", "budget_label", "render_leaderboards"]
+__all__ = ["FORMATS", "REFERENCE_METHOD", "budget_label", "render_leaderboards"]
 
-# Trained on all labels: its budget is meaningless, so it is one reference column per dataset.
-REFERENCE_METHOD = "fullysupervised"
+FORMATS = ("md", "tex", "csv")
 ALL_LABELS = "all labels"
 DASH = "—"
 TIE_MARK = "†"
 SIG_MARK = "*"
-
-# (key under metrics.final, label in headers, required in every record)
-_FINAL_METRICS: tuple[tuple[str, str, bool], ...] = (
-    ("accuracy", "top-1 accuracy", True),
-    ("mean_class_accuracy", "mean class accuracy", True),
-    ("macro_f1", "macro-F1", False),
-)
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-
-
-@dataclass(frozen=True)
-class _Run:
-    run_id: str
-    method: str
-    dataset: str
-    protocol: str
-    budget: float
-    seed: int
-    metrics: Mapping[str, float]  # final metrics present in the record, plus "best_accuracy"
-    record: Mapping
-
-
-# ---------------------------------------------------------------------------------------------
-# validation
-
-
-def _short(v: object) -> str:
-    r = repr(v)
-    return r if len(r) <= 60 else r[:57] + "..."
-
-
-def _field(record: Mapping, dotted: str, run_id: str) -> object:
-    cur: object = record
-    for part in dotted.split("."):
-        if not isinstance(cur, Mapping) or part not in cur:
-            raise FERBenchError(f"run {run_id}: missing field {dotted}")
-        cur = cur[part]
-    return cur
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _fraction(v: object, dotted: str, run_id: str) -> float:
-    # Records hold fractions; a percent (85.3) here would silently inflate every table.
-    if not _is_number(v) or not 0.0 <= float(v) <= 1.0:
-        raise FERBenchError(f"run {run_id}: field {dotted} is {_short(v)}; expected a fraction in [0, 1]")
-    return float(v)
-
-
-def _parse(record: object, index: int) -> _Run:
-    if not isinstance(record, Mapping):
-        raise FERBenchError(f"record #{index}: is {type(record).__name__}; expected a run record object")
-    run_id = record.get("run_id")
-    if not isinstance(run_id, str) or not run_id:
-        raise FERBenchError(f"record #{index}: missing field run_id (got {_short(run_id)}); expected a string")
-
-    strings = {}
-    for name in ("method", "dataset", "protocol"):
-        v = _field(record, name, run_id)
-        if not isinstance(v, str) or not _SAFE_NAME.match(v):
-            raise FERBenchError(f"run {run_id}: field {name} is {_short(v)}; expected a non-empty name "
-                                "of letters, digits, '_', '.', '+' or '-'")
-        strings[name] = v
-    budget = _field(record, "budget", run_id)
-    if not _is_number(budget) or budget <= 0:
-        raise FERBenchError(f"run {run_id}: field budget is {_short(budget)}; expected a positive number")
-    seed = _field(record, "seed", run_id)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise FERBenchError(f"run {run_id}: field seed is {_short(seed)}; expected an integer")
-
-    metrics: dict[str, float] = {}
-    for key, _, required in _FINAL_METRICS:
-        dotted = f"metrics.final.{key}"
-        if required:
-            metrics[key] = _fraction(_field(record, dotted, run_id), dotted, run_id)
-        else:
-            final = _field(record, "metrics.final", run_id)
-            if isinstance(final, Mapping) and key in final:
-                metrics[key] = _fraction(final[key], dotted, run_id)
-    if "best_accuracy" in record["metrics"]:
-        metrics["best_accuracy"] = _fraction(record["metrics"]["best_accuracy"], "metrics.best_accuracy", run_id)
-    return _Run(run_id=run_id, budget=float(budget), seed=seed, metrics=metrics, record=record, **strings)
-
-
-def _check_unique(runs: Iterable[_Run], key: Callable[[_Run], tuple], what: str) -> None:
-    # Two runs of one cell with the same seed would be counted as independent seeds and break pairing.
-    seen: dict[tuple, str] = {}
-    for r in runs:
-        k = key(r)
-        if k in seen:
-            raise FERBenchError(f"runs {seen[k]} and {r.run_id}: two records for {what} {k[:-1]} with seed "
-                                f"{r.seed}; keep one record per seed")
-        seen[k] = r.run_id
+HOLM_MARK = "✓"
+SEED_ONLY_MARK = "‡"
+ALPHA = 0.05
 
 
 # ---------------------------------------------------------------------------------------------
 # formatting
 
 
-def _pct(x: float, signed: bool = False) -> str:
-    v = round(x * 100.0, 1) + 0.0  # + 0.0 turns -0.0 into 0.0
-    return f"{v:+.1f}" if signed else f"{v:.1f}"
-
-
-def _cell(s: Summary, signed: bool = False) -> str:
-    if s.ci95 is None:
-        return f"{_pct(s.mean, signed)} (n={s.n})"
-    return f"{_pct(s.mean, signed)} ± {_pct(s.ci95)} (n={s.n})"
+def _cell(mean: float, half: float | None, n: int, signed: bool = False) -> str:
+    if half is None:
+        return f"{pct(mean, signed)} (n={n})"
+    return f"{pct(mean, signed)} ± {pct(half)} (n={n})"
 
 
 def _md_row(cells: list[str]) -> str:
@@ -147,112 +63,141 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [_md_row(header), "|" + "---|" * len(header), *(_md_row(r) for r in rows)]
 
 
+def metric_interval(cell: Cell, key: str, interval: str) -> tuple[float | None, bool]:
+    """(half-width shown for metric `key`, whether it fell back to the seed-only interval in combined mode)."""
+    if key != "accuracy":
+        return cell.summaries[key].ci95, False
+    half, over = cell.accuracy_interval(interval)
+    return half, interval == "combined" and over == "seeds" and half is not None
+
+
 # ---------------------------------------------------------------------------------------------
-# one dataset
+# markdown
 
 
-def _by_seed(runs: Iterable[_Run], metric: str) -> dict[int, float]:
-    return {r.seed: r.metrics[metric] for r in runs if metric in r.metrics}
-
-
-class _Protocol:
-    """The runs of one (dataset, protocol) plus the dataset's reference runs."""
-
-    def __init__(self, dataset: str, protocol: str, runs: list[_Run], ref_runs: list[_Run], baseline: str):
-        self.dataset, self.protocol, self.runs, self.ref_runs = dataset, protocol, runs, ref_runs
-        self.budgets = sorted({r.budget for r in runs})
-        names = sorted({r.method for r in runs})
-        self.baseline = baseline if baseline in names else None
-        self.methods = ([baseline] if self.baseline else []) + [m for m in names if m != baseline]
-        self.cells: dict[tuple[str, float], list[_Run]] = {}
-        for r in runs:
-            self.cells.setdefault((r.method, r.budget), []).append(r)
-
-    def seeds(self, method: str, budget: float, metric: str) -> dict[int, float]:
-        return _by_seed(self.cells.get((method, budget), []), metric)
+class _Markdown:
+    def __init__(self, t: ProtocolTable, interval: str) -> None:
+        self.t, self.interval = t, t.shown_interval(interval)
 
     def heading(self, what: str) -> str:
-        return f"### {self.dataset} — protocol {self.protocol} — {what}"
+        return f"### {self.t.dataset} — protocol {self.t.protocol} — {what}"
 
     def header(self, with_ref: bool) -> list[str]:
-        return ["Method", *(budget_label(self.protocol, b) for b in self.budgets)] + (
+        return ["Method", *(budget_label(self.t.protocol, b) for b in self.t.budgets)] + (
             [ALL_LABELS] if with_ref else [])
 
-    def metric_table(self, metric: str, label: str) -> list[str]:
-        ref = _by_seed(self.ref_runs, metric)
-        grid: dict[str, list[str]] = {m: [] for m in self.methods}
-        for b in self.budgets:
-            col = {m: v for m in self.methods if (v := self.seeds(m, b, metric))}
-            summ = {m: summarize(list(v.values())) for m, v in col.items()}
-            best = max(summ, key=lambda m: summ[m].mean, default=None)  # first in row order on equal means
-            for m in self.methods:
-                if m not in summ:
-                    grid[m].append(DASH)
-                    continue
-                text = _cell(summ[m])
-                if summ[m].mean == summ[best].mean:
-                    text = f"**{text}**"
-                elif len(set(col[m]) & set(col[best])) >= 2 and not paired_difference(
-                        col[best], col[m]).excludes_zero:
-                    text = f"{text} {TIE_MARK}"
-                grid[m].append(text)
-        rows = [[m, *grid[m]] + ([DASH] if ref else []) for m in self.methods]
-        if ref:
-            rows.append([REFERENCE_METHOD, *(DASH for _ in self.budgets), _cell(summarize(list(ref.values())))])
-        return [
-            self.heading(f"{label} (%), final checkpoint, mean ± 95% t-CI over seeds"),
-            "",
-            *_table(self.header(bool(ref)), rows),
-            "",
-            (f"**Bold**: best mean in the column (the `{REFERENCE_METHOD}` reference excluded). "
-             f"{TIE_MARK}: the paired 95% t-CI of the difference to the bold method, over shared seeds, "
-             "includes 0 (statistically tied; needs ≥ 2 shared seeds). Best-on-test is not used for ranking."),
-            "",
-        ]
-
-    def delta_table(self) -> list[str]:
-        others = [m for m in self.methods if m != self.baseline]
-        if self.baseline is None or not others:
-            return []
+    def metric_table(self, key: str, label: str) -> list[str]:
+        t = self.t
+        with_ref = key in t.reference
+        fallback = False
         rows = []
-        for m in others:
+        for m in t.methods:
             row = [m]
-            for b in self.budgets:
-                a, base = self.seeds(m, b, "accuracy"), self.seeds(self.baseline, b, "accuracy")
-                if not set(a) & set(base):
+            for b in t.budgets:
+                c = t.cell(m, b)
+                if c is None or key not in c.summaries:
                     row.append(DASH)
                     continue
-                d = paired_difference(a, base)
-                row.append(_cell(d, signed=True) + (f" {SIG_MARK}" if d.excludes_zero else ""))
+                half, fell_back = metric_interval(c, key, self.interval)
+                fallback |= fell_back
+                text = _cell(c.summaries[key].mean, half, c.n) + (f" {SEED_ONLY_MARK}" if fell_back else "")
+                if c.best.get(key):
+                    text = f"**{text}**"
+                elif c.tie.get(key):
+                    text = f"{text} {TIE_MARK}"
+                row.append(text)
+            rows.append(row + ([DASH] if with_ref else []))
+        if with_ref:
+            ref = t.reference[key]
+            rows.append([REFERENCE_METHOD, *(DASH for _ in t.budgets),
+                         _cell(ref.mean, reference_interval(t, key, self.interval), ref.n)])
+        words = interval_words(self.interval) if key == "accuracy" else interval_words("seeds")
+        over = "seeds and test images" if key == "accuracy" and self.interval == "combined" else "seeds"
+        legend = (f"**Bold**: best mean in the column (the `{REFERENCE_METHOD}` reference excluded). "
+                  f"{TIE_MARK}: the paired 95% CI of the difference to the bold method, over shared {over}, "
+                  "includes 0 (statistically tied; needs ≥ 2 shared seeds). Best-on-test is not used for ranking.")
+        if fallback:
+            legend += (f" {SEED_ONLY_MARK}: seed-only t-CI (a run of the cell has no per-image predictions, or they "
+                       "were made on other test images).")
+        return [self.heading(f"{label} (%), final checkpoint, mean ± {words}"), "",
+                *_table(self.header(with_ref), rows), "", legend, ""]
+
+    def delta_table(self) -> list[str]:
+        t = self.t
+        others = [m for m in t.methods if m != t.baseline]
+        if t.baseline is None or not others:
+            return []
+        rows, overs = [], set()
+        for m in others:
+            row = [m]
+            for b in t.budgets:
+                c = t.cell(m, b)
+                d = c.delta if c is not None else None
+                if d is None:
+                    row.append(DASH)
+                    continue
+                overs.add(d.over)
+                text = _cell(d.mean, d.ci95, d.n, signed=True)
+                if d.p is not None:
+                    text += f" {p_text('p', d.p)}{SIG_MARK if d.p < ALPHA else ''}"
+                    text += f" {p_text('Holm', c.p_holm)}{HOLM_MARK if c.p_holm < ALPHA else ''}"
+                row.append(text)
             rows.append(row)
+        over = " or ".join(sorted(overs, reverse=True)) or "seeds"
         return [
-            self.heading(f"Δ accuracy vs `{self.baseline}` (paired over shared seeds, percentage points)"),
+            self.heading(f"Δ accuracy vs `{t.baseline}` (paired over shared {over}, percentage points)"),
             "",
             *_table(self.header(False), rows),
             "",
-            (f"`{SIG_MARK}`: the paired 95% t-CI of the difference excludes 0 (uncorrected for multiple "
-             "comparisons). n = seeds shared with the baseline."),
+            (f"n = seeds shared with the baseline. p: two-sided, of no difference "
+             f"({SIG_MARK}: p < {ALPHA}, uncorrected). Holm: the p-value adjusted by Holm–Bonferroni over the "
+             f"{t.holm_family} comparisons of this table ({HOLM_MARK}: significant after the correction)."),
             "",
         ]
 
+    def per_class_tables(self) -> list[str]:
+        t = self.t
+        names = t.class_names
+        if not names:
+            return []
+        out = []
+        for b in t.budgets:
+            rows = []
+            for m in t.methods:
+                c = t.cell(m, b)
+                if c is None or not c.per_class_recall:
+                    continue
+                rec = c.per_class_recall
+                rows.append([m, *(pct(rec[k]) if k < len(rec) and rec[k] is not None else DASH
+                                  for k in range(len(names))), str(c.n)])
+            if rows:
+                out += [self.heading(f"per-class recall (%) at {budget_label(t.protocol, b)}, mean over seeds"), "",
+                        *_table(["Method", *names, "n"], rows), ""]
+        if out:
+            out += [("Each value is the recall of a true class (the diagonal of the row-normalised confusion matrix), "
+                     "classes in the canonical label order; the whole matrices are in the figures linked above."), ""]
+        return out
+
     def best_on_test_table(self) -> list[str]:
-        ref = _by_seed(self.ref_runs, "best_accuracy")
-        if not ref and not any("best_accuracy" in r.metrics for r in self.runs):
+        t = self.t
+        with_ref = "best_accuracy" in t.reference
+        if not with_ref and not any("best_accuracy" in r.metrics for r in t.runs):
             return []
         rows = []
-        for m in self.methods:
+        for m in t.methods:
             row = [m]
-            for b in self.budgets:
-                v = self.seeds(m, b, "best_accuracy")
-                row.append(f"{_pct(summarize(list(v.values())).mean)} (n={len(v)})" if v else DASH)
-            rows.append(row + ([DASH] if ref else []))
-        if ref:
-            rows.append([REFERENCE_METHOD, *(DASH for _ in self.budgets),
-                         f"{_pct(summarize(list(ref.values())).mean)} (n={len(ref)})"])
+            for b in t.budgets:
+                c = t.cell(m, b)
+                s = c.summaries.get("best_accuracy") if c is not None else None
+                row.append(f"{pct(s.mean)} (n={s.n})" if s else DASH)
+            rows.append(row + ([DASH] if with_ref else []))
+        if with_ref:
+            s = t.reference["best_accuracy"]
+            rows.append([REFERENCE_METHOD, *(DASH for _ in t.budgets), f"{pct(s.mean)} (n={s.n})"])
         return [
             self.heading("best-on-test accuracy (%), mean over seeds — optimistic, NOT used for ranking"),
             "",
-            *_table(self.header(bool(ref)), rows),
+            *_table(self.header(with_ref), rows),
             "",
             ("Best-on-test is the maximum test accuracy over all evaluations of a run, i.e. a checkpoint "
              "chosen on the test set; it is shown for comparison with papers that report it."),
@@ -260,16 +205,16 @@ class _Protocol:
         ]
 
     def provenance(self) -> list[str]:
-        runs = self.runs + self.ref_runs
-        lines = [(f"#### Provenance — {self.dataset}, protocol {self.protocol} "
-                 f"({len(self.runs)} runs + {len(self.ref_runs)} `{REFERENCE_METHOD}` runs)"), ""]
-        commits = _distinct(runs, _short_commit)
-        lines.append(f"- git commit: {', '.join(f'`{c}`' for c in commits)}")
+        t = self.t
+        runs = t.runs + t.ref_runs
+        lines = [(f"#### Provenance — {t.dataset}, protocol {t.protocol} "
+                 f"({len(t.runs)} runs + {len(t.ref_runs)} `{REFERENCE_METHOD}` runs)"), ""]
+        lines.append(f"- git commit: {', '.join(f'`{c}`' for c in _distinct(runs, _short_commit))}")
         lines.append("- split manifests (sha256, first 12 hex) by budget, `seed: sha`:")
         mismatch = False
-        groups = [(budget_label(self.protocol, b), [r for r in self.runs if r.budget == b]) for b in self.budgets]
-        if self.ref_runs:
-            groups.append((f"{ALL_LABELS} ({REFERENCE_METHOD})", self.ref_runs))
+        groups = [(budget_label(t.protocol, b), [r for r in t.runs if r.budget == b]) for b in t.budgets]
+        if t.ref_runs:
+            groups.append((f"{ALL_LABELS} ({REFERENCE_METHOD})", t.ref_runs))
         for label, group in groups:
             per_seed: dict[int, set[str]] = {}
             for r in group:
@@ -281,6 +226,10 @@ class _Protocol:
         if mismatch:
             lines.append("- **warning**: runs with the same budget and seed used different split manifests; "
                          "the paired comparisons above assume they share one.")
+        with_preds = sum(r.correct is not None for r in runs)
+        tests = _distinct(runs, lambda rec: _get(rec, "metrics.n_test"))
+        lines.append(f"- test images: {', '.join(tests)}; per-image predictions kept by {with_preds} of "
+                     f"{len(runs)} runs")
 
         def batch(rec: Mapping) -> str:
             gb = rec.get("global_batch")
@@ -304,7 +253,7 @@ class _Protocol:
                      f"image size: {show(_distinct(runs, lambda r: r.get('image_size')))}")
         lines.append(f"- host: {'; '.join(_distinct(runs, host))}; torch "
                      f"{show(_distinct(runs, lambda r: _get(r, 'versions.torch')))}")
-        walls = [float(w) for r in runs if _is_number(w := r.record.get("wall_time_s"))]
+        walls = [float(w) for r in runs if is_number(w := r.record.get("wall_time_s"))]
         if walls:
             lines.append(f"- wall time: {math.fsum(walls):.1f} s total over {len(walls)} runs, "
                          f"{math.fsum(walls) / len(walls):.1f} s mean per run")
@@ -323,75 +272,142 @@ def _get(record: Mapping, dotted: str) -> object:
     return cur
 
 
-def _distinct(runs: Iterable[_Run], fn: Callable[[Mapping], object]) -> list[str]:
+def _distinct(runs: Iterable[Run], fn: Callable[[Mapping], object]) -> list[str]:
     return sorted({"unknown" if (v := fn(r.record)) is None else str(v) for r in runs})
 
 
-def _render_dataset(dataset: str, runs: list[_Run], baseline: str) -> tuple[str, dict, Summary | None]:
-    ref_runs = [r for r in runs if r.method == REFERENCE_METHOD]
-    main = [r for r in runs if r.method != REFERENCE_METHOD]
-    protocols = sorted({r.protocol for r in main} or {r.protocol for r in ref_runs})
-    ref_acc = _by_seed(ref_runs, "accuracy")
-    lines = [
-        f"# Leaderboard: {dataset}",
-        "",
-        (f"Generated by `bench.results.leaderboard` from {len(runs)} run records; regenerating from the same "
-         "records gives byte-identical files."),
-        ("Cells: mean over seeds ± 95% Student-t half-width t(0.975, n−1)·s/√n (n = seeds); no interval "
-         "for n = 1. These intervals cover seed-to-seed variation only, not test-set sampling noise."),
-        ("Ranking uses the final checkpoint; best-on-test accuracy is shown separately, flagged as "
-         "optimistic, and is not used for ranking."),
-        "",
-        f"![{dataset}: accuracy vs label budget]({dataset}.png)",
-        "",
-    ]
-    panels: dict[str, dict[str, dict[float, Summary]]] = {}
-    for protocol in protocols:
-        p = _Protocol(dataset, protocol, [r for r in main if r.protocol == protocol], ref_runs, baseline)
-        lines += [f"## Protocol `{protocol}`", ""]
-        for key, label, required in _FINAL_METRICS:
-            if required or any(key in r.metrics for r in p.runs + ref_runs):
-                lines += p.metric_table(key, label)
-        lines += p.delta_table()
-        lines += p.best_on_test_table()
-        lines += p.provenance()
-        panels[protocol] = {
-            m: {b: summarize(list(v.values())) for b in p.budgets if (v := p.seeds(m, b, "accuracy"))}
-            for m in p.methods
-        }
-    reference = summarize(list(ref_acc.values())) if ref_acc else None
-    return "\n".join(lines).rstrip("\n") + "\n", panels, reference
-
-
-def render_leaderboards(records: list[dict], out_dir: Path, baseline: str = "supervised") -> list[Path]:
-    """Write `<out_dir>/<dataset>.md` and `<out_dir>/<dataset>.png` for every dataset in `records`.
-
-    Cells are aggregated per (dataset, protocol, budget, method) over seeds; `baseline` names the
-    method the Δ table is paired against (no Δ table where it has no records). Raises FERBenchError
-    naming the run and the field for a malformed record, and for two records of one cell and seed.
-    Returns the written paths, sorted.
-    """
-    runs = sorted((_parse(rec, i) for i, rec in enumerate(records)), key=lambda r: r.run_id)
-    _check_unique((r for r in runs if r.method != REFERENCE_METHOD),
-                  lambda r: (r.dataset, r.protocol, r.budget, r.method, r.seed), "(dataset, protocol, budget, method)")
-    # The reference ignores the budget, so one run per seed per dataset, whatever protocol it was filed under.
-    _check_unique((r for r in runs if r.method == REFERENCE_METHOD),
-                  lambda r: (r.dataset, r.seed), f"{REFERENCE_METHOD} on dataset")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    for dataset in sorted({r.dataset for r in runs}):
-        text, panels, reference = _render_dataset(dataset, [r for r in runs if r.dataset == dataset], baseline)
-        md = out_dir / f"{dataset}.md"
-        md.write_text(text, encoding="utf-8")
-        png = plot_budget_curves(dataset, panels, out_dir / f"{dataset}.png", reference=reference,
-                                 reference_label=f"{REFERENCE_METHOD} (all labels)")
-        written += [md, png]
-    return sorted(written)
-
-
-def _short_commit(record: dict) -> str:
+def _short_commit(record: Mapping) -> str:
     commit = record.get("git_commit")
     if not commit:
         return "none recorded"
     return str(commit)[:12] + ("+dirty" if str(commit).endswith("+dirty") else "")
+
+
+def confusion_name(dataset: str, t: ProtocolTable, budget: float) -> str:
+    label = budget_label(t.protocol, budget).replace("%", "pct").replace("/", "_").replace("=", "")
+    return f"{dataset}_confusion_{t.protocol}_{label}.png"
+
+
+def _render_markdown(dataset: str, tables: list[ProtocolTable], interval: str, n_records: int) -> str:
+    interval = "combined" if any(t.shown_interval(interval) == "combined" for t in tables) else "seeds"
+    intervals = ("mean over seeds ± 95% half-width: for accuracy, over seeds and test images (seed-to-seed "
+                 "variation and test-set sampling, bench/results/uncertainty.py); for the other metrics, the "
+                 "Student-t half-width t(0.975, n−1)·s/√n over seeds only" if interval == "combined" else
+                 "mean over seeds ± 95% Student-t half-width t(0.975, n−1)·s/√n over seeds only (seed-to-seed "
+                 "variation; test-set sampling noise is not in these intervals)")
+    lines = [
+        f"# Leaderboard: {dataset}",
+        "",
+        (f"Generated by `bench.results.leaderboard` from {n_records} run records; regenerating from the same "
+         "records gives byte-identical files."),
+        f"Cells: {intervals}; no interval for n = 1.",
+        ("Ranking uses the final checkpoint; best-on-test accuracy is shown separately, flagged as "
+         "optimistic, and is not used for ranking."),
+        "",
+        f"![{dataset}: accuracy by method and label budget]({dataset}.png)",
+        "",
+    ]
+    for t in tables:
+        md = _Markdown(t, interval)
+        lines += [f"## Protocol `{t.protocol}`", ""]
+        for key, label, required in FINAL_METRICS:
+            if required or any(key in r.metrics for r in t.runs + t.ref_runs):
+                lines += md.metric_table(key, label)
+        lines += md.delta_table()
+        figures = [f"[{budget_label(t.protocol, b)}]({confusion_name(dataset, t, b)})" for b in t.budgets
+                   if any(c.confusion is not None for c in t.cells.values() if c.budget == b)]
+        if figures:
+            lines += [f"Confusion matrices (row-normalised, mean over seeds): {', '.join(figures)}.", ""]
+        lines += md.per_class_tables()
+        lines += md.best_on_test_table()
+        lines += md.provenance()
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# files
+
+
+def _accuracy_points(t: ProtocolTable, interval: str) -> dict[str, dict[float, Summary]]:
+    """method -> budget -> (mean, shown half-width) of accuracy, for the plots."""
+    out: dict[str, dict[float, Summary]] = {}
+    for m in t.methods:
+        for b in t.budgets:
+            c = t.cell(m, b)
+            if c is not None:
+                s = c.summaries["accuracy"]
+                out.setdefault(m, {})[b] = Summary(s.n, s.mean, s.std, c.accuracy_interval(interval)[0])
+    return out
+
+
+def _reference_point(t: ProtocolTable, interval: str) -> Summary | None:
+    if "accuracy" not in t.reference:
+        return None
+    s = t.reference["accuracy"]
+    return Summary(s.n, s.mean, s.std, reference_interval(t, "accuracy", interval))
+
+
+def _plot(dataset: str, tables: list[ProtocolTable], path: Path, interval: str) -> Path:
+    interval = "combined" if any(t.shown_interval(interval) == "combined" for t in tables) else "seeds"
+    reference = _reference_point(tables[0], interval)
+    label = f"{REFERENCE_METHOD} (all labels)"
+    if all(len(t.budgets) > 1 for t in tables):
+        return plot_budget_curves(dataset, {t.protocol: _accuracy_points(t, interval) for t in tables}, path,
+                                  reference=reference, reference_label=label)
+    panels = []
+    for t in tables:
+        deltas = {(m, b): (c.delta.mean, c.delta.ci95) for m in t.methods for b in t.budgets
+                  if (c := t.cell(m, b)) is not None and c.delta is not None}
+        panels.append((t.protocol, _accuracy_points(t, interval), t.baseline, deltas))
+    return plot_single_budget(dataset, panels, path, interval_words(interval), reference=reference,
+                              reference_label=label)
+
+
+def render_leaderboards(records: list[dict], out_dir: Path, baseline: str = "supervised",
+                        predictions: Mapping[str, np.ndarray] | None = None, formats: Sequence[str] = ("md",),
+                        interval: str = "combined") -> list[Path]:
+    """Write, for every dataset in `records`: `<dataset>.md` with `<dataset>.png` and one confusion-matrix
+    figure per protocol and budget, plus `<dataset>.tex` and `<dataset>.csv` when `formats` asks for them.
+
+    `predictions` maps run ids to their (2, N) test targets and predictions (`bench.results.record`); cells
+    whose runs all have them get accuracy intervals over seeds and test images (`interval="combined"`), the
+    others the seed-only t interval (`interval="seeds"` shows that everywhere). `baseline` names the method the
+    Δ table is paired against. Raises FERBenchError naming the run and the field for a malformed record, and
+    for two records of one cell and seed, before anything is written. Returns the written paths, sorted.
+    """
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        raise FERBenchError(f"leaderboard formats {','.join(formats)}: expected some of {', '.join(FORMATS)}")
+    if interval not in INTERVALS:
+        raise FERBenchError(f"leaderboard interval {interval!r}: expected one of {', '.join(INTERVALS)}")
+    predictions = predictions or {}
+    runs = sorted((parse_run(rec, i, predictions.get(rec.get("run_id")) if isinstance(rec, Mapping) else None)
+                   for i, rec in enumerate(records)), key=lambda r: r.run_id)
+    tables = build_tables(runs, baseline)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for dataset, protocol_tables in tables.items():
+        n_records = sum(r.dataset == dataset for r in runs)
+        if "md" in formats:
+            md = out_dir / f"{dataset}.md"
+            md.write_text(_render_markdown(dataset, protocol_tables, interval, n_records), encoding="utf-8")
+            written.append(md)
+        written.append(_plot(dataset, protocol_tables, out_dir / f"{dataset}.png", interval))
+        for t in protocol_tables:
+            for b in t.budgets:
+                mats = {m: c.confusion for m in t.methods if (c := t.cell(m, b)) is not None
+                        and c.confusion is not None}
+                if mats:
+                    written.append(plot_confusions(f"{dataset} — {t.protocol} {budget_label(t.protocol, b)}",
+                                                   mats, t.class_names, out_dir / confusion_name(dataset, t, b)))
+        if "tex" in formats or "csv" in formats:
+            from bench.results.export import write_csv, write_latex
+
+            if "tex" in formats:
+                written.append(write_latex(dataset, protocol_tables, interval, out_dir / f"{dataset}.tex"))
+            if "csv" in formats:
+                written.append(write_csv(protocol_tables, out_dir / f"{dataset}.csv"))
+    if not written:
+        raise FERBenchError("leaderboard: no records to render")
+    return sorted(written)

@@ -1,4 +1,5 @@
-"""PNG plots of run records: per-run training curves and per-dataset accuracy vs label budget.
+"""PNG plots of run records: per-run training curves, per-dataset accuracy vs label budget (or, with one budget,
+a dot plot per method and a forest plot of paired differences), and confusion matrices.
 
 Figures are built on an explicit Agg canvas (no pyplot, so no global backend switch and no figure
 registry) under matplotlib's default rcParams, and saved with the "Software" PNG tag removed:
@@ -121,6 +122,108 @@ def plot_budget_curves(
             ax.set_title(f"{dataset} — protocol {protocol}")
             ax.grid(True, which="major", alpha=0.3)
             ax.legend(fontsize="small", loc="best")
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+def plot_single_budget(
+    dataset: str,
+    panels: Sequence[tuple[str, Mapping[str, Mapping[float, Summary]], str | None,
+                           Mapping[tuple[str, float], tuple[float, float | None]]]],
+    path: Path,
+    interval_label: str,
+    reference: Summary | None = None,
+    reference_label: str = "fullysupervised (all labels)",
+) -> Path:
+    """For protocols with few budgets: per protocol, a dot plot of each method's accuracy with its interval
+    (one row per method and budget, so nothing is stacked), and a forest plot of the paired Δ against the
+    baseline with a line at 0.
+
+    `panels`: (protocol, method -> budget -> Summary of accuracy with the half-width shown in `ci95`, baseline
+    or None, (method, budget) -> (Δ mean, Δ half-width or None)), as fractions.
+    """
+    if not panels:
+        raise ValueError("plot_single_budget() needs at least one protocol")
+    with mpl.rc_context():
+        mpl.rcdefaults()
+        rows = [[(m, b) for m, by_budget in points.items() for b in sorted(by_budget)] for _, points, _, _ in panels]
+        height = max(2.6, 0.42 * max(len(r) for r in rows) + 1.4)
+        fig = Figure(figsize=(11.0, height * len(panels)))
+        axes = fig.subplots(len(panels), 2, squeeze=False)
+        multi_budget = any(len({b for _, b in r}) > 1 for r in rows)
+        for (protocol, points, baseline, deltas), items, (ax_dot, ax_delta) in zip(panels, rows, axes):
+            def name(m: str, b: float, protocol: str = protocol) -> str:
+                return f"{m} @ {budget_label(protocol, b)}" if multi_budget else m
+
+            ys = list(range(len(items)))[::-1]  # the first method at the top
+            for y, (m, b) in zip(ys, items):
+                s = points[m][b]
+                err = None if s.ci95 is None else [[s.ci95 * 100.0], [s.ci95 * 100.0]]
+                ax_dot.errorbar([s.mean * 100.0], [y], xerr=err, fmt="o", color="C0", capsize=4)
+                ax_dot.annotate(f"{s.mean * 100:.1f} (n={s.n})", (s.mean * 100.0, y), textcoords="offset points",
+                                xytext=(0, 7), ha="center", fontsize="small")
+            if reference is not None:
+                x = reference.mean * 100.0
+                ax_dot.axvline(x, color="black", linestyle="--", linewidth=1.2, label=reference_label)
+                if reference.ci95 is not None:
+                    ax_dot.axvspan(x - reference.ci95 * 100.0, x + reference.ci95 * 100.0, color="black", alpha=0.12,
+                                   linewidth=0)
+                ax_dot.legend(fontsize="small", loc="lower right")
+            ax_dot.set_yticks(ys, [name(m, b) for m, b in items])
+            ax_dot.set_ylim(-0.7, len(items) - 0.3)
+            ax_dot.set_xlabel(f"top-1 accuracy (%), final checkpoint, mean ± {interval_label}")
+            title = budget_label(protocol, items[0][1]) if items and not multi_budget else "by budget"
+            ax_dot.set_title(f"{dataset} — protocol {protocol}, {title}")
+            ax_dot.grid(True, axis="x", alpha=0.3)
+
+            shown = [(m, b) for m, b in items if (m, b) in deltas]
+            dys = list(range(len(shown)))[::-1]
+            for y, (m, b) in zip(dys, shown):
+                mean, half = deltas[(m, b)]
+                err = None if half is None else [[half * 100.0], [half * 100.0]]
+                ax_delta.errorbar([mean * 100.0], [y], xerr=err, fmt="s", color="C1", capsize=4)
+            ax_delta.axvline(0.0, color="black", linewidth=1.0)
+            ax_delta.set_yticks(dys, [name(m, b) for m, b in shown])
+            ax_delta.set_ylim(-0.7, max(len(shown), 1) - 0.3)
+            ax_delta.set_xlabel("Δ accuracy (percentage points), paired, mean ± 95% CI")
+            ax_delta.set_title(f"vs {baseline}" if baseline else "no baseline records")
+            ax_delta.grid(True, axis="x", alpha=0.3)
+            if not shown:
+                ax_delta.text(0.5, 0.5, "no paired comparison", ha="center", va="center", transform=ax_delta.transAxes)
+        fig.tight_layout()
+        return _save(fig, path)
+
+
+def plot_confusions(title: str, matrices: Mapping[str, object], class_names: Sequence[str], path: Path) -> Path:
+    """One row-normalised confusion matrix (%) per method, true classes as rows, in the given class order."""
+    import numpy as np
+
+    names = list(matrices)
+    with mpl.rc_context():
+        mpl.rcdefaults()
+        cols = min(3, len(names))
+        nrows = -(-len(names) // cols)
+        k = len(class_names) or np.asarray(matrices[names[0]]).shape[0]
+        side = 0.5 * k + 1.6
+        fig = Figure(figsize=(side * cols, side * nrows))
+        axes = fig.subplots(nrows, cols, squeeze=False)
+        labels = list(class_names) or [str(i) for i in range(k)]
+        for ax, method in zip(axes.flat, names):
+            m = np.asarray(matrices[method], dtype=float) * 100.0
+            ax.imshow(np.nan_to_num(m), vmin=0.0, vmax=100.0, cmap="Blues")
+            for i in range(m.shape[0]):
+                for j in range(m.shape[1]):
+                    text = "–" if np.isnan(m[i, j]) else f"{m[i, j]:.0f}"
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7,
+                            color="white" if not np.isnan(m[i, j]) and m[i, j] > 60 else "black")
+            ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+            ax.set_yticks(range(len(labels)), labels, fontsize=7)
+            ax.set_xlabel("predicted", fontsize="small")
+            ax.set_ylabel("true", fontsize="small")
+            ax.set_title(method, fontsize="medium")
+        for ax in list(axes.flat)[len(names):]:
+            ax.axis("off")
+        fig.suptitle(f"{title}: confusion matrices, row-normalised (%), mean over seeds", fontsize="medium")
         fig.tight_layout()
         return _save(fig, path)
 

@@ -27,6 +27,10 @@ Schema ("ferbench.record/1"); accuracies are fractions in [0, 1]:
                    "macro_f1": float}, ...],       # every evaluation
       "curves": [{"step": int, "loss": float, "mask_rate": float | absent, ...}, ...],
       "stages": [...],                     # optional, per-stage metrics for multi-stage methods
+      "predictions": {"file": str, "sha256": str, "n": int, "test_ids_sha256": str},
+                                           # per-test-image targets and predictions of the final model,
+                                           # `<run_id>.<sha12>.predictions.npy` next to the record
+      "pretrained": {...} | null,          # what model.pretrained_file loaded (bench/engine/pretrained.py)
       "wall_time_s": float, "images_per_s": float,
       "versions": {"ferbench": str, "torch": str, ...}, "git_commit": str | null,
       "host": {"platform": str, "cpus": int, "device": str},
@@ -79,12 +83,66 @@ def write_json_atomic(path: str | Path, payload: Any, overwrite: bool = True) ->
         raise
 
 
+def write_predictions(record_file: Path, predictions: list[int], targets: Any, test_ids: Any) -> dict[str, Any]:
+    """Write the final model's per-test-image predictions next to `record_file`, as an int16 `.npy` array (2, N):
+    row 0 the test targets, row 1 the predictions, in the test split's order. The file is named by the run id
+    and the first 12 hex of its sha256, so a duplicate job of the run never replaces the file another job's
+    record names (`.npy`, not `.npz`: its bytes depend only on the array). Returns the record's reference to it:
+    file name, sha256, N, and the sha256 of the test ids (whether two runs saw the same images in one order)."""
+    import hashlib
+    import io
+
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.save(buf, np.stack([np.asarray(targets, dtype=np.int16), np.asarray(predictions, dtype=np.int16)]),
+            allow_pickle=False)
+    blob = buf.getvalue()
+    sha = hashlib.sha256(blob).hexdigest()
+    path = record_file.with_name(f"{record_file.name.removesuffix('.json')}.{sha[:12]}.predictions.npy")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as f:
+        f.write(blob)
+    os.replace(tmp, path)
+    ids = hashlib.sha256("\n".join(str(i) for i in test_ids).encode()).hexdigest()
+    return {"file": path.name, "sha256": sha, "n": len(predictions), "test_ids_sha256": ids}
+
+
+def read_predictions(record_file: Path, record: dict) -> Any:
+    """The (2, N) targets/predictions array a record references, checked against its sha256; None when the
+    record has none (written before predictions were kept)."""
+    import hashlib
+
+    import numpy as np
+
+    ref = record.get("predictions")
+    if not isinstance(ref, dict):
+        return None
+    path = Path(record_file).with_name(str(ref.get("file")))
+    if not path.is_file():
+        raise FERBenchError(f"{record_file}: its predictions file {path.name} is missing")
+    blob = path.read_bytes()
+    if hashlib.sha256(blob).hexdigest() != ref.get("sha256"):
+        raise FERBenchError(f"{path}: sha256 does not match the record's; the file was changed after the run")
+    array = np.load(path, allow_pickle=False)
+    if array.ndim != 2 or array.shape[0] != 2 or array.shape[1] != ref.get("n"):
+        raise FERBenchError(f"{path}: expected a (2, {ref.get('n')}) array of targets and predictions, "
+                            f"got shape {array.shape}")
+    return array
+
+
 def record_path(records_dir: str | Path, run_id: str) -> Path:
     return Path(records_dir) / f"{run_id}.json"
 
 
 def load_records(records_dir: str | Path) -> list[dict]:
     """All run records under `records_dir` (recursively), sorted by run id."""
+    return [rec for _, rec in load_record_files(records_dir)]
+
+
+def load_record_files(records_dir: str | Path) -> list[tuple[Path, dict]]:
+    """(path, record) of every run record under `records_dir` (recursively), sorted by run id."""
     out = []
     for p in sorted(Path(records_dir).rglob("*.json")):
         try:
@@ -92,5 +150,5 @@ def load_records(records_dir: str | Path) -> list[dict]:
         except json.JSONDecodeError as e:
             raise FERBenchError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}); expected a run record") from e
         if isinstance(data, dict) and data.get("schema") == SCHEMA:
-            out.append(data)
-    return sorted(out, key=lambda r: r["run_id"])
+            out.append((p, data))
+    return sorted(out, key=lambda pr: pr[1]["run_id"])

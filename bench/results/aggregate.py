@@ -1,0 +1,341 @@
+"""The numbers behind every leaderboard format (markdown, LaTeX, CSV, plots), computed once from run records.
+
+Per (dataset, protocol, budget, method) over seeds: the mean of each final metric with its 95% Student-t
+interval over seeds (`bench.results.stats`); for accuracy also the interval over seeds *and* test images
+(`bench.results.uncertainty`), when every seed's per-image predictions are at hand and were made on the same
+test images. Comparisons are paired: with the best method of a column (ties, †) and with a baseline (Δ), on the
+seeds both share, over test images too when both have predictions; the Δ p-values are also Holm-adjusted
+across every Δ of the (dataset, protocol) table. Per-class recall and the row-normalised confusion matrix are
+averaged over seeds.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import stats as _scipy_stats
+
+from bench.errors import FERBenchError
+from bench.results.stats import Summary, paired_difference, summarize
+from bench.results.uncertainty import CrossedSummary, crossed_summary, holm
+
+# Trained on all labels: its budget is meaningless, so it is one reference column per dataset.
+REFERENCE_METHOD = "fullysupervised"
+INTERVALS = ("combined", "seeds")  # which accuracy interval the tables show: seeds + test images, or seeds only
+
+# (key under metrics.final, label in headers, required in every record)
+FINAL_METRICS: tuple[tuple[str, str, bool], ...] = (
+    ("accuracy", "top-1 accuracy", True),
+    ("mean_class_accuracy", "mean class accuracy", True),
+    ("macro_f1", "macro-F1", False),
+)
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    method: str
+    dataset: str
+    protocol: str
+    budget: float
+    seed: int
+    metrics: Mapping[str, float]  # final metrics present in the record, plus "best_accuracy"
+    record: Mapping
+    correct: np.ndarray | None = None  # per test image: the final model classified it correctly
+    test_ids: str | None = None  # sha256 of the test ids the predictions are in the order of
+
+
+# ---------------------------------------------------------------------------------------------
+# validation
+
+
+def _short(v: object) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _field(record: Mapping, dotted: str, run_id: str) -> object:
+    cur: object = record
+    for part in dotted.split("."):
+        if not isinstance(cur, Mapping) or part not in cur:
+            raise FERBenchError(f"run {run_id}: missing field {dotted}")
+        cur = cur[part]
+    return cur
+
+
+def is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _fraction(v: object, dotted: str, run_id: str) -> float:
+    # Records hold fractions; a percent (85.3) here would silently inflate every table.
+    if not is_number(v) or not 0.0 <= float(v) <= 1.0:
+        raise FERBenchError(f"run {run_id}: field {dotted} is {_short(v)}; expected a fraction in [0, 1]")
+    return float(v)
+
+
+def parse_run(record: object, index: int, predictions: np.ndarray | None = None) -> Run:
+    """A validated run; `predictions` (2, N): test targets and predictions (`bench.results.record`)."""
+    if not isinstance(record, Mapping):
+        raise FERBenchError(f"record #{index}: is {type(record).__name__}; expected a run record object")
+    run_id = record.get("run_id")
+    if not isinstance(run_id, str) or not run_id:
+        raise FERBenchError(f"record #{index}: missing field run_id (got {_short(run_id)}); expected a string")
+
+    strings = {}
+    for name in ("method", "dataset", "protocol"):
+        v = _field(record, name, run_id)
+        if not isinstance(v, str) or not _SAFE_NAME.match(v):
+            raise FERBenchError(f"run {run_id}: field {name} is {_short(v)}; expected a non-empty name "
+                                "of letters, digits, '_', '.', '+' or '-'")
+        strings[name] = v
+    budget = _field(record, "budget", run_id)
+    if not is_number(budget) or budget <= 0:
+        raise FERBenchError(f"run {run_id}: field budget is {_short(budget)}; expected a positive number")
+    seed = _field(record, "seed", run_id)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise FERBenchError(f"run {run_id}: field seed is {_short(seed)}; expected an integer")
+
+    metrics: dict[str, float] = {}
+    for key, _, required in FINAL_METRICS:
+        dotted = f"metrics.final.{key}"
+        if required:
+            metrics[key] = _fraction(_field(record, dotted, run_id), dotted, run_id)
+        else:
+            final = _field(record, "metrics.final", run_id)
+            if isinstance(final, Mapping) and key in final:
+                metrics[key] = _fraction(final[key], dotted, run_id)
+    if "best_accuracy" in record["metrics"]:
+        metrics["best_accuracy"] = _fraction(record["metrics"]["best_accuracy"], "metrics.best_accuracy", run_id)
+    correct, ids = None, None
+    if predictions is not None:
+        correct = np.asarray(predictions[0] == predictions[1])
+        if not math.isclose(float(correct.mean()), metrics["accuracy"], abs_tol=1e-9):
+            raise FERBenchError(f"run {run_id}: its predictions give accuracy {correct.mean():.6f}, the record "
+                                f"{metrics['accuracy']:.6f}; the predictions file is not this run's")
+        ids = _field(record, "predictions.test_ids_sha256", run_id)
+    return Run(run_id=run_id, budget=float(budget), seed=seed, metrics=metrics, record=record, correct=correct,
+               test_ids=ids, **strings)
+
+
+def check_unique(runs: Iterable[Run], key: Callable[[Run], tuple], what: str) -> None:
+    # Two runs of one cell with the same seed would be counted as independent seeds and break pairing.
+    seen: dict[tuple, str] = {}
+    for r in runs:
+        k = key(r)
+        if k in seen:
+            raise FERBenchError(f"runs {seen[k]} and {r.run_id}: two records for {what} {k[:-1]} with seed "
+                                f"{r.seed}; keep one record per seed")
+        seen[k] = r.run_id
+
+
+# ---------------------------------------------------------------------------------------------
+# statistics
+
+
+def _table(runs: list[Run]) -> np.ndarray | None:
+    """Seeds x images correctness, rows by seed; None unless every run has predictions on the same images."""
+    if not runs or any(r.correct is None for r in runs) or len({(r.test_ids, len(r.correct)) for r in runs}) != 1:
+        return None
+    return np.stack([r.correct for r in sorted(runs, key=lambda r: r.seed)]).astype(np.float64)
+
+
+def t_p_value(d: Summary) -> float | None:
+    """Two-sided p-value of a paired t test over seeds (None without a spread: n < 2)."""
+    if d.std is None:
+        return None
+    if d.std == 0:
+        return 1.0 if d.mean == 0 else 0.0
+    return float(2 * _scipy_stats.t.sf(abs(d.mean) / (d.std / math.sqrt(d.n)), d.n - 1))
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A paired difference a - b over the seeds both share (and their test images when both kept them)."""
+
+    n: int
+    mean: float
+    ci95: float | None
+    p: float | None
+    over: str  # "seeds + test images" | "seeds"
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.ci95 is not None and (self.mean - self.ci95 > 0 or self.mean + self.ci95 < 0)
+
+
+def compare(a: list[Run], b: list[Run], metric: str = "accuracy") -> Comparison | None:
+    """Paired comparison of cells `a` and `b` on their shared seeds; None when they share none."""
+    sa, sb = {r.seed: r for r in a if metric in r.metrics}, {r.seed: r for r in b if metric in r.metrics}
+    seeds = sorted(set(sa) & set(sb))
+    if not seeds:
+        return None
+    ta, tb = _table([sa[s] for s in seeds]), _table([sb[s] for s in seeds])
+    if metric == "accuracy" and ta is not None and tb is not None and ta.shape == tb.shape and \
+            sa[seeds[0]].test_ids == sb[seeds[0]].test_ids:
+        c = crossed_summary(ta - tb)
+        if c is not None:
+            return Comparison(c.n_seeds, c.mean, c.ci95, c.p_value, "seeds + test images")
+    d = paired_difference({s: sa[s].metrics[metric] for s in seeds}, {s: sb[s].metrics[metric] for s in seeds})
+    return Comparison(d.n, d.mean, d.ci95, t_p_value(d), "seeds")
+
+
+@dataclass
+class Cell:
+    """One (method, budget) of a (dataset, protocol): its runs and what the tables show of them."""
+
+    method: str
+    budget: float
+    runs: list[Run]
+    summaries: dict[str, Summary]  # metric -> mean and seed-only t interval
+    combined: CrossedSummary | None  # accuracy over seeds + test images (None: n < 2 or no predictions)
+    best: dict[str, bool] = field(default_factory=dict)  # metric -> best mean of its column
+    tie: dict[str, bool] = field(default_factory=dict)  # metric -> paired CI vs the best includes 0
+    delta: Comparison | None = None  # accuracy vs the baseline
+    p_holm: float | None = None  # delta.p adjusted across the Δ table
+    per_class_recall: list[float | None] = field(default_factory=list)  # mean over seeds
+    confusion: np.ndarray | None = None  # mean over seeds of the row-normalised confusion matrix
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    def accuracy_interval(self, interval: str) -> tuple[float | None, str]:
+        """(95% half-width of accuracy, what it covers) in the table's `interval` mode; a cell that cannot give
+        the combined interval (a run without predictions) falls back to the seed-only one and says so."""
+        if interval == "combined" and self.combined is not None:
+            return self.combined.ci95, "seeds + test images"
+        return self.summaries["accuracy"].ci95, "seeds"
+
+
+def _mean_per_class(runs: list[Run]) -> list[float | None]:
+    rows = [r.record["metrics"]["final"].get("per_class_recall") for r in runs]
+    rows = [row for row in rows if isinstance(row, list)]
+    if not rows:
+        return []
+    out: list[float | None] = []
+    for c in range(max(len(row) for row in rows)):
+        vals = [float(row[c]) for row in rows if c < len(row) and is_number(row[c])]
+        out.append(math.fsum(vals) / len(vals) if vals else None)
+    return out
+
+
+def _mean_confusion(runs: list[Run]) -> np.ndarray | None:
+    mats = []
+    for r in runs:
+        m = r.record["metrics"]["final"].get("confusion_matrix")
+        if not isinstance(m, list) or not m:
+            return None
+        a = np.asarray(m, dtype=np.float64)
+        rows = a.sum(axis=1, keepdims=True)
+        mats.append(np.divide(a, rows, out=np.full_like(a, np.nan), where=rows > 0))
+    if len({m.shape for m in mats}) != 1:
+        return None
+    with np.errstate(invalid="ignore"):
+        return np.nanmean(np.stack(mats), axis=0) if mats else None
+
+
+@dataclass
+class ProtocolTable:
+    """Every number of one (dataset, protocol): cells by (method, budget), the reference runs, the baseline."""
+
+    dataset: str
+    protocol: str
+    budgets: list[float]
+    methods: list[str]  # row order: the baseline first, then by name
+    baseline: str | None
+    cells: dict[tuple[str, float], Cell]
+    ref_runs: list[Run]
+    runs: list[Run]
+    class_names: list[str]
+    reference: dict[str, Summary] = field(default_factory=dict)  # metric -> the reference's summary
+    reference_combined: CrossedSummary | None = None
+    holm_family: int = 0  # Δ comparisons with a p-value (the family Holm corrects over)
+
+    def cell(self, method: str, budget: float) -> Cell | None:
+        return self.cells.get((method, budget))
+
+    def shown_interval(self, interval: str) -> str:
+        """The accuracy interval the table shows: "combined" only if asked for and some cell can give it."""
+        can = self.reference_combined is not None or any(c.combined is not None for c in self.cells.values())
+        return "combined" if interval == "combined" and can else "seeds"
+
+
+def reference_interval(t: ProtocolTable, key: str, interval: str) -> float | None:
+    """The reference's half-width for metric `key` in the table's `interval` mode."""
+    if key == "accuracy" and interval == "combined" and t.reference_combined is not None:
+        return t.reference_combined.ci95
+    return t.reference[key].ci95
+
+
+def build_protocol_table(dataset: str, protocol: str, runs: list[Run], ref_runs: list[Run],
+                         baseline: str) -> ProtocolTable:
+    budgets = sorted({r.budget for r in runs})
+    names = sorted({r.method for r in runs})
+    base = baseline if baseline in names else None
+    methods = ([base] if base else []) + [m for m in names if m != base]
+    grouped: dict[tuple[str, float], list[Run]] = {}
+    for r in runs:
+        grouped.setdefault((r.method, r.budget), []).append(r)
+    cells: dict[tuple[str, float], Cell] = {}
+    for (m, b), group in grouped.items():
+        group = sorted(group, key=lambda r: r.seed)
+        summaries = {key: summarize([r.metrics[key] for r in group if key in r.metrics])
+                     for key, _, _ in FINAL_METRICS if any(key in r.metrics for r in group)}
+        best_vals = [r.metrics["best_accuracy"] for r in group if "best_accuracy" in r.metrics]
+        if best_vals:
+            summaries["best_accuracy"] = summarize(best_vals)
+        table = _table(group)
+        cells[(m, b)] = Cell(m, b, group, summaries, crossed_summary(table) if table is not None else None,
+                             per_class_recall=_mean_per_class(group), confusion=_mean_confusion(group))
+    for b in budgets:  # best of each column, and the methods tied with it
+        for key, _, _ in FINAL_METRICS:
+            col = [c for m in methods if (c := cells.get((m, b))) is not None and key in c.summaries]
+            if not col:
+                continue
+            top = max(col, key=lambda c: c.summaries[key].mean)  # first in row order on equal means
+            for c in col:
+                c.best[key] = c.summaries[key].mean == top.summaries[key].mean
+                cmp = None if c.best[key] else compare(top.runs, c.runs, key)
+                c.tie[key] = bool(cmp is not None and cmp.n >= 2 and cmp.ci95 is not None and not cmp.excludes_zero)
+    family = []
+    if base is not None:
+        for m in methods[1:]:
+            for b in budgets:
+                c, bc = cells.get((m, b)), cells.get((base, b))
+                if c is not None and bc is not None:
+                    c.delta = compare(c.runs, bc.runs)
+                    if c.delta is not None and c.delta.p is not None:
+                        family.append(c)
+        for c, adjusted in zip(family, holm([c.delta.p for c in family]), strict=True):
+            c.p_holm = adjusted
+    class_names = next((list(r.record.get("class_names") or []) for r in runs + ref_runs), [])
+    reference = {key: summarize([r.metrics[key] for r in ref_runs if key in r.metrics])
+                 for key in ("accuracy", "mean_class_accuracy", "macro_f1", "best_accuracy")
+                 if any(key in r.metrics for r in ref_runs)}
+    ref_table = _table(sorted(ref_runs, key=lambda r: r.seed))
+    return ProtocolTable(dataset, protocol, budgets, methods, base, cells, ref_runs, runs, class_names, reference,
+                         crossed_summary(ref_table) if ref_table is not None else None, len(family))
+
+
+def build_tables(runs: list[Run], baseline: str) -> dict[str, list[ProtocolTable]]:
+    """dataset -> its protocol tables, in name order."""
+    check_unique((r for r in runs if r.method != REFERENCE_METHOD),
+                 lambda r: (r.dataset, r.protocol, r.budget, r.method, r.seed), "(dataset, protocol, budget, method)")
+    # The reference ignores the budget, so one run per seed per dataset, whatever protocol it was filed under.
+    check_unique((r for r in runs if r.method == REFERENCE_METHOD), lambda r: (r.dataset, r.seed),
+                 f"{REFERENCE_METHOD} on dataset")
+    out: dict[str, list[ProtocolTable]] = {}
+    for dataset in sorted({r.dataset for r in runs}):
+        mine = [r for r in runs if r.dataset == dataset]
+        ref = [r for r in mine if r.method == REFERENCE_METHOD]
+        main = [r for r in mine if r.method != REFERENCE_METHOD]
+        protocols = sorted({r.protocol for r in main} or {r.protocol for r in ref})
+        out[dataset] = [build_protocol_table(dataset, p, [r for r in main if r.protocol == p], ref, baseline)
+                        for p in protocols]
+    return out

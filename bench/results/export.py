@@ -1,0 +1,161 @@
+"""Leaderboard exports from the same aggregation as the markdown (`bench.results.aggregate`): LaTeX for a paper
+(booktabs, ready for `\\input`) and CSV for pandas (one row per cell). Deterministic like the markdown."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from bench.results.aggregate import REFERENCE_METHOD, ProtocolTable, reference_interval
+from bench.results.fmt import interval_words, p_text, pct
+from bench.results.plots import budget_label
+
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: str) -> str:
+    return "".join(_TEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def _num(x: float | None, signed: bool = False) -> str:
+    return "" if x is None else pct(x, signed)
+
+
+def _tex_cell(mean: float, half: float | None, n: int, show_n: bool, signed: bool = False) -> str:
+    text = _num(mean, signed) + (rf" $\pm$ {_num(half)}" if half is not None else "")
+    return text + (rf"\textsubscript{{n={n}}}" if show_n else "")
+
+
+def _tabular(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [rf"\begin{{tabular}}{{l{'c' * (len(header) - 1)}}}", r"\toprule", " & ".join(header) + r" \\",
+            r"\midrule", *(" & ".join(r) + r" \\" for r in rows), r"\bottomrule", r"\end{tabular}"]
+
+
+def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
+    interval = t.shown_interval(interval)
+    ns = {c.n for c in t.cells.values()} | ({t.reference["accuracy"].n} if "accuracy" in t.reference else set())
+    show_n = len(ns) > 1
+    with_ref = "accuracy" in t.reference
+    header = ["Method", *(tex_escape(budget_label(t.protocol, b)) for b in t.budgets)] + (
+        ["all labels"] if with_ref else [])
+    rows, fallback = [], False
+    for m in t.methods:
+        row = [tex_escape(m)]
+        for b in t.budgets:
+            c = t.cell(m, b)
+            if c is None:
+                row.append("--")
+                continue
+            half, over = c.accuracy_interval(interval)
+            text = _tex_cell(c.summaries["accuracy"].mean, half, c.n, show_n)
+            if c.best.get("accuracy"):
+                text = rf"\textbf{{{text}}}"
+            elif c.tie.get("accuracy"):
+                text += r"$^\dagger$"
+            if interval == "combined" and over == "seeds" and half is not None:
+                text += r"$^\ddagger$"
+                fallback = True
+            row.append(text)
+        rows.append(row + (["--"] if with_ref else []))
+    if with_ref:
+        ref = t.reference["accuracy"]
+        rows.append([tex_escape(REFERENCE_METHOD), *("--" for _ in t.budgets),
+                     _tex_cell(ref.mean, reference_interval(t, "accuracy", interval), ref.n, show_n)])
+    label = f"tab:{dataset}-{t.protocol}".replace("_", "-")
+    seeds = "" if show_n else f" over {ns.pop()} seeds"
+    out = [r"\begin{table}[t]", r"\centering",
+           rf"\caption{{{tex_escape(dataset)}, protocol {tex_escape(t.protocol)}: top-1 accuracy (\%) of the final "
+           rf"checkpoint, mean{seeds} $\pm$ {tex_escape(interval_words(interval))}. Bold: best mean; $^\dagger$: "
+           r"the paired 95\% CI of the difference to the best includes 0."
+           + (r" $^\ddagger$: seed-only t-CI (a run without per-image predictions)." if fallback else "") + "}",
+           rf"\label{{{label}}}", *_tabular(header, rows), r"\end{table}"]
+    others = [m for m in t.methods if m != t.baseline]
+    if t.baseline is None or not others:
+        return out
+    drows = []
+    for m in others:
+        row = [tex_escape(m)]
+        for b in t.budgets:
+            c = t.cell(m, b)
+            d = c.delta if c is not None else None
+            if d is None:
+                row.append("--")
+                continue
+            text = _tex_cell(d.mean, d.ci95, d.n, show_n, signed=True)
+            if d.p is not None:
+                text += " ($" + p_text(r"p_\mathrm{Holm}", c.p_holm) + "$)"
+                text = rf"\textbf{{{text}}}" if c.p_holm < 0.05 else text
+            row.append(text)
+        drows.append(row)
+    return out + ["", r"\begin{table}[t]", r"\centering",
+                  rf"\caption{{{tex_escape(dataset)}, protocol {tex_escape(t.protocol)}: $\Delta$ accuracy "
+                  rf"(percentage points) vs {tex_escape(t.baseline)}, paired, mean $\pm$ 95\% CI, with the "
+                  rf"Holm--Bonferroni adjusted p-value over the {t.holm_family} comparisons of the table; bold: "
+                  r"significant after the correction.}",
+                  rf"\label{{{label}-delta}}", *_tabular(header[:len(t.budgets) + 1], drows), r"\end{table}"]
+
+
+def write_latex(dataset: str, tables: list[ProtocolTable], interval: str, path: Path) -> Path:
+    """`<dataset>.tex`: per protocol, the accuracy table and the Δ table (needs `\\usepackage{booktabs}`)."""
+    lines = [f"% FERBench leaderboard: {dataset}. Generated from run records by bench.results.export;",
+             r"% \input{} it in a document with \usepackage{booktabs}."]
+    for t in tables:
+        lines += ["", *_latex_protocol(dataset, t, interval)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+CSV_COLUMNS = ("dataset", "protocol", "budget", "budget_label", "method", "n", "seeds",
+               "accuracy", "accuracy_ci95_seeds", "accuracy_ci95_combined",
+               "mean_class_accuracy", "mean_class_accuracy_ci95_seeds", "macro_f1", "macro_f1_ci95_seeds",
+               "best_on_test_accuracy", "best", "tied_with_best", "delta_vs", "delta", "delta_ci95", "delta_over",
+               "p_value", "p_holm")
+
+
+def _pct4(x: float | None) -> str:
+    return "" if x is None else f"{round(x * 100.0, 4) + 0.0:.4f}"
+
+
+def _p6(x: float | None) -> str:
+    return "" if x is None else f"{x:.6g}"
+
+
+def _metric_columns(summaries: dict, key: str) -> list[str]:
+    return [_pct4(summaries[key].mean), _pct4(summaries[key].ci95)] if key in summaries else ["", ""]
+
+
+def write_csv(tables: list[ProtocolTable], path: Path) -> Path:
+    """`<dataset>.csv`: one row per (protocol, budget, method) cell and one per reference; metrics in percent
+    (4 decimals), both accuracy intervals, the paired Δ vs the baseline with its raw and Holm p-values."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CSV_COLUMNS)
+    for t in tables:
+        for b in t.budgets:
+            for m in t.methods:
+                c = t.cell(m, b)
+                if c is None:
+                    continue
+                s, d = c.summaries, c.delta
+                w.writerow([t.dataset, t.protocol, f"{b:g}", budget_label(t.protocol, b), m, c.n,
+                            " ".join(str(r.seed) for r in c.runs), *_metric_columns(s, "accuracy"),
+                            _pct4(c.combined.ci95 if c.combined else None), *_metric_columns(s, "mean_class_accuracy"),
+                            *_metric_columns(s, "macro_f1"), _pct4(s["best_accuracy"].mean if "best_accuracy" in s
+                                                                   else None),
+                            int(bool(c.best.get("accuracy"))), int(bool(c.tie.get("accuracy"))),
+                            t.baseline if d is not None else "", _pct4(d.mean if d else None),
+                            _pct4(d.ci95 if d else None), d.over if d else "", _p6(d.p if d else None),
+                            _p6(c.p_holm)])
+        if "accuracy" in t.reference:
+            r = t.reference
+            w.writerow([t.dataset, t.protocol, "", "all labels", REFERENCE_METHOD, r["accuracy"].n,
+                        " ".join(str(x.seed) for x in sorted(t.ref_runs, key=lambda x: x.seed)),
+                        *_metric_columns(r, "accuracy"),
+                        _pct4(t.reference_combined.ci95 if t.reference_combined else None),
+                        *_metric_columns(r, "mean_class_accuracy"), *_metric_columns(r, "macro_f1"),
+                        _pct4(r["best_accuracy"].mean if "best_accuracy" in r else None), 0, 0, "", "", "", "", "",
+                        ""])
+    path.write_text(buf.getvalue(), encoding="utf-8")
+    return path
