@@ -155,11 +155,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.pretrain_data:  # FR-pretraining's extra face folders for its reconstruction stage
         overrides.append(f"method_args.pretrain_data={json.dumps(args.pretrain_data)}")
+    from bench.launch.preemption import Preemption
+
     cfg = build_config(args.config, overrides)
     existed = run_paths(cfg).record.exists()
-    rec = train(cfg, progress=_progress() if not args.quiet else None)
+    preemption = Preemption()  # SIGUSR2 (a scheduler's warning): checkpoint at the next agreed step and stop
+    try:
+        rec = train(cfg, progress=_progress() if not args.quiet else None, should_stop=preemption)
+    finally:
+        preemption.restore()
     if rec is None:
-        print(f"stopped before the last iteration; the checkpoint to resume from is under {run_paths(cfg).run_dir}")
+        why = "on a pre-emption signal (SIGUSR2)" if preemption() else "before the last iteration"
+        print(f"stopped {why}; the checkpoint to resume from is under {run_paths(cfg).run_dir}")
         return 0
     m = rec["metrics"]
     state = "already done" if existed else "done"
@@ -188,12 +195,13 @@ def _run_sweep(spec_path: Path, overrides: list[str], dry_run: bool, leaderboard
                executor: str = "inline", cluster: dict | None = None, wait: bool = False,
                runs_per_gpu: int | None = None) -> int:
     from bench.launch.pack import check_runs_per_gpu
-    from bench.launch.sweep import expand, load_sweep, run_local, validate_cells
+    from bench.launch.sweep import expand, load_sweep, run_local, settle_output_dir, validate_cells
 
     spec = load_sweep(spec_path)
     if runs_per_gpu is not None:
         spec.runs_per_gpu = check_runs_per_gpu(runs_per_gpu, "--")
     runs = expand(spec, overrides)
+    settle_output_dir(spec, runs)  # an output_dir override moves the submission log and job logs too
     validate_cells(spec, runs)  # every cell, before any data is prepared, run started or job submitted
     out = leaderboard_dir or spec.leaderboard_dir
     if executor != "inline":
@@ -343,7 +351,7 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
 
     run_train_benchmark(args.method, args.steps, args.warmup, args.image_size, args.batch_size, args.mu, args.backbone,
                         args.augment_on, args.compile, args.channels_last, args.mixed_precision, args.workers,
-                        args.n_train, args.cache_dir, not args.no_cpu_path, args.json)
+                        args.n_train, args.cache_dir, not args.no_cpu_path, args.json, args.stage)
     return 0
 
 
@@ -414,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--cache-dir", default=None)
     bt.add_argument("--no-cpu-path", action="store_true", help="skip the augment_on=cpu comparison")
     bt.add_argument("--json", default=None, help="also write the results here")
+    bt.add_argument("--stage", default=None, help="a multi-stage method's stage to measure (default: its last)")
     bt.set_defaults(fn=_cmd_bench_train)
 
     r = sub.add_parser("run", help="train one run (resumes from its checkpoint if interrupted)")

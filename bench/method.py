@@ -3,6 +3,13 @@
 A method holds only what is specific to it: its losses, thresholds and state. The engine gives it a
 batch whose views it declared and a context; it returns the loss to minimise and scalars to log
 (the shape of Lightning's `training_step`). It never sees file formats or data loading.
+
+A step should not read tensor values on the host (`.item()`, `if tensor:`, boolean indexing): on a GPU each
+read waits for the device. Logs are returned as detached tensors, which the loop reads every `log_every`
+iterations. Supervised, FixMatch, SoftMatch, MeanTeacher and DTA-SNL steps read nothing (tested); FlexMatch's
+selected-label update, FreeMatch's fairness term, Ada-CM's and LEAF's NT-Xent subset and SIT-FER's masked
+cross-entropy and memory-bank scores work on data-dependent subsets, as their reference code does, and still
+read the subset's size.
 """
 
 from __future__ import annotations
@@ -33,6 +40,10 @@ class Batch:
     unlabeled: dict[str, Tensor] | None = None
 
 
+def this_process_only(t: Tensor) -> Tensor:
+    return t
+
+
 @dataclass
 class StepContext:
     step: int  # 0-based iteration being trained
@@ -42,6 +53,11 @@ class StepContext:
     stage: str = "main"
     #: maps a normalised view back to uint8 pixels (N, 3, H, W), for methods that look at the images
     denormalize: Callable[[Tensor], Tensor] | None = None
+    #: every process's rows of a per-sample tensor, concatenated (the tensor itself in a one-process run).
+    #: A method updates its state (class counts, EMAs, thresholds, memory banks) from gathered statistics, as the
+    #: reference code does under DDP, so every process holds the same state; the engine checks that it does at
+    #: every checkpoint of a multi-process run.
+    gather: Callable[[Tensor], Tensor] = this_process_only
 
 
 @dataclass
@@ -91,8 +107,11 @@ class Stage:
 
 @dataclass
 class StepOutput:
+    """The loss to minimise, and scalars to log: detached 0-dim tensors (or Python numbers). The loop reads the
+    tensors on the host only every `log_every` iterations, so a step never waits for the accelerator."""
+
     loss: Tensor
-    logs: dict[str, float] = field(default_factory=dict)
+    logs: dict[str, Tensor | float] = field(default_factory=dict)
 
 
 class Method:

@@ -104,6 +104,6 @@ class AdaCM(Method):
         loss_u, loss_s, mask = self.losses(l1, l2, ls, f1, f2)
         h = self.hparams
         loss = h["lambda_x"] * loss_x + h["lambda_u"] * loss_u + h["lambda_s"] * loss_s
-        return StepOutput(loss, {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "loss_s": loss_s.item(),
-                                 "mask_rate": mask.mean().item(),
-                                 "threshold_mean": self.thresholds.mean().item()})
+        return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "loss_s": loss_s.detach(),
+                                 "mask_rate": mask.mean().detach(),
+                                 "threshold_mean": self.thresholds.mean().detach()})

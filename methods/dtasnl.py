@@ -34,6 +34,7 @@ The optimiser and schedule (Adam 5e-4, 20 x 800 iterations in the reconstruction
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -42,7 +43,15 @@ from torch import Tensor, nn
 
 from bench.engine.model import feature_map, feature_map_channels
 from bench.errors import FERBenchError
-from bench.method import Batch, Method, StepContext, StepOutput, cross_entropy_masked_mean, joint_forward
+from bench.method import (
+    Batch,
+    Method,
+    StepContext,
+    StepOutput,
+    cross_entropy_masked_mean,
+    joint_forward,
+    this_process_only,
+)
 from bench.registry import register_method
 
 
@@ -187,9 +196,11 @@ class DTASNL(Method):
             return per_sample.sum() / selected.sum().clamp(min=1), selected
         return per_sample.mean(), selected
 
-    def unlabeled_losses(self, probs: Tensor, logits_s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(L_u, L_nl, confident mask, selected-for-negative-learning mask) from weak-view probabilities."""
-        self.update_thresholds(probs)
+    def unlabeled_losses(self, probs: Tensor, logits_s: Tensor, gather: Callable[[Tensor], Tensor] = this_process_only
+                         ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(L_u, L_nl, confident mask, selected-for-negative-learning mask) from weak-view probabilities; the
+        thresholds move with every process's batch (`gather`)."""
+        self.update_thresholds(gather(probs))
         max_p, pseudo = probs.max(dim=-1)
         confident = max_p >= self.thresholds[pseudo]
         loss_u = cross_entropy_masked_mean(logits_s.float(), pseudo, confident.float())
@@ -207,10 +218,10 @@ class DTASNL(Method):
             logits_x, logits_w, logits_s = joint_forward(model, x, u_weak, u_strong)
             probs = logits_w.detach().float().softmax(dim=-1)
         loss_x = F.cross_entropy(logits_x, y)
-        loss_u, loss_nl, confident, selected = self.unlabeled_losses(probs, logits_s)
+        loss_u, loss_nl, confident, selected = self.unlabeled_losses(probs, logits_s, ctx.gather)
         h = self.hparams
         loss = loss_x + h["lambda_u"] * loss_u + h["lambda_n"] * loss_nl
-        return StepOutput(loss, {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "loss_nl": loss_nl.item(),
-                                 "mask_rate": confident.float().mean().item(),
-                                 "nl_rate": selected.float().mean().item(),
-                                 "threshold_mean": self.thresholds.mean().item()})
+        return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "loss_nl": loss_nl.detach(),
+                                 "mask_rate": confident.float().mean().detach(),
+                                 "nl_rate": selected.float().mean().detach(),
+                                 "threshold_mean": self.thresholds.mean().detach()})

@@ -23,7 +23,8 @@ class FixMatch(Method):
         loss_x, probs, logits_us = weak_strong_forward(model, batch)
         loss_u, mask = self.unlabeled_loss(probs, logits_us)
         loss = loss_x + self.hparams["lambda_u"] * loss_u
-        return StepOutput(loss, {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "mask_rate": mask.mean().item()})
+        return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(),
+                                 "mask_rate": mask.mean().detach()})
 
     def unlabeled_loss(self, probs_weak: Tensor, logits_strong: Tensor) -> tuple[Tensor, Tensor]:
         """Masked pseudo-label loss and the mask (1 where the weak-view probability passes tau)."""

@@ -11,6 +11,8 @@ selected_label and beta for the next step, as USB's hook does.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -21,6 +23,7 @@ from bench.method import (
     StepContext,
     StepOutput,
     cross_entropy_masked_mean,
+    this_process_only,
     weak_strong_forward,
 )
 from bench.registry import register_method
@@ -49,29 +52,33 @@ class FlexMatch(Method):
         self.selected_label = state["selected_label"].to(self.selected_label.device)
         self.classwise_acc = state["classwise_acc"].to(self.classwise_acc.device)
 
-    def mask(self, probs: Tensor, idx: Tensor) -> Tensor:
-        """Mask from the current class-wise thresholds, then record this batch's confident predictions."""
+    def mask(self, probs: Tensor, idx: Tensor, gather: Callable[[Tensor], Tensor] = this_process_only) -> Tensor:
+        """Mask from the current class-wise thresholds, then record the confident predictions of every process's
+        batch (`gather`, as USB's hook does under DDP), so all processes keep the same counts."""
         tau = self.hparams["threshold"]
         max_probs, pseudo = probs.max(dim=-1)
         beta = self.classwise_acc[pseudo]
         mask = (max_probs >= tau * (beta / (2.0 - beta))).float()
-        select = max_probs >= tau
+        all_max, all_pseudo = gather(probs).max(dim=-1)
+        all_idx = gather(idx)
+        select = all_max >= tau
         if select.any():
-            self.selected_label[idx[select]] = pseudo[select]
+            self.selected_label[all_idx[select]] = all_pseudo[select]
         self._update_classwise_acc()
         return mask
 
     def _update_classwise_acc(self) -> None:
         counts = torch.bincount(self.selected_label + 1, minlength=self.num_classes + 1).float()
         per_class = counts[1:]
-        if counts.max() >= len(self.selected_label):
-            return  # every sample in one bucket (e.g. none selected yet): USB leaves beta as it is
         denom = counts.max() if self.hparams["thresh_warmup"] else per_class.max()
-        self.classwise_acc = per_class / denom
+        # every sample in one bucket (e.g. none selected yet): USB leaves beta as it is (decided on the device)
+        self.classwise_acc = torch.where(counts.max() >= len(self.selected_label), self.classwise_acc,
+                                         per_class / denom)
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         loss_x, probs, logits_us = weak_strong_forward(model, batch)
-        mask = self.mask(probs, batch.unlabeled["idx"])
+        mask = self.mask(probs, batch.unlabeled["idx"], ctx.gather)
         loss_u = cross_entropy_masked_mean(logits_us.float(), probs.argmax(-1), mask)
         loss = loss_x + self.hparams["lambda_u"] * loss_u
-        return StepOutput(loss, {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "mask_rate": mask.mean().item()})
+        return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(),
+                                 "mask_rate": mask.mean().detach()})

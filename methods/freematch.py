@@ -11,10 +11,20 @@ As in USB `semilearn/algorithms/freematch` (reference/methods.md §7), with EMA 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-from bench.method import Batch, Method, StepContext, StepOutput, cross_entropy_masked_mean, weak_strong_forward
+from bench.method import (
+    Batch,
+    Method,
+    StepContext,
+    StepOutput,
+    cross_entropy_masked_mean,
+    this_process_only,
+    weak_strong_forward,
+)
 from bench.registry import register_method
 
 
@@ -60,22 +70,25 @@ class FreeMatch(Method):
         self.time_p, self.p_model, self.label_hist = (
             state[k].to(device) for k in ("time_p", "p_model", "label_hist"))
 
-    def mask(self, probs: Tensor) -> Tensor:
-        """Update the EMAs with this batch, then threshold it."""
+    def mask(self, probs: Tensor, gather: Callable[[Tensor], Tensor] = this_process_only) -> Tensor:
+        """Update the EMAs with every process's batch (`gather`, as USB's hook does under DDP), then threshold
+        this process's."""
         m = self.hparams["ema_p"]
         max_probs, pseudo = probs.max(dim=-1)
-        self.time_p = m * self.time_p + (1 - m) * max_probs.mean()
-        self.p_model = m * self.p_model + (1 - m) * probs.mean(dim=0)
-        hist = torch.bincount(pseudo, minlength=self.num_classes).to(probs.dtype)
+        all_probs = gather(probs)
+        all_max, all_pseudo = all_probs.max(dim=-1)
+        self.time_p = m * self.time_p + (1 - m) * all_max.mean()
+        self.p_model = m * self.p_model + (1 - m) * all_probs.mean(dim=0)
+        hist = torch.bincount(all_pseudo, minlength=self.num_classes).to(probs.dtype)
         self.label_hist = m * self.label_hist + (1 - m) * hist / hist.sum()
         modulation = self.p_model / self.p_model.max()
         return (max_probs >= self.time_p * modulation[pseudo]).float()
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         loss_x, probs, logits_us = weak_strong_forward(model, batch)
-        mask = self.mask(probs)
+        mask = self.mask(probs, ctx.gather)
         loss_u = cross_entropy_masked_mean(logits_us.float(), probs.argmax(-1), mask)
         loss_f = fairness_loss(mask, logits_us.float(), self.p_model, self.label_hist) if mask.any() else loss_u * 0
         loss = loss_x + self.hparams["lambda_u"] * loss_u + self.hparams["lambda_e"] * loss_f
-        return StepOutput(loss, {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "loss_fair": loss_f.item(),
-                                 "mask_rate": mask.mean().item(), "tau_global": self.time_p.item()})
+        return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "loss_fair": loss_f.detach(),
+                                 "mask_rate": mask.mean().detach(), "tau_global": self.time_p.detach().clone()})

@@ -162,7 +162,7 @@ class FRPretraining(Method):
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         if ctx.stage == "pretrain":
             loss, _, mask = model(batch.unlabeled["weak"])
-            return StepOutput(loss, {"mask_rate": mask.mean().item()})
+            return StepOutput(loss, {"mask_rate": mask.mean().detach()})
         if ctx.stage == "finetune":
             return self.finetune_step(model, batch, ctx)
         return self.semisup_step(model, batch, ctx)
@@ -172,7 +172,7 @@ class FRPretraining(Method):
         x, y = batch.labeled["weak"], batch.labeled["y"]
         if not h["face_mixup"]:
             loss = F.cross_entropy(model(x).float(), y)
-            return StepOutput(loss, {"loss_x": loss.item()})
+            return StepOutput(loss, {"loss_x": loss.detach()})
         lam = float(torch.distributions.Beta(h["mixup_alpha"], h["mixup_alpha"]).sample())
         mixed = lam * x + (1.0 - lam) * x.flip(0)
         real = mixed if h["mixup_inplace_bug"] else x  # the reference's in-place mixup: "real" is mixed too
@@ -183,7 +183,7 @@ class FRPretraining(Method):
             iou = box_iou(boxes, boxes.flip(0))
         logits_mixed, logits_real = joint_forward(model, mixed, real)
         loss = face_mixup_loss(logits_mixed, logits_real, y, lam, iou, self.num_classes, h["label_smoothing"])
-        return StepOutput(loss, {"lam": lam, "mean_iou": iou.mean().item()})
+        return StepOutput(loss, {"lam": lam, "mean_iou": iou.mean().detach()})
 
     def semisup_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         h = self.hparams
@@ -195,4 +195,4 @@ class FRPretraining(Method):
         mask = (conf >= h["threshold"]).float()
         loss_u = cross_entropy_masked_mean(logits_us.float(), pseudo, mask)
         return StepOutput(loss_x + h["lambda_u"] * loss_u,
-                          {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "mask_rate": mask.mean().item()})
+                          {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": mask.mean().detach()})

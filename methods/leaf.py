@@ -222,9 +222,13 @@ class LEAF(AdaCM):
         positive, w = cpl_sets(q, int(h["topk"]), float(h["cpl_threshold"]), h["cpl_weight"])
         weighted = topk_loss(logits_s.float(), positive) * w
         loss = weighted.mean()
-        scale = 1.0
-        if h["rescale_to_ce"] and loss.item() > 0:  # a constant: only the value changes, as in the code
-            scale = F.cross_entropy(logits_s.float(), pseudo).mean().item() / loss.item()
+        scale: Tensor | float = 1.0
+        if h["rescale_to_ce"]:  # a constant: only the value changes, as in the code
+            # ce / loss in float64, then float32, as the code's Python-float ratio times a float32 tensor gives, and
+            # without reading either value on the host; 1 where the loss is 0
+            ce = F.cross_entropy(logits_s.float(), pseudo).mean().detach()
+            ratio = (ce.double() / loss.detach().double()).float()
+            scale = torch.where(loss.detach() > 0, ratio, torch.ones_like(ratio))
         mask = confident.float()
         if h["mask_per_sample"]:
             return scale * (weighted * mask).mean()
@@ -244,9 +248,9 @@ class LEAF(AdaCM):
         loss_u = self.category_loss(ls, (l1 + l2) / 2, pseudo, confident)
         h = self.hparams
         loss = h["lambda_x"] * loss_x + h["lambda_u"] * loss_u + h["lambda_s"] * loss_s + aux
-        logs = {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "loss_s": loss_s.item(),
-                "mask_rate": confident.float().mean().item(), "threshold_mean": self.thresholds.mean().item()}
+        logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "loss_s": loss_s.detach(),
+                "mask_rate": confident.float().mean().detach(), "threshold_mean": self.thresholds.mean().detach()}
         if h["paper_moe"]:
-            logs["loss_moe"] = float(aux)
+            logs["loss_moe"] = torch.as_tensor(aux).detach()
         return StepOutput(loss, logs)
 

@@ -38,7 +38,7 @@ class MeanTeacher(Method):
         loss_u = consistency_mse(logits_student.float(), logits_teacher.float())
         ramp = self.rampup(ctx.step, ctx.total_steps)
         loss = loss_x + self.hparams["lambda_u"] * ramp * loss_u
-        return StepOutput(loss, {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "rampup": ramp})
+        return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "rampup": ramp})
 
 
 def consistency_mse(logits_student: torch.Tensor, logits_teacher: torch.Tensor) -> torch.Tensor:

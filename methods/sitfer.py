@@ -167,17 +167,6 @@ class SITFERModel(nn.Module):
         return (logits, f) if return_features else logits
 
 
-def _gather(t: Tensor) -> Tensor:
-    """All processes' rows of `t` (so every replica writes the same bank), or `t` in one process."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, t.contiguous())
-    return torch.cat(parts)
-
-
 @register_method("sitfer")
 class SITFER(Method):
     views = ("weak", "strong")
@@ -294,13 +283,14 @@ class SITFER(Method):
         x, y, pos = batch.labeled["weak"], batch.labeled["y"], batch.labeled["pos"]
         logits_x, logits_u, logits_s, f_x, f_u, _ = joint_forward(model, x, batch.unlabeled["weak"],
                                                                  batch.unlabeled["strong"], return_features=True)
-        head.update_bank(_gather(f_x.detach().float()), _gather(y), _gather(pos))  # before scoring, as the code
+        # every process's labeled rows, so every replica writes the same bank; before scoring, as the code
+        head.update_bank(ctx.gather(f_x.detach().float()), ctx.gather(y), ctx.gather(pos))
         loss_s = F.cross_entropy(logits_x, y)
         loss_t = F.cross_entropy(head.text_scores(f_x), y)
         with_instance = ctx.step >= h["warmup_frac"] * ctx.total_steps
         probs = self.pseudo_distribution(head, logits_u, f_u, with_instance)
         loss_u, mask = self.consistency_loss(logits_s, probs)
         loss = h["lambda_s"] * loss_s + h["lambda_t"] * loss_t + h["lambda_u"] * loss_u
-        return StepOutput(loss, {"loss_x": loss_s.item(), "loss_t": loss_t.item(), "loss_u": loss_u.item(),
-                                 "mask_rate": mask.float().mean().item(), "instance_on": float(with_instance),
-                                 "bank_filled": (head.bank_labels >= 0).float().mean().item()})
+        return StepOutput(loss, {"loss_x": loss_s.detach(), "loss_t": loss_t.detach(), "loss_u": loss_u.detach(),
+                                 "mask_rate": mask.float().mean().detach(), "instance_on": float(with_instance),
+                                 "bank_filled": (head.bank_labels >= 0).float().mean().detach()})

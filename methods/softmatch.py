@@ -10,10 +10,20 @@ As in USB `semilearn/algorithms/softmatch` (reference/methods.md §7):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
-from bench.method import Batch, Method, StepContext, StepOutput, cross_entropy_masked_mean, weak_strong_forward
+from bench.method import (
+    Batch,
+    Method,
+    StepContext,
+    StepOutput,
+    cross_entropy_masked_mean,
+    this_process_only,
+    weak_strong_forward,
+)
 from bench.registry import register_method
 
 
@@ -41,22 +51,24 @@ class SoftMatch(Method):
         device = self.p_model.device
         self.p_model, self.mu_t, self.var_t = (state[k].to(device) for k in ("p_model", "mu_t", "var_t"))
 
-    def weights(self, probs: Tensor) -> Tensor:
-        """Align (updating p^_model), update the Gaussian's EMAs, and weight each sample."""
+    def weights(self, probs: Tensor, gather: Callable[[Tensor], Tensor] = this_process_only) -> Tensor:
+        """Align (updating p^_model), update the Gaussian's EMAs, and weight each sample; the EMAs move with every
+        process's batch (`gather`, as USB's hooks do under DDP)."""
         m = self.hparams["ema_p"]
         if self.hparams["dist_align"]:
-            self.p_model = m * self.p_model + (1 - m) * probs.mean(dim=0)
+            self.p_model = m * self.p_model + (1 - m) * gather(probs).mean(dim=0)
             probs = probs * (1.0 / self.num_classes + 1e-6) / (self.p_model + 1e-6)
             probs = probs / probs.sum(dim=-1, keepdim=True)
         max_probs = probs.max(dim=-1).values
-        self.mu_t = m * self.mu_t + (1 - m) * max_probs.mean()
-        self.var_t = m * self.var_t + (1 - m) * max_probs.var(unbiased=True)
+        all_max = gather(max_probs)
+        self.mu_t = m * self.mu_t + (1 - m) * all_max.mean()
+        self.var_t = m * self.var_t + (1 - m) * all_max.var(unbiased=True)
         gap = torch.clamp(max_probs - self.mu_t, max=0.0)
         return torch.exp(-(gap**2) / (2 * self.var_t / self.hparams["n_sigma"] ** 2))
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         loss_x, probs, logits_us = weak_strong_forward(model, batch)
-        w = self.weights(probs)
+        w = self.weights(probs, ctx.gather)
         loss_u = cross_entropy_masked_mean(logits_us.float(), probs.argmax(-1), w)
         loss = loss_x + self.hparams["lambda_u"] * loss_u
-        return StepOutput(loss, {"loss_x": loss_x.item(), "loss_u": loss_u.item(), "mask_rate": w.mean().item()})
+        return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": w.mean().detach()})

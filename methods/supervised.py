@@ -17,4 +17,4 @@ class Supervised(Method):
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         logits = model(batch.labeled["weak"])
         loss = nn.functional.cross_entropy(logits, batch.labeled["y"])
-        return StepOutput(loss, {"loss_x": loss.item()})
+        return StepOutput(loss, {"loss_x": loss.detach()})

@@ -14,6 +14,30 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 TINY_SYNTHFER = {"n_train": 280, "n_test": 140, "seed": 0, "size": 32}
 
 
+#: Set by CI (.ci/run), which installs every component the tests use: a missing one then fails its tests
+#: instead of skipping them, so CI cannot go green without running them. Elsewhere they skip, saying why.
+REQUIRE_COMPONENTS = os.environ.get("FERBENCH_REQUIRE_COMPONENTS") == "1"
+
+
+def require(module: str, reason: str):
+    """The imported `module`, or a skip saying `reason` (a failure where CI requires every component)."""
+    if REQUIRE_COMPONENTS:
+        import importlib
+
+        try:
+            return importlib.import_module(module)
+        except ImportError as e:
+            pytest.fail(f"{reason}; CI requires it (FERBENCH_REQUIRE_COMPONENTS=1): {e}")
+    return pytest.importorskip(module, reason=reason)
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skip for `reason`, or fail where CI requires every component."""
+    if REQUIRE_COMPONENTS:
+        pytest.fail(f"{reason}; CI requires it (FERBENCH_REQUIRE_COMPONENTS=1)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache for the session, so the tiny synthfer is generated and prepared once."""

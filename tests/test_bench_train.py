@@ -39,3 +39,20 @@ def test_bench_train_refuses_bad_settings(tmp_path: Path, capsys) -> None:
     assert main(["bench", "train", "fixmatch", "--compile", "fast", "--cache-dir", str(tmp_path)]) == 2
     assert "train.compile='fast'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing generated
+
+
+def test_bench_train_measures_the_stage_a_multi_stage_run_executes(shared_cache: Path, tmp_path: Path) -> None:
+    """FR-pretraining's stages, built as the trainer builds them (stage defaults, stage_model hand-off): the
+    semi-supervised stage by default, with its own mu = 1, and the Face-Mixup stage on request."""
+    common = ["--steps", "1", "--warmup", "1", "--image-size", "48", "--batch-size", "4", "--mu", "3",
+              "--backbone", "ferbench_vit_tiny", "--n-train", "280", "--workers", "1", "--no-cpu-path",
+              "--cache-dir", str(shared_cache)]
+    assert main(["bench", "train", "frpretrain", *common, "--json", str(tmp_path / "semi.json")]) == 0
+    semi = json.loads((tmp_path / "semi.json").read_text())
+    assert (semi["stage"], semi["mu"]) == ("semisup", 1)  # the stage's mu, not the flag's 3
+    assert semi["images_per_step"] == 4 + 2 * 4  # labeled weak + unlabeled weak and strong
+    assert main(["bench", "train", "frpretrain", *common, "--stage", "finetune",
+                 "--json", str(tmp_path / "fine.json")]) == 0
+    fine = json.loads((tmp_path / "fine.json").read_text())
+    assert (fine["stage"], fine["images_per_step"]) == ("finetune", 4)  # labeled images only
+    assert main(["bench", "train", "frpretrain", *common, "--stage", "warmup"]) == 2

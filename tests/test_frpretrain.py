@@ -23,7 +23,7 @@ from bench.errors import FERBenchError
 from bench.method import Batch, StepContext
 from bench.registry import create_method
 from methods.frpretrain import face_mixup_loss
-from tests.conftest import tiny_overrides
+from tests.conftest import require, tiny_overrides
 
 TINY_MAE = "{decoder_dim: 32, decoder_depth: 1, decoder_heads: 2}"
 
@@ -147,8 +147,8 @@ def test_a_box_provider_plugs_in_by_import_path() -> None:
 
 
 def test_opencv_boxes_find_the_face_in_a_real_photo() -> None:
-    skimage_data = pytest.importorskip("skimage.data")
-    pytest.importorskip("cv2")
+    skimage_data = require("skimage.data", "scikit-image not installed (the dev extra)")
+    require("cv2", "OpenCV not installed (pip install '.[faces]')")
     from bench.data.faceboxes import OpenCVFaceBoxes
 
     photo = skimage_data.astronaut()[:256, 96:352]  # Eileen Collins; her face is near (177..272, 66..161)
@@ -211,6 +211,10 @@ def test_resume_in_the_middle_of_stage_one_equals_an_uninterrupted_run(shared_ca
     assert not (stage_dir / "finetune" / "stage.json").exists()
     resumed = train(build_config(overrides=cut))
     assert resumed["metrics"] == full["metrics"] and resumed["history"] == full["history"]
+    # stage 0 ran once, stage 1 resumed at its checkpoint's step 3, stage 2 ran in the second process only
+    assert [s["sessions"] for s in resumed["stages"]] == [
+        [{"start_step": 0, "steps": 3}], [{"start_step": 0, "steps": 3}, {"start_step": 3, "steps": 3}],
+        [{"start_step": 0, "steps": 4}]]
     assert [s["end_checksum"] for s in resumed["stages"]] == [s["end_checksum"] for s in full["stages"]]
     assert not (stage_dir / "finetune" / "checkpoint").exists()
 

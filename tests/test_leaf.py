@@ -149,6 +149,6 @@ def test_training_step_weights_and_thresholds() -> None:
     u = {k: torch.randn(4, 4) for k in ("weak", "weak2", "strong")}
     batch = Batch({"weak": torch.randn(2, 4), "y": torch.tensor([0, 2])}, {**u, "idx": torch.arange(4)})
     out = leaf.training_step(model, batch, StepContext(0, 10, 3))
-    lg = out.logs
+    lg = {k: float(v) for k, v in out.logs.items()}  # logged tensors, read here as the loop does at log steps
     assert lg["mask_rate"] == 1.0 and lg["loss_s"] == 0.0  # no low-confidence sample for the contrast term
     assert out.loss.item() == pytest.approx(0.5 * lg["loss_x"] + lg["loss_u"] + 0.1 * lg["loss_s"], rel=1e-6)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import IdentityBackbone
+from conftest import IdentityBackbone, require
 from torch import nn
 
 from bench.engine.model import FERModel
@@ -149,7 +149,7 @@ def test_bad_text_encoder_arguments_fail_clearly(tmp_path: Path) -> None:
 
 
 def _tiny_bert_dir(path: Path) -> list[str]:
-    transformers = pytest.importorskip("transformers", reason="transformers not installed (pip install '.[text]')")
+    transformers = require("transformers", "transformers not installed (pip install '.[text]')")
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "this", "is", "a", "face", "image", "of",
              "neutral", "happy", "sad", "smiling"]
     path.mkdir()
@@ -164,8 +164,7 @@ def _tiny_bert_dir(path: Path) -> list[str]:
 
 
 def test_sentence_transformers_encoder_from_a_local_directory(tmp_path: Path) -> None:
-    st = pytest.importorskip("sentence_transformers",
-                             reason="sentence-transformers not installed (pip install '.[text]')")
+    st = require("sentence_transformers", "sentence-transformers not installed (pip install '.[text]')")
     _tiny_bert_dir(tmp_path / "st")
     args = {"text_encoder": "sentence-transformers", "text_encoder_path": str(tmp_path / "st"), "text_seed": 0}
     sit, head = _built(args)
@@ -184,7 +183,7 @@ def test_sentence_transformers_encoder_from_a_local_directory(tmp_path: Path) ->
 
 
 def test_transformers_clip_encoder_from_a_local_directory(tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers", reason="transformers not installed (pip install '.[text]')")
+    transformers = require("transformers", "transformers not installed (pip install '.[text]')")
     words = _tiny_bert_dir(tmp_path / "clip")
     torch.manual_seed(0)
     config = transformers.CLIPConfig(
@@ -202,7 +201,7 @@ def test_transformers_clip_encoder_from_a_local_directory(tmp_path: Path) -> Non
 
 
 def test_open_clip_encoder_from_a_local_directory(tmp_path: Path) -> None:
-    open_clip = pytest.importorskip("open_clip", reason="open_clip_torch not installed (pip install open_clip_torch)")
+    open_clip = require("open_clip", "open_clip_torch not installed (pip install open_clip_torch)")
     import json
 
     cfg = {"embed_dim": 6, "vision_cfg": {"image_size": 32, "layers": 1, "width": 8, "patch_size": 16, "head_width": 4},

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import skip_or_fail
 
 from bench.cli import main
 
@@ -35,12 +36,12 @@ def slurm_cluster():
         yield
         return
     if os.geteuid() != 0:
-        pytest.skip("no SLURM cluster running, and starting the local one (slurm/cluster.sh) needs root")
+        skip_or_fail("no SLURM cluster running, and starting the local one (slurm/cluster.sh) needs root")
     res = subprocess.run(["bash", str(REPO / "slurm" / "cluster.sh"), "up"], capture_output=True, text=True,
                          timeout=600)
     if res.returncode != 0 or not _cluster_answers():
         tail = " | ".join((res.stderr or res.stdout).strip().splitlines()[-3:])
-        pytest.skip(f"the local SLURM cluster could not be started: {tail}")
+        skip_or_fail(f"the local SLURM cluster could not be started: {tail}")
     yield
     subprocess.run(["bash", str(REPO / "slurm" / "cluster.sh"), "down"], capture_output=True, timeout=120)
 
@@ -76,7 +77,10 @@ def test_array_sweep_status_failure_and_resubmission(slurm_cluster, shared_cache
     spec = _spec(tmp_path / "six.yaml", out, shared_cache, methods, [0, 1, 2], {"iterations": 4, "eval_every": 2})
     assert main(["sweep", str(spec), "--executor", "slurm", "--wait"]) == 0
     assert "submitted 6 runs as job(s)" in capsys.readouterr().out
-    assert len(list((out / "records").glob("*.json"))) == 6
+    records = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert len(records) == 6
+    # each single-task job uses the one CPU it was given, and is not set up as a distributed run
+    assert {(r["host"]["torch_threads"], r["distributed"]["type"], r["world_size"]) for r in records} == {(1, "NO", 1)}
     ids = set(_job_ids(out).values())
     assert len({i.split("_")[0] for i in ids}) == 1 and len(ids) == 6  # one array of 6 tasks
     # a run that fails at run time (the loss diverges), in the same folder
@@ -97,7 +101,8 @@ def test_array_sweep_status_failure_and_resubmission(slurm_cluster, shared_cache
 def _interrupted_equals_uninterrupted(tmp_path: Path, cache: Path, interrupt) -> dict:
     """Submit one run twice (two output folders, same run id): interrupt one with `interrupt(job_id)` once
     it has a checkpoint; both must end with one record each and equal metrics."""
-    train = {"iterations": 40, "eval_every": 5, "checkpoint_every": 5}
+    # long enough that the interruption lands mid-run: a single-thread job runs these tiny steps in ~20 ms
+    train = {"iterations": 400, "eval_every": 50, "checkpoint_every": 50}
     outs = {k: tmp_path / k for k in ("plain", "interrupted")}
     for k, out in outs.items():
         spec = _spec(tmp_path / f"{k}.yaml", out, cache, ["fixmatch"], [0], train)
@@ -135,6 +140,11 @@ def _interrupted_equals_uninterrupted(tmp_path: Path, cache: Path, interrupt) ->
     a, b = (json.loads(records[k][0].read_text()) for k in ("plain", "interrupted"))
     assert a["run_id"] == b["run_id"] == rid
     assert b["metrics"] == a["metrics"] and b["history"] == a["history"]
+    # the requeued job resumed at a checkpoint's step, not at 0, and ran the rest
+    assert a["sessions"] == [{"start_step": 0, "steps": 400}]
+    first, second = b["sessions"]
+    assert second["start_step"] > 0 and first == {"start_step": 0, "steps": second["start_step"]}
+    assert second["start_step"] + second["steps"] == 400
     def attempts() -> list[str] | None:  # every start of the job, once the last one has ended
         lines = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-o", "JobID,State", "-j", job_id],
                                capture_output=True, text=True).stdout.strip().splitlines()
@@ -172,6 +182,27 @@ def test_a_bad_last_cell_submits_nothing_to_the_cluster(slurm_cluster, tmp_path:
                             check=True, timeout=60).stdout
     assert queued.strip() == ""
     assert not out.exists() and not cache.exists()  # no submitit folder, submission log, status or prepared data
+
+
+def test_an_output_dir_override_moves_everything_the_sweep_writes(slurm_cluster, shared_cache: Path, tmp_path: Path,
+                                                                  capsys) -> None:
+    spec_out, moved = tmp_path / "spec_out", tmp_path / "moved"
+    spec = _spec(tmp_path / "moving.yaml", spec_out, shared_cache, ["supervised"], [0, 1, 2],
+                 {"iterations": 30, "eval_every": 30})
+    try:
+        assert main(["sweep", str(spec), "--executor", "slurm", "--array-parallelism", "1",
+                     f"output_dir={moved}"]) == 0
+        assert f"follow with: ferbench status {moved}" in capsys.readouterr().out
+        assert main(["status", str(moved)]) == 0
+        last = capsys.readouterr().out.strip().splitlines()[-1]
+        counts = dict(reversed(part.split(" ", 1)) for part in last.split(", "))
+        assert sum(int(n) for n in counts.values()) == 3 and int(counts["pending"]) >= 1, last
+        assert (moved / "jobs.jsonl").is_file() and (moved / "logs").is_dir()
+        assert not spec_out.exists()  # nothing under the spec's own folder
+    finally:
+        subprocess.run(["scancel", "-n", "ferbench-moving"], capture_output=True, timeout=60)
+        _wait(lambda: not subprocess.run(["squeue", "-h", "-n", "ferbench-moving"], capture_output=True,
+                                         text=True).stdout.strip(), 60, "the cancelled jobs to leave the queue")
 
 
 def test_status_needs_a_sweep_folder(tmp_path: Path, capsys) -> None:

@@ -19,15 +19,20 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from timm.utils import ModelEmaV3
 
-from bench.config import RunConfig, build_config
-from bench.data.views import ViewMaker
-from bench.engine import performance as perf
-from bench.engine.feed import make_feed
+from bench.config import RunConfig, build_config, config_from_dict
 from bench.engine.model import build_model
-from bench.engine.streams import IndexStream, labeled_stream, step_seed
-from bench.engine.trainer import build_optimizer, optimisation_step, prepare_run_data, validate
+from bench.engine.streams import step_seed
+from bench.engine.trainer import (
+    StageSetup,
+    images_per_step,
+    optimisation_step,
+    prepare_run_data,
+    setup_stage,
+    stage_config,
+    stage_run_data,
+    validate,
+)
 from bench.errors import FERBenchError
 from bench.method import Batch, SetupInfo, StepContext
 from bench.registry import create_method, get_method_class
@@ -39,51 +44,52 @@ def _sync(device: torch.device) -> None:
 
 
 class _Setup:
-    """The trainer's data, method and model set-up for one config, without checkpoints, evaluation or record."""
+    """A run's data, method and stage set-up for one config, exactly as the trainer builds them (the trainer's
+    `prepare_run_data`, `stage_config`, `Method.stage_model` over the stages before, `setup_stage`), without
+    checkpoints, evaluation or record."""
 
-    def __init__(self, cfg: RunConfig, accelerator: Accelerator) -> None:
-        self.cfg, self.acc, self.device = cfg, accelerator, accelerator.device
+    def __init__(self, cfg: RunConfig, accelerator: Accelerator, stage_name: str | None) -> None:
+        self.acc, self.device = accelerator, accelerator.device
         self.run = prepare_run_data(cfg, accelerator, get_method_class(cfg.method))  # the trainer's data set-up
         self.num_classes = self.run.data.num_classes
         self.method = create_method(cfg.method, self.num_classes, cfg.method_args)
         self.method.setup(SetupInfo(self.num_classes, len(self.run.labeled_pool), len(self.run.unlabeled_pool),
                                     cfg.train.iterations))
-        B, mu, m = cfg.train.batch_size, cfg.train.mu, self.method
-        self.images_per_step = B * len(m.labeled_views) + (mu * B * len(m.views) if m.views else 0)
+        stages = self.method.stages()
+        names = [st.name for st in stages]
+        if stage_name is not None and stage_name not in names:
+            raise FERBenchError(f"bench train --stage {stage_name}: method {cfg.method!r} trains the stages "
+                                f"{', '.join(names)}")
+        index = names.index(stage_name) if stage_name is not None else len(stages) - 1  # default: the last
+        self.before, self.stage = stages[:index], stages[index]
+        self.cfg = stage_config(cfg, self.stage)
+        self.stage_run = stage_run_data(self.cfg, self.stage, self.run, accelerator)
+        self.images_per_step = images_per_step(self.cfg, self.stage)
 
-    def feed(self, augment_on: str) -> Any:
-        cfg, m, run = self.cfg, self.method, self.run
+    def _model(self, cfg: RunConfig) -> torch.nn.Module:
+        """The stage's model as a run builds it: each earlier stage's (untrained) model handed on."""
+        previous = None
+        for st in (*self.before, self.stage):
+            torch.manual_seed(step_seed(cfg.seed, -1, 0, "init" if st.name == "main" else f"init:{st.name}"))
+            previous = self.method.stage_model(st, build_model(cfg.model, self.num_classes), previous)
+        return previous
+
+    def model(self, compile_mode: str, augment_on: str) -> tuple[Callable[[Batch, int], None], StageSetup]:
+        """A fresh set-up of the stage (model, optimiser, EMA, feed of `augment_on`) and the loop's step on it."""
+        cfg = config_from_dict(self.cfg.to_dict())
         cfg.data.augment_on = augment_on
-        lab = labeled_stream(m.labeled_sampling, run.labeled_pool, run.labels.numpy()[run.labeled_pool],
-                             cfg.train.batch_size, cfg.seed)
-        unl = IndexStream(run.unlabeled_pool, cfg.train.mu * cfg.train.batch_size, cfg.seed, "unlabeled") \
-            if m.views else None
-        return make_feed(cfg, run.images, run.labels, ViewMaker(cfg.augment), lab, unl, m.labeled_views, m.views,
-                         run.labeled_position, run.pool_position, self.device)
-
-    def model(self, compile_mode: str) -> tuple[Callable[[Batch, int], None], dict[str, Any]]:
-        """A fresh model, optimiser and EMA, and the loop's training step on them."""
-        cfg, acc, method = self.cfg, self.acc, self.method
-        torch.manual_seed(step_seed(cfg.seed, -1, 0, "init"))
-        model = perf.apply_channels_last(method.build_model(build_model(cfg.model, self.num_classes)),
-                                         cfg.train.channels_last)
-        fused = perf.fused_optimizer(cfg, self.device)
-        optimizer = build_optimizer(cfg, model, fused[0])
-        model, optimizer = acc.prepare(model, optimizer)
-        method.to(self.device)
-        ema = ModelEmaV3(acc.unwrap_model(model), decay=cfg.train.ema_decay, device=self.device) \
-            if cfg.train.ema_decay > 0 else None
-        perf.compile_model(acc.unwrap_model(model), compile_mode)
-        model.train()
+        s = setup_stage(self.acc, cfg, self.stage, self.method, self._model(cfg), self.stage_run, compile_mode)
+        s.model.train()
 
         def step_fn(batch: Batch, step: int) -> None:  # the training loop's body, minus logging and evaluation
             torch.manual_seed(step_seed(cfg.seed, step, 0, "dropout"))
             ctx = StepContext(step=step, total_steps=cfg.train.iterations, num_classes=self.num_classes,
-                              ema_model=ema.module if ema is not None else None)
-            out = optimisation_step(acc, method, model, optimizer, ema, batch, ctx, "bench train")
-            float(out.loss.item())  # the loop logs the loss every step
+                              ema_model=s.ema.module if s.ema is not None else None, stage=self.stage.name,
+                              denormalize=s.views.denormalize)
+            optimisation_step(self.acc, self.method, s.model, s.optimizer, s.ema, batch, ctx, "bench train")
+            s.scheduler.step()
 
-        return step_fn, {"fused_optimizer": fused[0], "fused_optimizer_note": fused[1]}
+        return step_fn, s
 
 
 def _random_like(batch: Batch) -> Batch:
@@ -111,8 +117,8 @@ def run_train_benchmark(method: str = "fixmatch", steps: int = 20, warmup: int =
                         batch_size: int = 128, mu: int = 7, backbone: str = "resnet18", augment_on: str = "device",
                         compile_mode: str = "none", channels_last: bool | None = None,
                         mixed_precision: str | None = None, workers: int | None = None, n_train: int = 2000,
-                        cache_dir: str | None = None, cpu_path: bool = True, json_path: str | None = None
-                        ) -> dict[str, Any]:
+                        cache_dir: str | None = None, cpu_path: bool = True, json_path: str | None = None,
+                        stage: str | None = None) -> dict[str, Any]:
     """Measure and print end-to-end vs ceiling images/s; returns (and optionally writes) the results."""
     from rich.console import Console
     from rich.table import Table
@@ -133,12 +139,13 @@ def run_train_benchmark(method: str = "fixmatch", steps: int = 20, warmup: int =
     validate(cfg)
     console = Console()
     acc = Accelerator(cpu=not cuda, mixed_precision=cfg.train.mixed_precision)
-    setup = _Setup(cfg, acc)
+    setup = _Setup(cfg, acc, stage)
     ips = setup.images_per_step
 
     def measure(aug: str, mode: str, ceiling: bool = True) -> dict[str, Any]:
-        step_fn, fused = setup.model(mode)
-        feed = setup.feed(aug)
+        step_fn, built = setup.model(mode, aug)
+        feed = built.feed
+        fused = {"fused_optimizer": built.fused[0], "fused_optimizer_note": built.fused[1]}
         with console.status(f"{aug} path, compile {mode}: {warmup} + {steps} steps"):
             e2e = _rate(step_fn, feed.batch, steps, warmup, ips, setup.device)
             fixed = _random_like(feed.batch(0)) if ceiling else None
@@ -160,7 +167,8 @@ def run_train_benchmark(method: str = "fixmatch", steps: int = 20, warmup: int =
 
     head = rows[0]
     results = {
-        "method": method, "backbone": backbone, "image_size": image_size, "batch_size": batch_size, "mu": mu,
+        "method": method, "stage": setup.stage.name, "backbone": backbone, "image_size": image_size,
+        "batch_size": setup.cfg.train.batch_size, "mu": setup.cfg.train.mu,  # the stage's own, as a run trains
         "images_per_step": ips, "steps": steps, "warmup": warmup, "n_train": n_train,
         "device": str(setup.device), "device_name": torch.cuda.get_device_name() if cuda else "cpu",
         "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -168,7 +176,9 @@ def run_train_benchmark(method: str = "fixmatch", steps: int = 20, warmup: int =
         "end_to_end_images_per_s": head["end_to_end_images_per_s"],
         "ceiling_images_per_s": head["ceiling_images_per_s"], "ratio": head["ratio"], "rows": rows,
     }
-    table = Table(title=f"{method} {backbone} {image_size}px B={batch_size} mu={mu}: {ips} images/step on "
+    stage_name = "" if setup.stage.name == "main" else f" (stage {setup.stage.name})"
+    table = Table(title=f"{method}{stage_name} {backbone} {image_size}px B={results['batch_size']} "
+                        f"mu={results['mu']}: {ips} images/step on "
                         f"{results['device_name']} ({steps} timed steps after {warmup})")
     for col in ("data path", "images on", "compile", "end to end (img/s)", "ceiling (img/s)", "ratio"):
         table.add_column(col, justify="right")

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,13 +31,14 @@ from bench.data.datasets import get_dataset
 from bench.data.splits import check_budget, make_split, save_manifest
 from bench.data.views import ViewMaker
 from bench.engine import performance as perf
+from bench.engine.checkpoints import load_checkpoint, remove_checkpoints, save_checkpoint
 from bench.engine.evaluation import evaluate_model
 from bench.engine.feed import make_feed
 from bench.engine.model import build_model, check_model, parameter_checksum
 from bench.engine.provenance import git_commit, host_info, package_versions
 from bench.engine.streams import LABELED_SAMPLING, IndexStream, labeled_stream, step_seed
 from bench.errors import FERBenchError
-from bench.method import HookContext, Method, SetupInfo, Stage, StepContext
+from bench.method import HookContext, Method, SetupInfo, Stage, StepContext, this_process_only
 from bench.registry import create_method, get_method_class
 from bench.results.record import SCHEMA, record_path, write_json_atomic, write_predictions
 
@@ -53,6 +53,10 @@ class TrainerState:
     train_time_s: float = 0.0
     wall_time_s: float = 0.0
     images_seen: int = 0
+    #: one entry per process lifetime that trained this stage: the step it started at (0, or the step of the
+    #: checkpoint it resumed from) and how many steps it executed, so a resume can be told from a restart
+    sessions: list[dict[str, int]] = field(default_factory=list)
+    state_checks: int = 0  # checkpoints at which every process was found to hold the same method state
 
     def state_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -243,6 +247,18 @@ def prepare_run_data(cfg: RunConfig, accelerator: Accelerator, method_cls: type[
                    torch.from_numpy(data.train.labels), pool_position, labeled_position)
 
 
+def stage_run_data(cfg: RunConfig, stage: Stage, run: RunData, accelerator: Accelerator) -> RunData:
+    """The run's data as `stage` trains on it: with its extra unlabeled image folders, if it has any."""
+    if not stage.extra_unlabeled:
+        return run
+    from bench.data.imagefolder import load_image_folders
+
+    with accelerator.main_process_first():
+        extra = load_image_folders(stage.extra_unlabeled, cfg.data.image_size, default_cache_dir(cfg.data.cache_dir),
+                                   progress=accelerator.is_main_process)
+    return run.with_extra_unlabeled(extra)
+
+
 def stage_config(cfg: RunConfig, stage: Stage) -> RunConfig:
     """The run config a stage trains with: the run's, then the stage's defaults, then `stages.<name>`."""
     if stage.name == "main" and not stage.defaults and not cfg.stages:
@@ -336,14 +352,7 @@ def train(cfg: RunConfig, progress: Any = None,
                                        stage, scfg))
             previous = model
             continue
-        stage_run = run
-        if stage.extra_unlabeled:
-            from bench.data.imagefolder import load_image_folders
-
-            with accelerator.main_process_first():
-                extra = load_image_folders(stage.extra_unlabeled, cfg.data.image_size, default_cache_dir(
-                    cfg.data.cache_dir), progress=accelerator.is_main_process)
-            stage_run = run.with_extra_unlabeled(extra)
+        stage_run = stage_run_data(cfg, stage, run, accelerator)
         label = f"{rid}:{stage.name}" if multi else rid
         result = _train_stage(accelerator, scfg, stage, method, model, stage_run, checkpoint,
                               stage_dir / "checkpoint", label, progress, should_stop)
@@ -355,7 +364,7 @@ def train(cfg: RunConfig, progress: Any = None,
             torch.save(result.model.state_dict(), stage_dir / "model.pt")
             write_json_atomic(stage_dir / "stage.json", {**result.summary, "loop": result.state.state_dict(),
                                                          "final": result.final_metrics})
-            shutil.rmtree(stage_dir / "checkpoint", ignore_errors=True)
+            remove_checkpoints(stage_dir / "checkpoint")
         accelerator.wait_for_everyone()
         results.append(result)
         previous = result.model
@@ -367,6 +376,7 @@ def train(cfg: RunConfig, progress: Any = None,
     record = build_record(cfg, rid, run.data, run.manifest, run.manifest_path, len(run.unlabeled_pool),
                           last.final_metrics, last.state, world, method, last.stage, last.cfg)
     record["pretrained"] = pretrained  # file, sha256, tensors loaded, missing and unexpected keys
+    record["sessions"] = last.state.sessions  # where each process started and how many steps it ran
     if multi:
         record["stages"] = [r.summary for r in results]
         record["iterations"] = sum(r.summary["iterations"] for r in results)
@@ -377,7 +387,9 @@ def train(cfg: RunConfig, progress: Any = None,
     ds = accelerator.state.deepspeed_plugin
     record["distributed"] = {"type": str(accelerator.distributed_type).split(".")[-1],
                              "backend": accelerator.state.backend,
-                             "zero_stage": ds.zero_stage if ds is not None else None}
+                             "zero_stage": ds.zero_stage if ds is not None else None,
+                             # checkpoints at which all processes were checked to hold one method state
+                             "method_state_checks": sum(r.state.state_checks for r in results)}
     record["performance"] = {**last.summary["performance"], "images_per_s": record["images_per_s"]}
     if accelerator.is_main_process:
         # the predictions first, so a record never names a file that is not there
@@ -391,24 +403,38 @@ def train(cfg: RunConfig, progress: Any = None,
     return record
 
 
-def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method: Method, model: torch.nn.Module,
-                 run: RunData, checkpoint: LoopCheckpoint, checkpoint_dir: Path, label: str, progress: Any,
-                 should_stop: Callable[[], bool] | None) -> StageResult | None:
-    """The training loop of one stage: returns its result, or None when stopped with a checkpoint saved."""
+@dataclass
+class StageSetup:
+    """What one stage trains with: the prepared model, optimiser, schedule and EMA, and its batch feed."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    ema: ModelEmaV3 | None
+    feed: Any
+    views: ViewMaker
+    images_per_step: int  # labeled and unlabeled views of one global step
+    fused: tuple[bool, str | None]  # fused optimiser kernels used, and why not when not
+
+
+def setup_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method: Method, model: torch.nn.Module,
+                run: RunData, compile_mode: str | None = None) -> StageSetup:
+    """The set-up of a stage, as the training loop and `ferbench bench train` both use it: the labeled and
+    unlabeled streams and feed of the stage's views, the model in its memory layout, the optimiser (fused where
+    available), the schedule, Accelerate's preparation, the method's state on the device, the EMA and
+    torch.compile (`compile_mode`, default the config's)."""
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.train.batch_size % world:
         raise FERBenchError(f"train.batch_size={cfg.train.batch_size} is not divisible by the {world} processes")
-    data, num_classes = run.data, run.data.num_classes
     B, mu = cfg.train.batch_size, cfg.train.mu
     labeled_pool = run.labeled_pool
-    lab_stream = labeled_stream(method.labeled_sampling, labeled_pool, data.train.labels[labeled_pool], B, cfg.seed)
+    lab_stream = labeled_stream(method.labeled_sampling, labeled_pool, run.data.train.labels[labeled_pool], B,
+                                cfg.seed)
     unl_stream = IndexStream(run.unlabeled_pool, mu * B, cfg.seed, "unlabeled") if stage.views else None
     views = ViewMaker(cfg.augment)
     feed = make_feed(cfg, run.images, run.labels, views, lab_stream, unl_stream, stage.labeled_views, stage.views,
                      run.labeled_position, run.pool_position, accelerator.device, rank, world,
                      purpose="augment" if stage.name == "main" else f"augment:{stage.name}")
-
-    start_checksum = parameter_checksum(model)
     accelerator.free_memory()  # the previous stage's model and optimiser leave the accelerator
     model = perf.apply_channels_last(model, cfg.train.channels_last)
     fused = perf.fused_optimizer(cfg, accelerator.device, accelerator.state.deepspeed_plugin is not None)
@@ -424,15 +450,35 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
     if cfg.train.ema_decay > 0:
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.train.ema_decay, device=accelerator.device)
         ema.module.eval()
-    perf.compile_model(accelerator.unwrap_model(model), cfg.train.compile)  # after the EMA copy: only training compiles
+    # after the EMA copy: only training compiles
+    perf.compile_model(accelerator.unwrap_model(model), cfg.train.compile if compile_mode is None else compile_mode)
+    return StageSetup(model, optimizer, scheduler, ema, feed, views, images_per_step(cfg, stage), fused)
+
+
+def images_per_step(cfg: RunConfig, stage: Stage) -> int:
+    """Images one global step of `stage` trains on: B per labeled view, mu * B per unlabeled view."""
+    B, mu = cfg.train.batch_size, cfg.train.mu
+    return B * len(stage.labeled_views) + (mu * B * len(stage.views) if stage.views else 0)
+
+
+def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method: Method, model: torch.nn.Module,
+                 run: RunData, checkpoint: LoopCheckpoint, checkpoint_dir: Path, label: str, progress: Any,
+                 should_stop: Callable[[], bool] | None) -> StageResult | None:
+    """The training loop of one stage: returns its result, or None when stopped with a checkpoint saved."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    data, num_classes = run.data, run.data.num_classes
+    labeled_pool = run.labeled_pool
+    start_checksum = parameter_checksum(model)
+    s = setup_stage(accelerator, cfg, stage, method, model, run)
+    model, optimizer, scheduler, ema, feed, views = s.model, s.optimizer, s.scheduler, s.ema, s.feed, s.views
+    fused, images_per_step = s.fused, s.images_per_step
     state = TrainerState()
     checkpoint.stage, checkpoint.scheduler, checkpoint.state, checkpoint.ema = stage.name, scheduler, state, ema
-    if checkpoint_dir.is_dir():
-        accelerator.load_state(str(checkpoint_dir))
+    load_checkpoint(accelerator, checkpoint_dir)
+    state.sessions.append({"start_step": state.step, "steps": 0})
 
     total = cfg.train.iterations
     stop_at = min(total, cfg.train.stop_after) if cfg.train.stop_after else total
-    images_per_step = (B * len(stage.labeled_views)) + (mu * B * len(stage.views) if stage.views else 0)
     log_acc: dict[str, list[float]] = {}
     session_start = time.perf_counter()
     task = progress.add_task(label, total=total, completed=state.step) if progress is not None else None
@@ -464,6 +510,9 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
         return torch.cat(probs), run.labels[labeled_pool].to(accelerator.device)
 
     hook_every = method.hook_every()
+    gather = accelerator.gather if world > 1 else this_process_only
+    nonfinite: torch.Tensor | None = None  # whether any loss since `last_checked` was nan or inf, on the device
+    last_checked = state.step
     final_metrics: dict[str, Any] | None = None
     last_logs: dict[str, float] = {}
     model.train()
@@ -474,34 +523,51 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
         batch = feed.batch(step)
         ctx = StepContext(step=step, total_steps=total, num_classes=num_classes,
                           ema_model=ema.module if ema is not None else None, stage=stage.name,
-                          denormalize=views.denormalize)
+                          denormalize=views.denormalize, gather=gather)
         out = optimisation_step(accelerator, method, model, optimizer, ema, batch, ctx, f"run {label}")
         scheduler.step()
         state.step += 1
+        state.sessions[-1]["steps"] += 1
         state.images_seen += images_per_step * world
         if hook_every and state.step % hook_every == 0:
             epoch = state.step // hook_every
             method.on_hook(HookContext(step=state.step, epoch=epoch, predict_labeled=predict_labeled))
         state.train_time_s += time.perf_counter() - t0
 
-        for k, v in {"loss": out.loss.item(), **out.logs}.items():
-            log_acc.setdefault(k, []).append(float(v))
-        if state.step % cfg.train.log_every == 0 or state.step == total:
-            means = {k: float(np.mean(v)) for k, v in log_acc.items()}
+        for k, v in {"loss": out.loss.detach(), **out.logs}.items():
+            log_acc.setdefault(k, []).append(v)
+        bad = ~torch.isfinite(out.loss.detach())
+        nonfinite = bad if nonfinite is None else nonfinite | bad
+        if should_stop is not None and should_stop():  # this process was signalled; the others learn of it
+            accelerator.set_trigger()  # at the next agreement point, so that all stop at the same step
+        log_now = state.step % cfg.train.log_every == 0 or state.step == total
+        eval_now = stage.evaluate and (state.step % cfg.train.eval_every == 0 or state.step == total)
+        periodic = state.step % cfg.train.checkpoint_every == 0 or state.step == stop_at
+        stop_now = False
+        if log_now or eval_now or periodic or state.step == total:  # agreement points: the same steps everywhere
+            # the only host reads of the step's values, so that no non-finite state is evaluated or saved
+            check_finite(nonfinite, f"run {label}", last_checked, state.step)
+            nonfinite, last_checked = None, state.step
+            stop_now = should_stop is not None and accelerator.check_trigger()
+        checkpoint_now = state.step < total and (periodic or stop_now)
+        if log_now:
+            means = {k: float(np.mean(v)) for k, v in read_logs(log_acc).items()}
             means["lr"] = scheduler.get_last_lr()[0]
             state.curves.append({"step": state.step, **means})
             accelerator.log({f"train/{step_name}{k}": v for k, v in means.items()}, step=state.step)
             log_acc, last_logs = {}, means
-        if stage.evaluate and (state.step % cfg.train.eval_every == 0 or state.step == total):
+        if eval_now:
             final_metrics = evaluate_now()
         if progress is not None:
             last = state.history[-1]["accuracy"] if state.history else float("nan")
             progress.update(task, completed=state.step, description=f"{label} acc={last:.3f}")
-        stop_now = should_stop is not None and should_stop()
-        if state.step < total and (state.step % cfg.train.checkpoint_every == 0 or state.step == stop_at or stop_now):
+        if checkpoint_now:
+            if world > 1:  # the state every process saves must be one state: rank 0's is what is saved
+                check_state_agrees(accelerator, method, ema, f"run {label}", state.step)
+                state.state_checks += 1
             state.wall_time_s += time.perf_counter() - session_start
             session_start = time.perf_counter()
-            save_checkpoint(accelerator, checkpoint_dir)
+            save_checkpoint(accelerator, checkpoint_dir, state.step)
         if stop_now:
             break
 
@@ -527,43 +593,91 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
         "accuracy": final_metrics["accuracy"] if final_metrics else None,
         "start_checksum": start_checksum,
         "end_checksum": parameter_checksum(trained),
+        "sessions": state.sessions,
         "performance": perf.performance_block(cfg, feed, accelerator.device, fused, images_per_s),
     }
     return StageResult(trained, summary, state, final_metrics, stage, cfg, eval_model())
 
 
+def state_digest(state: Any) -> int:
+    """A 63-bit digest of a state: nested dicts of tensors and values, in key order."""
+    import hashlib
+
+    h = hashlib.sha256()
+
+    def feed(key: str, value: Any) -> None:
+        h.update(key.encode())
+        if isinstance(value, torch.Tensor):
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        elif isinstance(value, dict):
+            for k in sorted(value, key=str):
+                feed(f"{key}.{k}", value[k])
+        else:
+            h.update(repr(value).encode())
+
+    feed("", state)
+    return int.from_bytes(h.digest()[:8], "big") >> 1
+
+
+def check_state_agrees(accelerator: Accelerator, method: Method, ema: ModelEmaV3 | None, where: str,
+                       step: int) -> None:
+    """Every process must hold the same method state (counts, EMAs, thresholds) and the same EMA model buffers
+    before rank 0's are saved as the run's: one line naming what differs and the step otherwise."""
+    parts = {f"method {method.name!r}": method.state_dict()}
+    if ema is not None:
+        parts["the EMA model (its BatchNorm buffers)"] = dict(ema.module.named_buffers())
+    mine = torch.tensor([state_digest(s) for s in parts.values()], dtype=torch.int64, device=accelerator.device)
+    digests = accelerator.gather(mine[None]).tolist()  # processes x parts
+    for k, what in enumerate(parts):
+        if len({row[k] for row in digests}) > 1:
+            fix = ("its state must be updated from statistics gathered across processes (StepContext.gather)"
+                   if k == 0 else "BatchNorm statistics must be shared before the EMA update")
+            raise FERBenchError(f"{where}: the state of {what} is not the same on the {len(digests)} processes "
+                                f"at iteration {step}; {fix}")
+
+
+def check_finite(nonfinite: torch.Tensor | None, where: str, since: int, step: int) -> None:
+    """Raise if a loss of iterations (since, step] was nan or inf (`nonfinite`: accumulated on the device)."""
+    if nonfinite is not None and bool(nonfinite):
+        raise FERBenchError(f"{where}: loss became nan or inf between iterations {since + 1} and {step}; "
+                            "lower optim.lr?")
+
+
+def read_logs(acc: dict[str, list[Any]]) -> dict[str, list[float]]:
+    """Logged values as floats, the tensors among them copied to the host in one transfer."""
+    tensors = [v for vs in acc.values() for v in vs if isinstance(v, torch.Tensor)]
+    host = iter(torch.stack([t.double().reshape(()) for t in tensors]).cpu().tolist()) if tensors else iter(())
+    return {k: [next(host) if isinstance(v, torch.Tensor) else float(v) for v in vs] for k, vs in acc.items()}
+
+
 def optimisation_step(accelerator: Accelerator, method: Method, model: torch.nn.Module,
                       optimizer: torch.optim.Optimizer, ema: ModelEmaV3 | None, batch: Any, ctx: StepContext,
                       where: str) -> Any:
-    """One step as the loop takes it: the method's loss under autocast, a finite check, backward, the
-    optimiser and the EMA update. Returns the method's `StepOutput`."""
+    """One step as the loop takes it: the method's loss under autocast, backward, the optimiser and the EMA
+    update. Returns the method's `StepOutput`; nothing in it is read on the host (the loop checks the loss for
+    nan and inf at its log, evaluation and checkpoint steps)."""
     with accelerator.autocast():
         out = method.training_step(model, batch, ctx)
-    if not torch.isfinite(out.loss):
-        raise FERBenchError(f"{where}: loss became {out.loss.item()} at iteration {ctx.step}; lower optim.lr?")
     accelerator.backward(out.loss)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     if ema is not None:
+        if accelerator.num_processes > 1:
+            share_buffers(accelerator.unwrap_model(model))
         ema.update(accelerator.unwrap_model(model), step=ctx.step)
     return out
 
 
-def save_checkpoint(accelerator: Accelerator, path: Path) -> None:
-    """save_state into a fresh folder, then swap it in, so a crash never leaves a half checkpoint."""
-    tmp = path.with_name(path.name + ".tmp")
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        old = path.with_name(path.name + ".old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+def share_buffers(model: torch.nn.Module) -> None:
+    """Give every process rank 0's buffers (BatchNorm running statistics), as DDP does at its next forward.
+
+    Each process's forward updates the running statistics from its own batch, so without this the EMA model,
+    which averages them, would differ from process to process: evaluation shards and methods that read the EMA
+    model (Ada-CM's thresholds) would see several models."""
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
 
 
 def _write_run_artifacts(record: dict[str, Any], paths: RunPaths, eval_model: torch.nn.Module) -> None:
@@ -572,7 +686,7 @@ def _write_run_artifacts(record: dict[str, Any], paths: RunPaths, eval_model: to
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     plot_run_curves(record, paths.run_dir / "curves.png")
     torch.save(eval_model.state_dict(), paths.run_dir / "final_model.pt")
-    shutil.rmtree(paths.checkpoint, ignore_errors=True)  # the record and the final weights are the result
+    remove_checkpoints(paths.checkpoint)  # the record and the final weights are the result
 
 
 def build_record(

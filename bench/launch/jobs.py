@@ -1,8 +1,9 @@
 """One sweep run as a submitit job, and the status file it keeps.
 
 `RunJob` is `Checkpointable`: when SLURM signals a pre-emption or the time limit (SIGUSR2, sent
-`signal_delay_s` before the end), training stops at the next iteration boundary, saves a checkpoint,
-and submitit requeues the job, which resumes there. A job killed outright (`scontrol requeue`,
+`signal_delay_s` before the end), training stops at its next agreement point (a log, evaluation or
+checkpoint step, the same step on every process: `bench.launch.preemption`), saves a checkpoint, and
+submitit requeues the job, which resumes there. A job killed outright (`scontrol requeue`,
 a node failure) restarts from the run's last periodic checkpoint; resume is exact either way.
 
 Every job writes `<output_dir>/status/<run_id>.json` (running / requeued / done / failed, with the
@@ -12,7 +13,6 @@ error line and log paths) so `ferbench status` works the same for every executor
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import time
 import traceback
@@ -21,6 +21,7 @@ from typing import Any
 
 import submitit
 
+from bench.launch.preemption import Preemption
 from bench.results.record import write_json_atomic
 
 
@@ -96,29 +97,45 @@ class RunJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         from bench.config import config_from_dict, run_id
 
-        try:  # ranks, world size and master address of a multi-task job, for the Accelerator
-            submitit.helpers.TorchDistributedEnvironment().export()
+        try:
+            tasks = submitit.JobEnvironment().num_tasks
         except RuntimeError:  # not inside a submitit job
-            pass
-        set_threads(int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or self.threads)
+            tasks = 1
+        if tasks > 1:  # ranks, world size and master address of a multi-task job, for the Accelerator; a
+            # single-task job exports nothing, or Accelerate would set up a 1-process "distributed" CPU run with
+            # one thread per core of the node, whatever the job was given
+            submitit.helpers.TorchDistributedEnvironment().export()
+        set_threads(allocated_cpus(self.threads))
         rid = run_id(config_from_dict(self.config))
-        preempted: list[tuple[int, Any]] = []
-        submitit_handler = signal.getsignal(signal.SIGUSR2)
-        if callable(submitit_handler):  # defer submitit's requeue until a checkpoint is saved
-            signal.signal(signal.SIGUSR2, lambda signum, frame: preempted.append((signum, frame)))
-        record = self.run(should_stop=lambda: bool(preempted))
-        if record is None and preempted and callable(submitit_handler):
+        preemption = Preemption()  # defers submitit's requeue until a checkpoint is saved
+        record = self.run(should_stop=preemption)
+        if record is None and preemption():
             if int(os.environ.get("RANK", "0")) == 0:
                 self._status(rid, "requeued")
-            submitit_handler(*preempted[0])  # submitit pickles this job, requeues it and exits
+            preemption.requeue()  # submitit pickles this job, requeues it and exits
         if record is None:
             raise RuntimeError(f"run {rid} stopped before its last iteration (train.stop_after?)")
         return {"run_id": rid, "accuracy": record["metrics"]["final"]["accuracy"]}
 
 
+def allocated_cpus(fallback: int | None = None) -> int:
+    """The CPUs this process was given: SLURM_CPUS_PER_TASK, else `fallback`, else its CPU affinity."""
+    n = int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
+    if n > 0:
+        return n
+    if fallback:
+        return fallback
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
 def set_threads(n: int | None) -> None:
-    """torch's intra-op threads (the CPUs this run may use), when known."""
+    """torch's intra-op threads (the CPUs this run may use), when known; also OMP_NUM_THREADS, which
+    Accelerate's multi-process CPU set-up and worker processes read."""
     if n:
         import torch
 
+        os.environ["OMP_NUM_THREADS"] = str(n)
         torch.set_num_threads(n)

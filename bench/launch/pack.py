@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,8 @@ from typing import Any
 import submitit
 
 from bench.errors import FERBenchError
-from bench.launch.jobs import RunJob, error_line, job_info, set_threads, status_path
+from bench.launch.jobs import RunJob, allocated_cpus, error_line, job_info, set_threads, status_path
+from bench.launch.preemption import Preemption
 
 #: exit status of a pack member that saved a checkpoint and stopped on a pre-emption signal
 STOPPED = 3
@@ -49,13 +49,10 @@ class PackJob(submitit.helpers.Checkpointable):
         from bench.config import config_from_dict, run_id
         from bench.engine.trainer import run_paths
 
-        cpus = int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or self.threads or os.cpu_count() or 1
+        cpus = allocated_cpus(self.threads)
         share = max(1, cpus // len(self.configs))
         env = {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_ENV}
-        preempted: list[tuple[int, Any]] = []
-        submitit_handler = signal.getsignal(signal.SIGUSR2)
-        if callable(submitit_handler):  # forward to the runs first; requeue once they have checkpointed
-            signal.signal(signal.SIGUSR2, lambda signum, frame: preempted.append((signum, frame)))
+        preemption = Preemption()  # forwarded to the runs first; the pack is requeued once they have checkpointed
         info = job_info()  # asked here: a member's own environment may not describe the job fully (debug)
         procs = []
         for cfg in self.configs:
@@ -66,10 +63,8 @@ class PackJob(submitit.helpers.Checkpointable):
             procs.append(p)
         forwarded = False
         while any(p.poll() is None for p in procs):
-            if preempted and not forwarded:
-                for p in procs:
-                    if p.poll() is None:
-                        p.send_signal(signal.SIGUSR2)
+            if preemption() and not forwarded:
+                preemption.forward(procs)
                 forwarded = True
             time.sleep(0.2)
 
@@ -84,8 +79,8 @@ class PackJob(submitit.helpers.Checkpointable):
                 stopped = True
             else:
                 failures.append(f"{rid}: {_failure(RunJob(cfg, job_info=info), rid, p.returncode)}")
-        if stopped and preempted and callable(submitit_handler):
-            submitit_handler(*preempted[0])  # submitit pickles this pack, requeues it and exits
+        if stopped and preemption():
+            preemption.requeue()  # submitit pickles this pack, requeues it and exits
         if failures or stopped:
             raise RuntimeError(f"{len(failures) + stopped} of {len(procs)} runs in this pack did not finish: "
                                + "; ".join(failures or ["stopped before the last iteration"]))
@@ -112,12 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     payload = json.loads(sys.stdin.read())
     config = payload["config"]
-    stop: list[int] = []
-    signal.signal(signal.SIGUSR2, lambda signum, frame: stop.append(signum))
+    stop = Preemption()  # forwarded by the pack
     set_threads(args.threads)
     job = RunJob(config, args.threads, job_info=payload["job"])
     try:
-        record = job.run(should_stop=lambda: bool(stop))
+        record = job.run(should_stop=stop)
     except Exception as exc:  # the status file holds the error; the job's log gets the line too
         print(f"ferbench: run failed: {error_line(exc)}", file=sys.stderr)
         return 1
@@ -125,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench.config import config_from_dict, run_id
 
         rid = run_id(config_from_dict(config))
-        if not stop:
+        if not stop():
             error = f"run {rid} stopped before its last iteration (train.stop_after?)"
             job._status(rid, "failed", error=error)
             print(f"ferbench: {error}", file=sys.stderr)

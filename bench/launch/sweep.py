@@ -113,6 +113,17 @@ def expand(spec: SweepSpec, overrides: list[str] | None = None) -> list[RunConfi
     return runs
 
 
+def settle_output_dir(spec: SweepSpec, runs: list[RunConfig]) -> None:
+    """Everything a sweep writes (records, runs, status files, submission log, job logs) goes under one folder: its
+    cells' `output_dir`, wherever that was set (the spec, its base, or an override on the command line)."""
+    dirs = sorted({c.output_dir for c in runs})
+    if len(dirs) > 1:
+        raise FERBenchError(f"sweep {spec.name}: its cells write to {len(dirs)} output folders ({', '.join(dirs)}); "
+                            "a sweep keeps all it writes in one: set output_dir once, for every cell")
+    if dirs:
+        spec.output_dir = dirs[0]
+
+
 def cell_label(method: str, budget: float | None, seed: int) -> str:
     """How errors and listings name one cell of a sweep."""
     return f"cell {method} budget={'all' if budget is None else f'{budget:g}'} seed={seed}"
