@@ -346,6 +346,16 @@ def _cmd_bench_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_memory(args: argparse.Namespace) -> int:
+    from bench.benchmarks.memory import run_memory_benchmark
+
+    if args.n < 70 or args.iterations < 1 or not 8 <= args.image_size <= 1024:
+        raise FERBenchError(f"bench memory: expected --n >= 70, --iterations >= 1, 8 <= --image-size <= 1024; got "
+                            f"{args.n}, {args.iterations}, {args.image_size}")
+    run_memory_benchmark(args.n, args.size, args.image_size, args.iterations, args.work_dir, args.json)
+    return 0
+
+
 def _cmd_bench_train(args: argparse.Namespace) -> int:
     from bench.benchmarks.train_speed import run_train_benchmark
 
@@ -404,6 +414,14 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--work-dir", default=None, help="where to write the JPEGs (default: the system temp folder)")
     bp.add_argument("--json", default=None, help="also write the results here")
     bp.set_defaults(fn=_cmd_bench_prepare)
+    bm = bsub.add_parser("memory", help="peak RSS of a short training run against the size of its prepared cache")
+    bm.add_argument("--n", type=int, default=150_000, help="number of JPEGs (a tenth are test images)")
+    bm.add_argument("--size", type=int, default=64, help="JPEG side in pixels")
+    bm.add_argument("--image-size", type=int, default=64, help="prepared image side")
+    bm.add_argument("--iterations", type=int, default=50, help="training iterations of the measured run")
+    bm.add_argument("--work-dir", default=None, help="where to write the JPEGs and the cache (default: temp)")
+    bm.add_argument("--json", default=None, help="also write the results here")
+    bm.set_defaults(fn=_cmd_bench_memory)
     bt = bsub.add_parser("train", help="images/s of N training steps end to end vs the pure-compute ceiling")
     bt.add_argument("method")
     bt.add_argument("--steps", type=int, default=20, help="timed steps per measurement")

@@ -6,10 +6,8 @@ batch whose views it declared and a context; it returns the loss to minimise and
 
 A step should not read tensor values on the host (`.item()`, `if tensor:`, boolean indexing): on a GPU each
 read waits for the device. Logs are returned as detached tensors, which the loop reads every `log_every`
-iterations. Supervised, FixMatch, SoftMatch, MeanTeacher and DTA-SNL steps read nothing (tested); FlexMatch's
-selected-label update, FreeMatch's fairness term, Ada-CM's and LEAF's NT-Xent subset and SIT-FER's masked
-cross-entropy and memory-bank scores work on data-dependent subsets, as their reference code does, and still
-read the subset's size.
+iterations, and data-dependent subsets (a method's confident or unconfident samples) are masks over the whole
+batch, not indexed selections. No built-in method's step reads anything (tested for each).
 """
 
 from __future__ import annotations

@@ -23,14 +23,25 @@ from bench.method import Batch, HookContext, Method, StepContext, StepOutput, cr
 from bench.registry import register_method
 
 
-def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.07) -> Tensor:
-    """SimCLR's NT-Xent (SupCon with labels=None, base temperature = temperature) over pairs (z1_i, z2_i)."""
+def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.07, members: Tensor | None = None) -> Tensor:
+    """SimCLR's NT-Xent (SupCon with labels=None, base temperature = temperature) over pairs (z1_i, z2_i).
+
+    With `members` (bool, one per pair): the loss of the member pairs alone, as if the others were not in the
+    batch (they are masked out of every denominator), 0 with a graph when there are none. Computed on the whole
+    batch, so the subset's size is never read on the host."""
     z = nn.functional.normalize(torch.cat([z1, z2]), dim=-1)
     n = len(z1)
     sim = z @ z.T / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    excluded = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    if members is not None:
+        excluded = excluded | ~torch.cat([members, members])[None, :]
+    sim = sim.masked_fill(excluded, float("-inf"))
     positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return nn.functional.cross_entropy(sim, positive)
+    if members is None:
+        return nn.functional.cross_entropy(sim, positive)
+    rows = torch.cat([members, members]).float()
+    per_row = nn.functional.cross_entropy(sim.masked_fill(rows[:, None] == 0, 0.0), positive, reduction="none")
+    return (per_row * rows).sum() / rows.sum().clamp(min=1)
 
 
 @register_method("adacm")
@@ -83,10 +94,7 @@ class AdaCM(Method):
 
     def contrastive(self, feat_w1: Tensor, feat_w2: Tensor, confident: Tensor) -> Tensor:
         """L_s: NT-Xent over the subset-II samples' two weak views (0, with a graph, when there are none)."""
-        low = ~confident
-        if not low.any():
-            return feat_w1.float().sum() * 0
-        return nt_xent(feat_w1[low].float(), feat_w2[low].float(), self.hparams["temperature"])
+        return nt_xent(feat_w1.float(), feat_w2.float(), self.hparams["temperature"], members=~confident)
 
     def losses(self, logits_w1: Tensor, logits_w2: Tensor, logits_s: Tensor, feat_w1: Tensor,
                feat_w2: Tensor) -> tuple[Tensor, Tensor, Tensor]:

@@ -61,9 +61,13 @@ class FlexMatch(Method):
         mask = (max_probs >= tau * (beta / (2.0 - beta))).float()
         all_max, all_pseudo = gather(probs).max(dim=-1)
         all_idx = gather(idx)
-        select = all_max >= tau
-        if select.any():
-            self.selected_label[all_idx[select]] = all_pseudo[select]
+        # selected rows write their pseudo-label, the others a spare slot past the end (no host read of the
+        # selection's size; duplicates resolve as USB's boolean-indexed write does)
+        n = len(self.selected_label)
+        slots = torch.where(all_max >= tau, all_idx, torch.full_like(all_idx, n))
+        extended = torch.cat([self.selected_label, self.selected_label.new_full((1,), -1)])
+        extended[slots] = all_pseudo
+        self.selected_label = extended[:n]
         self._update_classwise_acc()
         return mask
 

@@ -33,15 +33,19 @@ def _safe_inverse(x: Tensor) -> Tensor:
 
 
 def fairness_loss(mask: Tensor, logits_strong: Tensor, p_model: Tensor, label_hist: Tensor) -> Tensor:
-    """USB's `entropy_loss`: the fairness term on the masked-in strong predictions."""
-    probs_s = logits_strong[mask.bool()].softmax(dim=-1)
-    hist_s = torch.bincount(probs_s.argmax(-1), minlength=logits_strong.shape[1]).to(probs_s.dtype)
-    hist_s = hist_s / hist_s.sum()
+    """USB's `entropy_loss`: the fairness term on the masked-in strong predictions; 0 (with a graph) when none
+    is masked in. Computed on the whole batch with the mask as weights, so the subset's size is never read on
+    the host (every intermediate stays finite, so the zero has finite gradients)."""
+    m = mask.float()[:, None]
+    count = m.sum()
+    probs_s = logits_strong.softmax(dim=-1)
+    hist_s = (nn.functional.one_hot(probs_s.argmax(-1), logits_strong.shape[1]).to(probs_s.dtype) * m).sum(0)
+    hist_s = hist_s / count.clamp(min=1)
     target = p_model * _safe_inverse(label_hist)
     target = target / target.sum()
-    mean_s = probs_s.mean(dim=0) * _safe_inverse(hist_s).detach()
-    mean_s = mean_s / mean_s.sum()
-    return (target * torch.log(mean_s + 1e-12)).sum()
+    mean_s = (probs_s * m).sum(0) / count.clamp(min=1) * _safe_inverse(hist_s).detach()
+    mean_s = mean_s / mean_s.sum().clamp(min=torch.finfo(mean_s.dtype).tiny)
+    return (target * torch.log(mean_s + 1e-12)).sum() * (count > 0)
 
 
 @register_method("freematch")
@@ -88,7 +92,7 @@ class FreeMatch(Method):
         loss_x, probs, logits_us = weak_strong_forward(model, batch)
         mask = self.mask(probs, ctx.gather)
         loss_u = cross_entropy_masked_mean(logits_us.float(), probs.argmax(-1), mask)
-        loss_f = fairness_loss(mask, logits_us.float(), self.p_model, self.label_hist) if mask.any() else loss_u * 0
+        loss_f = fairness_loss(mask, logits_us.float(), self.p_model, self.label_hist)
         loss = loss_x + self.hparams["lambda_u"] * loss_u + self.hparams["lambda_e"] * loss_f
         return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "loss_fair": loss_f.detach(),
                                  "mask_rate": mask.mean().detach(), "tau_global": self.time_p.detach().clone()})

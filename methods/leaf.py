@@ -103,7 +103,7 @@ class NoisyTopKMoE(nn.Module):
         gates = torch.zeros_like(logits).scatter(1, top_idx[:, : self.k], top_logits[:, : self.k].softmax(dim=1))
         if noisy_now and self.k < self.num_experts:
             # P(expert e stays in the top k under fresh noise): differentiable load (Shazeer's _prob_in_top_k)
-            normal = torch.distributions.Normal(0.0, 1.0)
+            normal = torch.distributions.Normal(0.0, 1.0, validate_args=False)  # validation would read on the host
             thr_in = top_logits[:, self.k : self.k + 1]  # the (k+1)-th value: what e must beat if it is in
             thr_out = top_logits[:, self.k - 1 : self.k]  # the k-th value: what e must beat if it is out
             is_in = logits > thr_in

@@ -141,13 +141,10 @@ class SITFERModel(nn.Module):
 
     @torch.no_grad()
     def instance_scores(self, f: Tensor, num_classes: int) -> Tensor:
-        sims = f.float() @ self.bank.T
-        out = sims.new_zeros(len(f), num_classes)
-        for c in range(num_classes):
-            members = self.bank_labels == c
-            if members.any():
-                out[:, c] = sims[:, members].amax(dim=1).clamp(min=0)
-        return out / self.tau_i
+        sims = f.float() @ self.bank.T  # (n, bank)
+        members = self.bank_labels[None, :] == torch.arange(num_classes, device=sims.device)[:, None]  # (C, bank)
+        best = sims[:, None, :].masked_fill(~members[None], float("-inf")).amax(dim=2)  # -inf for an empty class
+        return best.clamp(min=0) / self.tau_i
 
     @torch.no_grad()
     def update_bank(self, f: Tensor, labels: Tensor, positions: Tensor) -> None:
@@ -273,9 +270,8 @@ class SITFER(Method):
         """(L_u, mask): CE on the strong view against y^, averaged over the samples with max p^ > threshold."""
         max_p, pseudo = probs.max(dim=-1)
         mask = max_p > self.hparams["threshold"]
-        if not mask.any():
-            return logits_s.float().sum() * 0, mask
-        return F.cross_entropy(logits_s[mask].float(), pseudo[mask]), mask
+        ce = F.cross_entropy(logits_s.float(), pseudo, reduction="none")  # the mean over the masked-in samples,
+        return (ce * mask).sum() / mask.sum().clamp(min=1), mask  # 0 with a graph when none: no host read
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         h = self.hparams

@@ -152,3 +152,20 @@ def test_adacm_partition_and_losses() -> None:
     pos = {0: 2, 1: 3, 2: 0, 3: 1}
     terms = [-(dot[i][pos[i]] - L(sum(math.exp(dot[i][k]) for k in range(4) if k != i))) for i in range(4)]
     assert loss_s.item() == pytest.approx(sum(terms) / 4, rel=1e-6)
+
+
+def test_masked_nt_xent_equals_nt_xent_on_the_subset_and_is_zero_without_members() -> None:
+    """Ada-CM's and LEAF's contrastive term over subset II, computed as a mask over the whole batch (no host read
+    of the subset's size): the loss and gradients of NT-Xent on the subset alone."""
+    from methods.adacm import nt_xent
+
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(12, 8, requires_grad=True), torch.randn(12, 8, requires_grad=True)
+    members = torch.tensor([1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0, 1], dtype=torch.bool)
+    subset = nt_xent(z1[members], z2[members], 0.07)
+    masked = nt_xent(z1, z2, 0.07, members=members)
+    assert masked.item() == pytest.approx(subset.item(), rel=1e-6)
+    for a, b in zip(torch.autograd.grad(subset, [z1, z2]), torch.autograd.grad(masked, [z1, z2]), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+    none = nt_xent(z1, z2, 0.07, members=torch.zeros(12, dtype=torch.bool))
+    assert none.item() == 0.0 and torch.autograd.grad(none, z1)[0].abs().max().item() == 0.0

@@ -55,4 +55,6 @@ def test_bench_train_measures_the_stage_a_multi_stage_run_executes(shared_cache:
                  "--json", str(tmp_path / "fine.json")]) == 0
     fine = json.loads((tmp_path / "fine.json").read_text())
     assert (fine["stage"], fine["images_per_step"]) == ("finetune", 4)  # labeled images only
-    assert main(["bench", "train", "frpretrain", *common, "--stage", "warmup"]) == 2
+    assert main(["bench", "train", "frpretrain", *common[:-2], "--cache-dir", str(tmp_path / "c"), "--stage",
+                 "warmup"]) == 2
+    assert not (tmp_path / "c").exists()  # refused before any data is generated

@@ -116,20 +116,32 @@ def test_bad_reader_options(shared_cache: Path, tmp_path: Path, capsys, option: 
     assert message in capsys.readouterr().err
 
 
-def test_fast_arrow_batches_equal_datasets_own_encoding(tmp_path: Path) -> None:
-    import datasets
+def test_prepared_images_are_memory_mapped_and_a_run_reads_them_without_a_copy(tmp_path: Path) -> None:
+    """Pixels are one raw (N, H, W, 3) file per split, memory-mapped: what prepare decoded, byte for byte, and
+    the training split a run builds is a view of that mapping (no copy of the cache in memory)."""
     import numpy as np
-    from datasets.arrow_writer import ArrowWriter
+    import torch
+    from accelerate import Accelerator
 
-    from bench.data.cache import _arrow_batch, _features
+    from bench.config import build_config
+    from bench.data.cache import decode_image, images_file, load_prepared, prepare_dataset
+    from bench.engine.image_store import ImageStore, take
+    from bench.engine.trainer import prepare_run_data
+    from bench.registry import get_method_class
 
-    rng = np.random.default_rng(0)
-    batch = {"id": ["a", "b", "c"], "image": [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(3)],
-             "label": [1, 2, 3], "native_label": [4, 5, 6]}
-    writes = (("ref", lambda w: w.write_batch(batch)), ("fast", lambda w: w.write_table(_arrow_batch(batch, 8))))
-    for name, write in writes:
-        writer = ArrowWriter(features=_features(8), path=str(tmp_path / f"{name}.arrow"))
-        write(writer)
-        writer.finalize()
-    ref, fast = (datasets.Dataset.from_file(str(tmp_path / f"{n}.arrow")).data.table for n in ("ref", "fast"))
-    assert fast.equals(ref)
+    basic = write_rafdb_replica(tmp_path / "raf", [1, 2, 3, 4, 5, 6, 7] * 2, [1, 2, 3], size=32, originals=False)
+    path = prepare_dataset("rafdb", str(basic), 16, str(tmp_path / "c"), workers=1)
+    data = load_prepared(path)
+    train = data.train.images
+    assert isinstance(train, np.memmap) and train.shape == (14, 16, 16, 3) and train.dtype == np.uint8
+    assert images_file(path, "train").stat().st_size == 14 * 16 * 16 * 3
+    first = basic / "Image" / "aligned" / f"{data.train.ids[0].removesuffix('.jpg')}_aligned.jpg"
+    assert np.array_equal(train[0], decode_image(str(first), 16, None))
+    cfg = build_config(overrides=["data.name=rafdb", f"data.root={basic}", f"data.cache_dir={tmp_path / 'c'}",
+                                  "data.image_size=16", "data.budget=1.0", "method=supervised"])
+    run = prepare_run_data(cfg, Accelerator(cpu=True), get_method_class("supervised"))
+    base = run.data.train.images
+    assert run.images.data_ptr() == base.ctypes.data  # a view of the mapping
+    assert ImageStore(run.images, torch.device("cpu")).images.data_ptr() == base.ctypes.data  # still no copy
+    batch = take(run.images, np.array([3, 0]))
+    assert batch.is_contiguous() and torch.equal(batch, torch.from_numpy(np.array(base[[3, 0]])).permute(0, 3, 1, 2))

@@ -145,10 +145,11 @@ def test_an_unreadable_checkpoint_is_one_line_not_a_restart(shared_cache: Path, 
     assert not (tmp_path / "records").exists()
 
 
-# Methods whose training step reads nothing on the host: on a GPU it never waits for the device. (FlexMatch,
-# FreeMatch, Ada-CM, LEAF and SIT-FER select data-dependent subsets as their reference code does, which needs the
-# subset's size on the host; see the note in bench/method.py.)
-SYNC_FREE = ("supervised", "fullysupervised", "fixmatch", "softmatch", "meanteacher", "dtasnl")
+# Every method's training step reads nothing on the host, so on a GPU it never waits for the device: data-
+# dependent subsets (FlexMatch's selections, FreeMatch's fairness term, Ada-CM's and LEAF's NT-Xent subset,
+# SIT-FER's masked cross-entropy and bank scores) are computed as masks over the whole batch.
+SYNC_FREE = ("supervised", "fullysupervised", "fixmatch", "flexmatch", "freematch", "softmatch", "meanteacher", "adacm",
+             "leaf", "sitfer", "dtasnl")
 
 
 @pytest.mark.parametrize("method", SYNC_FREE)

@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 
 from bench.config import RunConfig, build_config, config_from_dict
+from bench.data.datasets import get_dataset
 from bench.engine.model import build_model
 from bench.engine.streams import step_seed
 from bench.engine.trainer import (
@@ -57,9 +58,6 @@ class _Setup:
                                     cfg.train.iterations))
         stages = self.method.stages()
         names = [st.name for st in stages]
-        if stage_name is not None and stage_name not in names:
-            raise FERBenchError(f"bench train --stage {stage_name}: method {cfg.method!r} trains the stages "
-                                f"{', '.join(names)}")
         index = names.index(stage_name) if stage_name is not None else len(stages) - 1  # default: the last
         self.before, self.stage = stages[:index], stages[index]
         self.cfg = stage_config(cfg, self.stage)
@@ -136,7 +134,11 @@ def run_train_benchmark(method: str = "fixmatch", steps: int = 20, warmup: int =
         f"train.channels_last={str(cuda if channels_last is None else channels_last).lower()}",
         f"train.mixed_precision={mixed_precision or ('bf16' if cuda else 'no')}",
         *([f"data.cache_dir={cache_dir}"] if cache_dir else [])])
-    validate(cfg)
+    method_cls = validate(cfg)
+    classes = get_dataset(cfg.data.name).num_classes_for(cfg.data.label_protocol)
+    names = [st.name for st in method_cls(num_classes=classes, **cfg.method_args).stages()]
+    if stage is not None and stage not in names:  # before any data is generated
+        raise FERBenchError(f"bench train --stage {stage}: method {method!r} trains the stages {', '.join(names)}")
     console = Console()
     acc = Accelerator(cpu=not cuda, mixed_precision=cfg.train.mixed_precision)
     setup = _Setup(cfg, acc, stage)

@@ -26,7 +26,7 @@ from torch import Tensor
 
 from bench.config import RunConfig
 from bench.data.views import ViewMaker
-from bench.engine.image_store import ImageStore
+from bench.engine.image_store import ImageStore, take
 from bench.engine.streams import ClassBalancedStream, IndexStream, step_seed
 from bench.method import Batch
 
@@ -146,8 +146,8 @@ class _HostSteps(torch.utils.data.Dataset):
 def host_batch(images: Tensor, spec: FeedSpec, step: int) -> dict[str, Any]:
     """The step's batch made on the host, as plain tensors (picklable, pinnable)."""
     li, ui = spec.indices(step)
-    u_u8 = images[torch.from_numpy(ui)] if ui is not None else None
-    labeled, unlabeled = spec.make_views(images[torch.from_numpy(li)], u_u8, spec.generator(step, torch.device("cpu")))
+    u_u8 = take(images, ui) if ui is not None else None
+    labeled, unlabeled = spec.make_views(take(images, li), u_u8, spec.generator(step, torch.device("cpu")))
     labeled.update(y=spec.labels[li], idx=torch.from_numpy(li), pos=torch.from_numpy(spec.labeled_position[li]))
     if unlabeled is not None:
         unlabeled["idx"] = torch.from_numpy(spec.pool_position[ui])
@@ -162,7 +162,7 @@ class HostFeed:
 
     def __init__(self, images: Tensor, spec: FeedSpec, device: torch.device, workers: int = 0,
                  end_step: int | None = None, prefetch: int = 2) -> None:
-        self.images = images.contiguous()
+        self.images = images  # the memory-mapped cache's view, shared with the workers, never copied whole
         self.spec, self.device, self.workers, self.end_step, self.prefetch = spec, device, workers, end_step, prefetch
         self.pin = device.type == "cuda"
         self._it: Iterator[dict[str, Any]] | None = None

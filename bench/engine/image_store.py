@@ -2,10 +2,10 @@
 
 Resident: the whole prepared cache is copied once to the accelerator (RAF-DB at 112 px is ~0.5 GB) and a
 batch is one `index_select` there, with the indices sent to the device. Streamed (the cache does not fit
-the budget, e.g. AffectNet): the cache stays in pinned host memory; a batch is gathered on the host into
-a pinned staging buffer and copied with `non_blocking=True`, so the copy overlaps compute (the feed
+the budget, e.g. AffectNet): the cache stays memory-mapped, never copied whole; a batch is gathered on the
+host into a pinned staging buffer and copied with `non_blocking=True`, so the copy overlaps compute (the feed
 issues it one step ahead on a side CUDA stream). On a CPU-only host the device is the host itself: the
-images are "resident" and nothing is copied.
+images are "resident" in the memory-mapped cache and nothing is copied.
 """
 
 from __future__ import annotations
@@ -52,20 +52,28 @@ class _Staging:
         self.events[i] = event
 
 
+def take(images: Tensor, idx: np.ndarray | Tensor) -> Tensor:
+    """images[idx] as a contiguous (n, C, H, W) batch. `index_select`, not `images[idx]`: on the cache's
+    (N, C, H, W) view of (N, H, W, C) memory, indexing would keep channels-last strides, and a batch's layout
+    must not depend on where its images came from."""
+    index = idx if isinstance(idx, Tensor) else torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
+    return images.index_select(0, index.to(images.device))
+
+
 class ImageStore:
-    """uint8 images (N, C, H, W) held on `device` when they fit `budget_gb`, else in (pinned) host memory."""
+    """uint8 images (N, C, H, W) held on `device` when they fit `budget_gb`, else left where they are (the
+    memory-mapped cache) and gathered batch by batch through pinned staging buffers."""
 
     def __init__(self, images: Tensor, device: torch.device, budget_gb: float | None = None) -> None:
         self.device = device
         self.nbytes = images.numel() * images.element_size()
-        cuda = device.type == "cuda"
         if self.nbytes <= device_budget_bytes(device, budget_gb):
             self.where = "device"
-            self.images = images.contiguous().to(device)
-        else:
-            self.where = "pinned_host" if cuda else "host"
-            # pinning is for the asynchronous copies; a CPU-only host has nothing to copy to
-            self.images = images.contiguous().pin_memory() if cuda else images.contiguous()
+            # a dense view copies as it is, with no host-side copy first; on a CPU host it stays where it is
+            self.images = images.to(device)
+        else:  # left in the memory-mapped cache, never copied whole: a dataset need not fit in memory twice
+            self.where = "host"
+            self.images = images
         self._staging: dict[str, _Staging] = {}
 
     @property
@@ -82,10 +90,10 @@ class ImageStore:
     def gather(self, idx: np.ndarray, name: str = "batch") -> Tensor:
         """images[idx] on the device; `name` keeps one staging pair per stream (labeled, unlabeled)."""
         if not self.streamed:
-            return self.images.index_select(0, self.index_tensor(idx))
+            return take(self.images, self.index_tensor(idx))
         host_idx = torch.from_numpy(np.ascontiguousarray(idx, dtype=np.int64))
         if self.device.type != "cuda":
-            return self.images.index_select(0, host_idx)
+            return take(self.images, host_idx)
         staging = self._staging.setdefault(name, _Staging())
         buf, slot = staging.next((len(idx), *self.images.shape[1:]), self.images.dtype)
         torch.index_select(self.images, 0, host_idx, out=buf)

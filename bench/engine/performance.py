@@ -45,7 +45,7 @@ def performance_block(cfg: RunConfig, feed: Any, device: torch.device, fused: tu
     """The record's account of how the run was made fast (or not)."""
     return {
         "augment_on": feed.augment_on,
-        "images_on": feed.where,  # device | pinned_host | host
+        "images_on": feed.where,  # device | host (the memory-mapped cache, gathered through pinned buffers on CUDA)
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "workers": cfg.data.workers if feed.augment_on == "cpu" else 0,

@@ -34,6 +34,7 @@ from bench.engine import performance as perf
 from bench.engine.checkpoints import load_checkpoint, remove_checkpoints, save_checkpoint
 from bench.engine.evaluation import evaluate_model
 from bench.engine.feed import make_feed
+from bench.engine.image_store import take
 from bench.engine.model import build_model, check_model, parameter_checksum
 from bench.engine.provenance import git_commit, host_info, package_versions
 from bench.engine.streams import LABELED_SAMPLING, IndexStream, labeled_stream, step_seed
@@ -200,7 +201,7 @@ class RunData:
     manifest_path: Path | None
     labeled_pool: np.ndarray
     unlabeled_pool: np.ndarray
-    images: torch.Tensor  # (N, C, H, W) uint8, the training split (plus a stage's extra unlabeled images)
+    images: torch.Tensor  # (N, C, H, W) uint8 view of the memory-mapped training split (gather with index_select)
     labels: torch.Tensor
     pool_position: np.ndarray  # training index -> position in the unlabeled pool, -1 elsewhere
     labeled_position: np.ndarray  # training index -> position in the labeled pool, -1 elsewhere
@@ -243,7 +244,8 @@ def prepare_run_data(cfg: RunConfig, accelerator: Accelerator, method_cls: type[
     labeled_position = np.full(len(all_train), -1, dtype=np.int64)
     labeled_position[labeled_pool] = np.arange(len(labeled_pool))
     return RunData(data, manifest, manifest_path, labeled_pool, unlabeled_pool,
-                   torch.from_numpy(np.array(data.train.images)).permute(0, 3, 1, 2),
+                   # a view of the memory-mapped cache, not a copy: pages are read as batches touch them
+                   torch.from_numpy(data.train.images).permute(0, 3, 1, 2),
                    torch.from_numpy(data.train.labels), pool_position, labeled_position)
 
 
@@ -503,7 +505,7 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
         probs = []
         for start in range(0, len(labeled_pool), 512):
             idx = labeled_pool[start : start + 512]
-            x = views.make("weak", run.images[idx].to(accelerator.device), g)
+            x = views.make("weak", take(run.images, idx).to(accelerator.device), g)
             with accelerator.autocast():
                 probs.append(torch.softmax(m(x).float(), dim=-1))
         m.train(was_training)
