@@ -397,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--budget", type=float, default=None, help="also show the labeled counts of this budget")
     st.add_argument("--out", default=None, help="PNG path (default: <dataset>-stats.png)")
     st.set_defaults(fn=_cmd_data_stats)
-    prep = dsub.add_parser("prepare", help="decode a dataset into the Arrow cache (reused when unchanged)")
+    prep = dsub.add_parser("prepare", help="decode a dataset into the prepared cache (reused when unchanged)")
     dataset_args(prep)
     prep.add_argument("--image-size", type=int, default=48)
     prep.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail")
@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bench", help="speed benchmarks")
     bsub = b.add_subparsers(dest="bench_command", required=True)
-    bp = bsub.add_parser("prepare", help="images/s of preparing JPEGs into the Arrow cache, 1 vs N workers")
+    bp = bsub.add_parser("prepare", help="images/s of preparing JPEGs into the cache, 1 vs N workers")
     bp.add_argument("--n", type=int, default=20000, help="number of JPEGs")
     bp.add_argument("--size", type=int, default=100, help="JPEG side in pixels")
     bp.add_argument("--image-size", type=int, default=100, help="prepared image side")

@@ -1,4 +1,4 @@
-"""`ferbench bench prepare`: images/s of building the Arrow cache from JPEGs in the RAF-DB layout.
+"""`ferbench bench prepare`: images/s of building the prepared cache from JPEGs in the RAF-DB layout.
 
 Writes n size x size JPEGs (smooth random content, quality 90, like aligned face crops) once, then
 prepares them into fresh caches with 1 worker and with `workers` workers, and reports both rates and
@@ -49,7 +49,7 @@ def run_prepare_benchmark(n: int = 20000, size: int = 100, image_size: int = 100
     finally:
         shutil.rmtree(root, ignore_errors=True)
     base = results["runs"][0]["images_per_s"]
-    table = Table(title=f"prepare: {n:,} {size}x{size} JPEGs -> {image_size}px Arrow cache")
+    table = Table(title=f"prepare: {n:,} {size}x{size} JPEGs -> {image_size}px cache")
     for col in ("workers", "seconds", "images/s", "vs 1 worker", "reuse (s)"):
         table.add_column(col, justify="right")
     for r in results["runs"]:

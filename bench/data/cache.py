@@ -159,7 +159,7 @@ def prepare_dataset(
     progress: bool = False,
     label_protocol: str | None = None,
 ) -> Path:
-    """Build (or reuse) the Arrow cache of a dataset and return its folder.
+    """Build (or reuse) the prepared cache of a dataset and return its folder.
 
     The folder is complete or absent: it is written under a temporary name and renamed at the end, so an
     error (an unreadable image under on_bad_image="fail") leaves nothing behind.

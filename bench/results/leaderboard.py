@@ -353,7 +353,7 @@ def _plot(dataset: str, tables: list[ProtocolTable], path: Path, interval: str) 
     label = f"{REFERENCE_METHOD} (all labels)"
     if all(len(t.budgets) > 1 for t in tables):
         return plot_budget_curves(dataset, {t.protocol: _accuracy_points(t, interval) for t in tables}, path,
-                                  reference=reference, reference_label=label)
+                                  reference=reference, reference_label=label, interval_label=interval_words(interval))
     panels = []
     for t in tables:
         deltas = {(m, b): (c.delta.mean, c.delta.ci95) for m in t.methods for b in t.budgets

@@ -70,11 +70,13 @@ def plot_budget_curves(
     path: Path,
     reference: Summary | None = None,
     reference_label: str = "fullysupervised (all labels)",
+    interval_label: str = "95% t-CI over seeds",
 ) -> Path:
     """Accuracy (%) vs label budget, one subplot per protocol and one line per method.
 
     `panels` maps protocol -> method -> budget -> Summary of accuracy fractions; methods are drawn
-    in the mapping's order. Error bars are the 95% t half-widths (none where n < 2). `reference`,
+    in the mapping's order. Error bars are the Summaries' `ci95` half-widths, described by `interval_label`
+    (none where n < 2). `reference`,
     if given, is drawn in every subplot as a dashed horizontal line with its CI as a shaded band.
     """
     protocols = sorted(panels)
@@ -118,7 +120,7 @@ def plot_budget_curves(
                 ax.minorticks_off()
             ax.set_ylim(top=min(ax.get_ylim()[1], 100.5))  # an error bar past 100% carries no information
             ax.set_xlabel(_budget_xlabel(protocol))
-            ax.set_ylabel("top-1 accuracy (%), final checkpoint")
+            ax.set_ylabel(f"top-1 accuracy (%), final checkpoint\nmean ± {interval_label}")
             ax.set_title(f"{dataset} — protocol {protocol}")
             ax.grid(True, which="major", alpha=0.3)
             ax.legend(fontsize="small", loc="best")
