@@ -1,4 +1,4 @@
-"""`ferbench bench memory`: a real prepare and a real training subprocess, measured by the kernel."""
+"""`ferbench bench memory` and `bench prepare`: real prepares and a real training subprocess, measured."""
 
 from __future__ import annotations
 
@@ -25,3 +25,16 @@ def test_bench_memory_refuses_bad_settings(tmp_path: Path, capsys) -> None:
     assert main(["bench", "memory", "--n", "10", "--work-dir", str(tmp_path)]) == 2
     assert "expected --n >= 70" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_bench_prepare_times_one_and_several_decoding_processes(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "prepare.json"
+    assert main(["bench", "prepare", "--n", "140", "--size", "32", "--image-size", "16", "--workers", "2",
+                 "--work-dir", str(tmp_path), "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert (res["n_images"], res["jpeg_size"], res["image_size"]) == (140, 32, 16)
+    assert [r["workers"] for r in res["runs"]] == [1, 2]
+    for r in res["runs"]:
+        assert abs(140 / r["images_per_s"] - r["seconds"]) <= 0.006  # the rate is the count over the time
+        assert r["reuse_seconds"] < r["seconds"] + 1.0  # the second prepare finds the cache
+    assert list(tmp_path.iterdir()) == [out]

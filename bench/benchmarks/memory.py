@@ -19,10 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from bench.benchmarks.prepare_speed import write_jpegs
 from bench.data.cache import images_file, prepare_dataset
-from bench.data.replicas import write_rafdb_replica
 
 
 def run_memory_benchmark(n: int = 150_000, size: int = 64, image_size: int = 64, iterations: int = 50,
@@ -33,13 +31,8 @@ def run_memory_benchmark(n: int = 150_000, size: int = 64, image_size: int = 64,
     console = Console()
     root = Path(tempfile.mkdtemp(prefix="ferbench-bench-memory-", dir=work_dir))
     try:
-        rng = np.random.default_rng(0)
         n_test = max(7, n // 10)
-        labels = rng.integers(1, 8, size=n).tolist()
-        t0 = time.perf_counter()
-        with console.status(f"writing {n:,} {size}x{size} JPEGs"):
-            write_rafdb_replica(root / "raw", labels[n_test:], labels[:n_test], size=size, originals=False)
-        console.print(f"wrote {n:,} JPEGs in {time.perf_counter() - t0:.1f} s")
+        write_jpegs(root / "raw", n, size, n_test, console)
         t0 = time.perf_counter()
         path = prepare_dataset("rafdb", str(root / "raw"), image_size, str(root / "cache"), progress=True)
         prepare_s = time.perf_counter() - t0

@@ -20,6 +20,15 @@ from bench.data.cache import prepare_dataset
 from bench.data.replicas import write_rafdb_replica
 
 
+def write_jpegs(folder: Path, n: int, size: int, n_test: int, console: Any) -> None:
+    """n size x size JPEGs with random labels in the RAF-DB layout under `folder` (n_test of them test images)."""
+    labels = np.random.default_rng(0).integers(1, 8, size=n).tolist()
+    t0 = time.perf_counter()
+    with console.status(f"writing {n:,} {size}x{size} JPEGs"):
+        write_rafdb_replica(folder, labels[n_test:], labels[:n_test], size=size, originals=False)
+    console.print(f"wrote {n:,} JPEGs in {time.perf_counter() - t0:.1f} s")
+
+
 def run_prepare_benchmark(n: int = 20000, size: int = 100, image_size: int = 100, workers: int = 2,
                           work_dir: str | None = None, json_path: str | None = None) -> dict[str, Any]:
     """Time `prepare_dataset` on n JPEGs; returns (and prints) the measurements."""
@@ -29,13 +38,7 @@ def run_prepare_benchmark(n: int = 20000, size: int = 100, image_size: int = 100
     console = Console()
     root = Path(tempfile.mkdtemp(prefix="ferbench-bench-prepare-", dir=work_dir))
     try:
-        rng = np.random.default_rng(0)
-        n_test = max(7, n // 5)
-        labels = rng.integers(1, 8, size=n).tolist()
-        t0 = time.perf_counter()
-        with console.status(f"writing {n:,} {size}x{size} JPEGs"):
-            write_rafdb_replica(root / "raw", labels[n_test:], labels[:n_test], size=size, originals=False)
-        console.print(f"wrote {n:,} JPEGs in {time.perf_counter() - t0:.1f} s")
+        write_jpegs(root / "raw", n, size, max(7, n // 5), console)
         results: dict[str, Any] = {"n_images": n, "jpeg_size": size, "image_size": image_size, "runs": []}
         for w in sorted({1, workers}):
             cache = root / f"cache-w{w}"
