@@ -14,6 +14,7 @@ arguments, which are plain data next to each method's defaults, use the very sam
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
@@ -31,18 +32,21 @@ class Interval:
     """A range in interval notation: "[0, 1]", "(0, inf)", "[0, 1)"; brackets include the end, parentheses don't."""
 
     spec: str
+    bounds: tuple[str, float, float, str] = dataclasses.field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        if not _INTERVAL.match(self.spec):
+    def __post_init__(self) -> None:  # parsed once: intervals are checked for every value of every config built
+        m = _INTERVAL.match(self.spec)
+        if not m:
             raise ValueError(f"interval {self.spec!r}: expected e.g. '[0, 1]' or '(0, inf)'")
+        left, lo, hi, right = m.groups()
+        object.__setattr__(self, "bounds", (left, float(lo), float(hi), right))
 
     def __contains__(self, x: float) -> bool:
-        left, lo, hi, right = _INTERVAL.match(self.spec).groups()
-        lo_v, hi_v = float(lo), float(hi)
+        left, lo, hi, right = self.bounds
         if isinstance(x, float) and math.isnan(x):
             return False
-        above = x >= lo_v if left == "[" else x > lo_v
-        below = x <= hi_v if right == "]" else x < hi_v
+        above = x >= lo if left == "[" else x > lo
+        below = x <= hi if right == "]" else x < hi
         return above and below
 
     def __str__(self) -> str:
@@ -127,9 +131,15 @@ def check_value(value: Any, hint: Any, where: str) -> Any:
     return conformed
 
 
+@functools.cache
+def _field_hints(cls: type) -> dict[str, Any]:
+    """A dataclass's resolved field annotations (resolved once per class, not per config built)."""
+    return typing.get_type_hints(cls, include_extras=True)
+
+
 def check_fields(obj: Any, prefix: str = "") -> None:
     """Check (and canonicalise in place) every field of dataclass `obj`, recursing into nested dataclasses."""
-    hints = typing.get_type_hints(type(obj), include_extras=True)
+    hints = _field_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
@@ -143,15 +153,9 @@ def argument_hint(default: Any, declared: Any = None, interval: str | None = Non
     also takes floats only when declared so); with `interval`, the numbers must lie in it."""
     if declared is not None:
         hint = declared
-    elif isinstance(default, bool) or default is None:
-        hint = type(default) if default is not None else Any
-    elif isinstance(default, (int, float, str)):
+    elif isinstance(default, (bool, int, float, str, list, tuple, dict)):
         hint = type(default)
-    elif isinstance(default, (list, tuple)):
-        hint = list if isinstance(default, list) else tuple
-    elif isinstance(default, dict):
-        hint = dict
-    else:
+    else:  # None, or a value of no checked type: the method checks it itself
         hint = Any
     if interval is None:
         return hint

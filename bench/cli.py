@@ -151,12 +151,11 @@ def _cmd_data_prepare(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from bench.config import build_config
     from bench.engine.trainer import run_paths, train
+    from bench.launch.preemption import Preemption
 
     overrides = list(args.overrides)
     if args.pretrain_data:  # FR-pretraining's extra face folders for its reconstruction stage
         overrides.append(f"method_args.pretrain_data={json.dumps(args.pretrain_data)}")
-    from bench.launch.preemption import Preemption
-
     cfg = build_config(args.config, overrides)
     existed = run_paths(cfg).record.exists()
     preemption = Preemption()  # SIGUSR2 (a scheduler's warning): checkpoint at the next agreed step and stop
@@ -195,14 +194,15 @@ def _run_sweep(spec_path: Path, overrides: list[str], dry_run: bool, leaderboard
                executor: str = "inline", cluster: dict | None = None, wait: bool = False,
                runs_per_gpu: int | None = None) -> int:
     from bench.launch.pack import check_runs_per_gpu
-    from bench.launch.sweep import expand, load_sweep, run_local, settle_output_dir, validate_cells
+    from bench.launch.sweep import cells, load_sweep, run_local, settle_output_dir, validate_cells
 
     spec = load_sweep(spec_path)
     if runs_per_gpu is not None:
         spec.runs_per_gpu = check_runs_per_gpu(runs_per_gpu, "--")
-    runs = expand(spec, overrides)
+    labelled = cells(spec, overrides)
+    runs = [cfg for _, cfg in labelled]
     settle_output_dir(spec, runs)  # an output_dir override moves the submission log and job logs too
-    validate_cells(spec, runs)  # every cell, before any data is prepared, run started or job submitted
+    validate_cells(spec, labelled)  # every cell, before any data is prepared, run started or job submitted
     out = leaderboard_dir or spec.leaderboard_dir
     if executor != "inline":
         return _submit_sweep(spec, runs, executor, cluster or {}, dry_run, wait, out)

@@ -84,7 +84,7 @@ class _Setup:
             ctx = StepContext(step=step, total_steps=cfg.train.iterations, num_classes=self.num_classes,
                               ema_model=s.ema.module if s.ema is not None else None, stage=self.stage.name,
                               denormalize=s.views.denormalize)
-            optimisation_step(self.acc, self.method, s.model, s.optimizer, s.ema, batch, ctx, "bench train")
+            optimisation_step(self.acc, self.method, s.model, s.optimizer, s.ema, batch, ctx)
             s.scheduler.step()
 
         return step_fn, s

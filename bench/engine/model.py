@@ -17,7 +17,7 @@ from timm.models import register_model
 from torch import Tensor, nn
 
 from bench.config import ModelConfig
-from bench.engine.pretrained import check_match, load_pretrained, match_state_dict, read_checkpoint
+from bench.engine.pretrained import fitting_checkpoint, load_pretrained
 from bench.errors import FERBenchError
 
 
@@ -157,9 +157,7 @@ def _checked(cfg_json: str, stamp: tuple[int, int] | None) -> None:  # stamp: th
     except (NotImplementedError, RuntimeError):  # a model whose construction reads tensor values
         backbone = _create_backbone(cfg)
     if cfg.pretrained_file:
-        where = "model.pretrained_file"
-        check_match(match_state_dict(backbone, read_checkpoint(cfg.pretrained_file, where)), cfg.pretrained_file,
-                    where, f"backbone {cfg.backbone!r}")
+        fitting_checkpoint(backbone, cfg.pretrained_file, "model.pretrained_file", f"backbone {cfg.backbone!r}")
 
 
 def check_model(cfg: ModelConfig) -> None:

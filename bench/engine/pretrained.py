@@ -125,10 +125,17 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_pretrained(model: nn.Module, path: str | Path, where: str, what: str) -> dict[str, Any]:
-    """Load every tensor of `model` from `path`, or stop with one line; returns what the record keeps."""
+def fitting_checkpoint(model: nn.Module, path: str | Path, where: str, what: str) -> Match:
+    """The match of checkpoint `path` to `model` (which may live on the meta device), or one line if it does not
+    fit: what `check_model` asks before any data is prepared, and `load_pretrained` before it loads."""
     m = match_state_dict(model, read_checkpoint(path, where))
     check_match(m, path, where, what)
+    return m
+
+
+def load_pretrained(model: nn.Module, path: str | Path, where: str, what: str) -> dict[str, Any]:
+    """Load every tensor of `model` from `path`, or stop with one line; returns what the record keeps."""
+    m = fitting_checkpoint(model, path, where, what)
     model.load_state_dict(m.tensors, strict=False)
     return report(m, path)
 

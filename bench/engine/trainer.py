@@ -473,7 +473,7 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
     start_checksum = parameter_checksum(model)
     s = setup_stage(accelerator, cfg, stage, method, model, run)
     model, optimizer, scheduler, ema, feed, views = s.model, s.optimizer, s.scheduler, s.ema, s.feed, s.views
-    fused, images_per_step = s.fused, s.images_per_step
+    fused, step_images = s.fused, s.images_per_step
     state = TrainerState()
     checkpoint.stage, checkpoint.scheduler, checkpoint.state, checkpoint.ema = stage.name, scheduler, state, ema
     load_checkpoint(accelerator, checkpoint_dir)
@@ -526,11 +526,11 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
         ctx = StepContext(step=step, total_steps=total, num_classes=num_classes,
                           ema_model=ema.module if ema is not None else None, stage=stage.name,
                           denormalize=views.denormalize, gather=gather)
-        out = optimisation_step(accelerator, method, model, optimizer, ema, batch, ctx, f"run {label}")
+        out = optimisation_step(accelerator, method, model, optimizer, ema, batch, ctx)
         scheduler.step()
         state.step += 1
         state.sessions[-1]["steps"] += 1
-        state.images_seen += images_per_step * world
+        state.images_seen += step_images * world
         if hook_every and state.step % hook_every == 0:
             epoch = state.step // hook_every
             method.on_hook(HookContext(step=state.step, epoch=epoch, predict_labeled=predict_labeled))
@@ -546,7 +546,7 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
         eval_now = stage.evaluate and (state.step % cfg.train.eval_every == 0 or state.step == total)
         periodic = state.step % cfg.train.checkpoint_every == 0 or state.step == stop_at
         stop_now = False
-        if log_now or eval_now or periodic or state.step == total:  # agreement points: the same steps everywhere
+        if log_now or eval_now or periodic:  # agreement points (the last step is a log step): the same everywhere
             # the only host reads of the step's values, so that no non-finite state is evaluated or saved
             check_finite(nonfinite, f"run {label}", last_checked, state.step)
             nonfinite, last_checked = None, state.step
@@ -653,8 +653,7 @@ def read_logs(acc: dict[str, list[Any]]) -> dict[str, list[float]]:
 
 
 def optimisation_step(accelerator: Accelerator, method: Method, model: torch.nn.Module,
-                      optimizer: torch.optim.Optimizer, ema: ModelEmaV3 | None, batch: Any, ctx: StepContext,
-                      where: str) -> Any:
+                      optimizer: torch.optim.Optimizer, ema: ModelEmaV3 | None, batch: Any, ctx: StepContext) -> Any:
     """One step as the loop takes it: the method's loss under autocast, backward, the optimiser and the EMA
     update. Returns the method's `StepOutput`; nothing in it is read on the host (the loop checks the loss for
     nan and inf at its log, evaluation and checkpoint steps)."""

@@ -90,8 +90,14 @@ def load_sweep(path: str | Path) -> SweepSpec:
 
 def expand(spec: SweepSpec, overrides: list[str] | None = None) -> list[RunConfig]:
     """Every run of the sweep, in a stable order (references first, then by budget, method, seed)."""
+    return [cfg for _, cfg in cells(spec, overrides)]
 
-    def one(entry: dict[str, Any], budget: float | None, seed: int) -> RunConfig:
+
+def cells(spec: SweepSpec, overrides: list[str] | None = None) -> list[tuple[str, RunConfig]]:
+    """(how errors name it, its config) for every run of the sweep, in `expand`'s order."""
+
+    def one(entry: dict[str, Any], budget: float | None, seed: int) -> tuple[str, RunConfig]:
+        label = cell_label(entry["name"], budget, seed)
         try:
             cfg = apply_mapping(RunConfig(), copy.deepcopy(spec.base))
             apply_mapping(cfg, copy.deepcopy(entry["config"]))
@@ -104,9 +110,9 @@ def expand(spec: SweepSpec, overrides: list[str] | None = None) -> list[RunConfi
             cfg = apply_overrides(cfg, list(overrides or []))
             if budget is None:  # trained on every label: one run id whatever the sweep's budget protocol
                 cfg.data.protocol, cfg.data.budget = "fraction", 1.0
-            return check_config(cfg)
+            return label, check_config(cfg)
         except FERBenchError as e:
-            raise FERBenchError(f"sweep {spec.name}, {cell_label(entry['name'], budget, seed)}: {e}") from e
+            raise FERBenchError(f"sweep {spec.name}, {label}: {e}") from e
 
     runs = [one(r, None, s) for r in spec.references for s in spec.seeds]
     runs += [one(m, b, s) for b in spec.budgets for m in spec.methods for s in spec.seeds]
@@ -129,18 +135,16 @@ def cell_label(method: str, budget: float | None, seed: int) -> str:
     return f"cell {method} budget={'all' if budget is None else f'{budget:g}'} seed={seed}"
 
 
-def validate_cells(spec: SweepSpec, runs: list[RunConfig]) -> None:
+def validate_cells(spec: SweepSpec, labelled: list[tuple[str, RunConfig]]) -> None:
     """Every cell's checks (bench.engine.trainer.validate) before any data is prepared or job submitted; the
     first bad cell stops the sweep with one line naming it."""
     from bench.engine.trainer import validate
 
-    references = len(spec.references) * len(spec.seeds)  # expand() puts the reference runs first
-    for i, cfg in enumerate(runs):
+    for label, cfg in labelled:
         try:
             validate(cfg)
         except FERBenchError as e:
-            budget = None if i < references else cfg.data.budget
-            raise FERBenchError(f"sweep {spec.name}, {cell_label(cfg.method, budget, cfg.seed)}: {e}") from e
+            raise FERBenchError(f"sweep {spec.name}, {label}: {e}") from e
 
 
 def run_local(runs: list[RunConfig], show_progress: bool = True) -> tuple[list[dict], list[tuple[RunConfig, str]]]:

@@ -205,12 +205,16 @@ class Cell:
     def n(self) -> int:
         return len(self.runs)
 
-    def accuracy_interval(self, interval: str) -> tuple[float | None, str]:
-        """(95% half-width of accuracy, what it covers) in the table's `interval` mode; a cell that cannot give
-        the combined interval (a run without predictions) falls back to the seed-only one and says so."""
-        if interval == "combined" and self.combined is not None:
-            return self.combined.ci95, "seeds + test images"
-        return self.summaries["accuracy"].ci95, "seeds"
+    def shown_interval(self, key: str, interval: str) -> tuple[float | None, bool]:
+        """(95% half-width shown for metric `key` in the table's `interval` mode, whether it fell back to the
+        seed-only interval). Only accuracy has the combined interval; a cell that cannot give it (a run without
+        predictions) falls back to the seed-only one, and says so."""
+        if key == "accuracy" and interval == "combined":
+            if self.combined is not None:
+                return self.combined.ci95, False
+            half = self.summaries[key].ci95
+            return half, half is not None
+        return self.summaries[key].ci95, False
 
 
 def _mean_per_class(runs: list[Run]) -> list[float | None]:

@@ -48,13 +48,13 @@ def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
             if c is None:
                 row.append("--")
                 continue
-            half, over = c.accuracy_interval(interval)
+            half, fell_back = c.shown_interval("accuracy", interval)
             text = _tex_cell(c.summaries["accuracy"].mean, half, c.n, show_n)
             if c.best.get("accuracy"):
                 text = rf"\textbf{{{text}}}"
             elif c.tie.get("accuracy"):
                 text += r"$^\dagger$"
-            if interval == "combined" and over == "seeds" and half is not None:
+            if fell_back:
                 text += r"$^\ddagger$"
                 fallback = True
             row.append(text)

@@ -21,7 +21,6 @@ from bench.results.aggregate import (
     FINAL_METRICS,
     INTERVALS,
     REFERENCE_METHOD,
-    Cell,
     ProtocolTable,
     Run,
     build_tables,
@@ -63,14 +62,6 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [_md_row(header), "|" + "---|" * len(header), *(_md_row(r) for r in rows)]
 
 
-def metric_interval(cell: Cell, key: str, interval: str) -> tuple[float | None, bool]:
-    """(half-width shown for metric `key`, whether it fell back to the seed-only interval in combined mode)."""
-    if key != "accuracy":
-        return cell.summaries[key].ci95, False
-    half, over = cell.accuracy_interval(interval)
-    return half, interval == "combined" and over == "seeds" and half is not None
-
-
 # ---------------------------------------------------------------------------------------------
 # markdown
 
@@ -98,7 +89,7 @@ class _Markdown:
                 if c is None or key not in c.summaries:
                     row.append(DASH)
                     continue
-                half, fell_back = metric_interval(c, key, self.interval)
+                half, fell_back = c.shown_interval(key, self.interval)
                 fallback |= fell_back
                 text = _cell(c.summaries[key].mean, half, c.n) + (f" {SEED_ONLY_MARK}" if fell_back else "")
                 if c.best.get(key):
@@ -336,7 +327,7 @@ def _accuracy_points(t: ProtocolTable, interval: str) -> dict[str, dict[float, S
             c = t.cell(m, b)
             if c is not None:
                 s = c.summaries["accuracy"]
-                out.setdefault(m, {})[b] = Summary(s.n, s.mean, s.std, c.accuracy_interval(interval)[0])
+                out.setdefault(m, {})[b] = Summary(s.n, s.mean, s.std, c.shown_interval("accuracy", interval)[0])
     return out
 
 
