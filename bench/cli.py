@@ -37,6 +37,28 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from bench.recipe import get_recipe, recipe_names
+
+    table = Table(title="Protocols: the harness (default) and the reference recipes (recipe=NAME)")
+    for col in ("recipe", "reproduces", "reference for", "sets", "known differences", "source"):
+        table.add_column(col, overflow="fold")
+    table.add_row("harness", "one substrate for every method: the fair comparison", "every method",
+                  "the config defaults and the method's", "-", "bench/config.py")
+    for name in recipe_names():
+        r = get_recipe(name)
+        sets = json.dumps(r.config, sort_keys=True)
+        if r.methods:
+            sets += "; per method: " + json.dumps(r.methods, sort_keys=True)
+        table.add_row(name, r.title, ", ".join(r.reference_for), sets,
+                      "\n".join(f"- {d}" for d in r.known_differences) or "-", r.source)
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    return 0
+
+
 def _reader_options(args: argparse.Namespace) -> dict:
     """`-o key=value` reader options (values parsed as YAML); synthfer's generator flags for synthfer."""
     import yaml
@@ -215,7 +237,8 @@ def _run_sweep(spec_path: Path, overrides: list[str], dry_run: bool, leaderboard
               "here they run one after another")
     if dry_run:
         for c in todo:
-            print(f"  {c.method} {c.data.protocol}={c.data.budget:g} seed={c.seed}")
+            recipe = "" if c.recipe == "harness" else f" recipe={c.recipe}"
+            print(f"  {c.method}{recipe} {c.data.protocol}={c.data.budget:g} seed={c.seed}")
         return 0
     t0 = time.perf_counter()
     records, failures = run_local(runs)
@@ -237,7 +260,8 @@ def _submit_sweep(spec, runs, executor: str, cluster: dict, dry_run: bool, wait:
           f"{len(todo)} to submit ({executor})")
     if dry_run or not todo:
         for c in todo:
-            print(f"  {c.method} {c.data.protocol}={c.data.budget:g} seed={c.seed}")
+            recipe = "" if c.recipe == "harness" else f" recipe={c.recipe}"
+            print(f"  {c.method}{recipe} {c.data.protocol}={c.data.budget:g} seed={c.seed}")
         return 0
     _prepare_data(todo)
     jobs = submit_runs(todo, executor, spec.output_dir, spec.name, params, spec.runs_per_gpu)
@@ -297,7 +321,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _render(records_dir: Path, out: Path, baseline: str, formats: tuple[str, ...] = ("md",),
-            interval: str = "combined") -> list[Path]:
+            interval: str = "combined", reported: Path | None = None) -> list[Path]:
     from bench.results.leaderboard import render_leaderboards
     from bench.results.record import load_record_files, read_predictions
 
@@ -308,7 +332,7 @@ def _render(records_dir: Path, out: Path, baseline: str, formats: tuple[str, ...
         raise FERBenchError(f"{records_dir}: no run records found")
     predictions = {rec["run_id"]: a for path, rec in files if (a := read_predictions(path, rec)) is not None}
     paths = render_leaderboards([rec for _, rec in files], out, baseline=baseline, predictions=predictions,
-                                formats=formats, interval=interval)
+                                formats=formats, interval=interval, reported=reported)
     for p in paths:
         print(f"wrote {p}")
     return paths
@@ -324,7 +348,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    _render(Path(args.records_dir), Path(args.output), args.baseline, formats, args.interval)
+    _render(Path(args.records_dir), Path(args.output), args.baseline, formats, args.interval,
+            Path(args.reported) if args.reported else None)
     return 0
 
 
@@ -369,6 +394,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ferbench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
+    rc = sub.add_parser("recipes", help="list the protocols: the harness and each reference recipe, with sources")
+    rc.set_defaults(fn=_cmd_recipes)
     m = sub.add_parser("methods", help="list registered methods with their views, defaults and sources")
     m.set_defaults(fn=_cmd_methods)
 
@@ -482,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--format", default="md", help="comma-separated: md, tex, csv (e.g. md,tex,csv)")
     lb.add_argument("--interval", default="combined", choices=("combined", "seeds"),
                     help="accuracy interval shown: over seeds and test images (default), or the seed-only t-CI")
+    lb.add_argument("--reported", default=None, metavar="YAML",
+                    help="published numbers for reference-recipe leaderboards (default: bench/results/reported.yaml)")
     lb.set_defaults(fn=_cmd_leaderboard)
 
     dm = sub.add_parser("demo", help="supervised vs FixMatch on synthfer, 2 budgets x 3 seeds, + leaderboard")

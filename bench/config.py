@@ -6,9 +6,11 @@ and what the run record stores, so two runs with the same resolved config are th
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -35,6 +37,13 @@ MIXED_PRECISION = ("no", "fp16", "bf16")
 COMPILE_MODES = ("none", "default", "reduce-overhead")
 AUGMENT_ON = ("device", "cpu")
 WEAK_CROPS = ("pad", "resized")
+HEADS = ("linear", "normalized")
+FORWARD_BATCHING = ("joint", "separate")
+EMA_WALKS = ("tensors", "state_dict")
+AUGMENT_OPS = ("harness", "pil")
+PAD_MODES = ("reflect", "zeros")
+CHANNEL_ORDERS = ("rgb", "bgr")
+STRONG_ORDERS = ("randaugment_first", "weak_first")
 
 
 @dataclass
@@ -66,6 +75,9 @@ class ModelConfig:
     backbone: str = "ferbench_cnn_small"
     pretrained_file: str | None = None  # local checkpoint only; never a hub download
     drop_rate: Decay = 0.0
+    # "linear": features -> dropout -> linear. "normalized": the Ada-CM lineage's head, features -> dropout ->
+    # L2-normalise -> linear, whose forward returns that normalised feature (reference/methods.md §1).
+    head: Literal[HEADS] = "linear"
     timm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments (img_size, ...)
 
 
@@ -91,6 +103,18 @@ class AugmentConfig:
     cutout_max: Probability = 0.5  # cutout side ~ U(0, cutout_max) * image side
     crop: Literal[WEAK_CROPS] = "pad"  # weak-view crop: padded random crop | RandomResizedCrop
     rrc_scale: tuple[AreaFraction, AreaFraction] = (0.08, 1.0)  # crop="resized": range of the crop's area fraction
+    # RandAugment and Cutout op semantics: "pil" = PIL's, as the reference code applies them to PIL images
+    # (fill 0, shear about the top-left corner, posterize int(U(4, 8)) bits, cutout including its end pixel);
+    # "harness" = grey fill 128, shear about the centre, posterize 4..8 bits, cutout excluding its end pixel.
+    ops: Literal[AUGMENT_OPS] = "harness"
+    pad_mode: Literal[PAD_MODES] = "reflect"  # the weak crop's padding: reflect (USB) | zeros (torchvision's default)
+    # Resize every view (evaluation's too) to this side after RandAugment and Cutout and before the weak crop, as
+    # the Ada-CM lineage's Resize(224) of its 100x100 faces; None: views keep the stored data.image_size.
+    resize_to: Annotated[int, Interval("[8, inf)")] | None = None
+    channels: Literal[CHANNEL_ORDERS] = "rgb"  # "bgr": the network sees BGR (cv2.imread without conversion)
+    # The strong view: "randaugment_first" = RandAugment + Cutout, then the weak pipeline (the Ada-CM lineage);
+    # "weak_first" = the weak crop and flip, then RandAugment + Cutout (USB's transform_strong).
+    strong_order: Literal[STRONG_ORDERS] = "randaugment_first"
     normalize_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     normalize_std: tuple[Positive, Positive, Positive] = (0.229, 0.224, 0.225)
 
@@ -109,6 +133,16 @@ class TrainConfig:
     compile: Literal[COMPILE_MODES] = "none"  # torch.compile's mode; reduce-overhead = CUDA graphs
     fused_optimizer: bool = True  # torch's fused optimiser kernels where available (CUDA); recorded
     stop_after: Count | None = None  # stop (checkpointed) at this iteration: a simulated interruption
+    # "joint": one forward over the labeled batch and every unlabeled view (USB); "separate": one forward per
+    # part, so BatchNorm normalises each with its own statistics (the Ada-CM lineage).
+    forward: Literal[FORWARD_BATCHING] = "joint"
+    # How the EMA model is updated: "tensors" = each parameter and buffer once (timm's ModelEmaV3); "state_dict" =
+    # once per state_dict() entry, as the Ada-CM lineage's WeightEMA, so a module registered k times (LEAF's
+    # shared expert) is averaged k times per step.
+    ema_walk: Literal[EMA_WALKS] = "tensors"
+    # The Ada-CM lineage's "customised weight decay": after each EMA update, every float state_dict() entry of the
+    # student is multiplied by (1 - student_decay * lr) (the code's 0.02); 0 = off.
+    student_decay: NonNegative = 0.0
 
 
 # Named hyper-parameter presets (reference/methods.md §1, §7), selectable for any method. A preset is
@@ -146,6 +180,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class RunConfig:
     method: str = "fixmatch"
+    # the protocol: "harness" (one substrate for every method) or a reference recipe (bench/recipes/<name>.yaml)
+    recipe: str = "harness"
     preset: str | None = None
     seed: NonNegativeInt = 0
     split_seed: NonNegativeInt | None = None  # defaults to seed: seed i fixes both the split and the training
@@ -196,6 +232,16 @@ _HASHED_WHEN_SET = {
     ("stages",): {},
     ("augment", "crop"): "pad",
     ("augment", "rrc_scale"): [0.08, 1.0],
+    ("recipe",): "harness",
+    ("model", "head"): "linear",
+    ("augment", "ops"): "harness",
+    ("augment", "pad_mode"): "reflect",
+    ("augment", "resize_to"): None,
+    ("augment", "channels"): "rgb",
+    ("augment", "strong_order"): "randaugment_first",
+    ("train", "forward"): "joint",
+    ("train", "ema_walk"): "tensors",
+    ("train", "student_decay"): 0.0,
 }
 
 
@@ -230,7 +276,8 @@ def run_id(cfg: RunConfig) -> str:
     payload = json.dumps(resolved, sort_keys=True, default=str)
     digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
     budget = f"{cfg.data.budget:g}"
-    return f"{cfg.method}_{spec.key(cfg.data.label_protocol)}_{cfg.data.protocol}{budget}_s{cfg.seed}_{digest}"
+    method = cfg.method if cfg.recipe == "harness" else f"{cfg.method}-{cfg.recipe}"  # a recipe names its runs
+    return f"{method}_{spec.key(cfg.data.label_protocol)}_{cfg.data.protocol}{budget}_s{cfg.seed}_{digest}"
 
 
 def _coerce(value: str, current: Any, where: str) -> Any:
@@ -343,19 +390,38 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 def build_config(
     files: list[str | Path] | None = None, overrides: list[str] | None = None, base: dict | None = None
 ) -> RunConfig:
-    """Defaults <- `base` mapping <- each YAML file in order <- dotted overrides."""
-    cfg = RunConfig()
-    if base:
-        apply_mapping(cfg, base)
-    for f in files or []:
-        apply_mapping(cfg, load_yaml(f), source=str(f))
-    apply_overrides(cfg, list(overrides or []))
+    """Defaults <- the recipe <- `base` mapping <- each YAML file in order <- dotted overrides."""
+    mappings = [(base, "config")] if base else []
+    mappings += [(load_yaml(f), str(f)) for f in files or []]
+
+    def user(cfg: RunConfig) -> None:
+        for mapping, source in mappings:
+            apply_mapping(cfg, copy.deepcopy(mapping), source=source)
+        apply_overrides(cfg, list(overrides or []))
+
+    return layered(user)
+
+
+def layered(user: Callable[[RunConfig], None]) -> RunConfig:
+    """The config `user` writes (it applies the user's mappings and overrides to a config), on top of the recipe
+    it names: a first pass finds the recipe and method, the second starts from the recipe's values for them."""
+    probe = RunConfig()
+    user(probe)
+    if probe.recipe == "harness":
+        return check_config(probe)
+    from bench.recipe import get_recipe
+
+    cfg = apply_mapping(RunConfig(), get_recipe(probe.recipe).mapping(probe.method), source=f"recipe {probe.recipe}")
+    user(cfg)
     return check_config(cfg)
 
 
 def check_config(cfg: RunConfig, prefix: str = "") -> RunConfig:
     """Every value's type and range (the field annotations above): one line naming key and value if not."""
     check_fields(cfg, prefix)
+    from bench.recipe import check_recipe
+
+    check_recipe(cfg.recipe)
     return cfg
 
 

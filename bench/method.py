@@ -12,7 +12,8 @@ batch, not indexed selections. No built-in method's step reads anything (tested 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -219,20 +220,45 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)
 
 
+#: attribute of the (unwrapped) model the engine sets from `train.forward`
+FORWARD_BATCHING_ATTR = "forward_batching"
+
+
+def set_forward_batching(model: nn.Module, mode: str) -> None:
+    """How `forward_parts` runs this model: "joint" (one forward over all parts) or "separate" (one per part)."""
+    setattr(unwrap_model(model), FORWARD_BATCHING_ATTR, mode)
+
+
+def forward_parts(model: nn.Module, *parts: Tensor, **kwargs: Any) -> list[tuple[Tensor, ...]]:
+    """The model's outputs for each part (the labeled batch, then each unlabeled view), as tuples.
+
+    "joint" (the harness, USB): one forward over the parts concatenated, so BatchNorm normalises them together,
+    and every batch-sized output is split back into parts. "separate" (the Ada-CM lineage, `train.forward`): one
+    forward per part, in order, so BatchNorm normalises each with its own statistics. An output that is not per
+    sample (a 0-dim loss) belongs to the forward that made it: joint gives it to the first part and zeros to the
+    others, so summing it over the parts means the same in both modes.
+    """
+    def as_tuple(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        return out if isinstance(out, tuple) else (out,)
+
+    if getattr(unwrap_model(model), FORWARD_BATCHING_ATTR, "joint") == "separate":
+        return [as_tuple(model(p, **kwargs) if kwargs else model(p)) for p in parts]
+    inputs = torch.cat(parts)
+    outs = as_tuple(model(inputs, **kwargs) if kwargs else model(inputs))  # plain call: no keyword needed
+    sizes = [len(p) for p in parts]
+    split = [o.split(sizes) if o.ndim and len(o) == len(inputs) else
+             (o, *(torch.zeros_like(o) for _ in sizes[1:])) for o in outs]
+    return [tuple(s[i] for s in split) for i in range(len(parts))]
+
+
 def joint_forward(model: nn.Module, labeled: Tensor, *unlabeled: Tensor,
                   return_features: bool = False) -> tuple[Tensor, ...]:
-    """One forward over the labeled batch and every unlabeled view together, split back into parts.
-
-    BatchNorm then sees all of them as one batch, as USB's algorithms do. Returns the logits of each part
-    in order (labeled first); with `return_features`, the features of each part follow the logits.
-    """
-    inputs = torch.cat([labeled, *unlabeled])
-    n, k = len(labeled), len(unlabeled)
-    if not return_features:  # plain call: models need not accept the keyword
-        logits = model(inputs)
-        return (logits[:n], *logits[n:].chunk(k))
-    logits, feats = model(inputs, return_features=True)
-    return (logits[:n], *logits[n:].chunk(k), feats[:n], *feats[n:].chunk(k))
+    """The logits of the labeled batch and of every unlabeled view (labeled first), from one forward over all
+    of them or one per part (`forward_parts`); with `return_features`, the features of each part follow."""
+    if not return_features:
+        return tuple(out[0] for out in forward_parts(model, labeled, *unlabeled))
+    outs = forward_parts(model, labeled, *unlabeled, return_features=True)
+    return (*(o[0] for o in outs), *(o[1] for o in outs))
 
 
 def weak_strong_forward(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
@@ -248,3 +274,33 @@ def weak_strong_forward(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor,
 def cross_entropy_masked_mean(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:
     """mean_b mask_b * CE(logits_b, targets_b): FixMatch-style, averaged over the whole batch."""
     return (nn.functional.cross_entropy(logits, targets, reduction="none") * mask).mean()
+
+
+#: the per-module statistics a BatchNorm forward in training mode updates
+BN_STAT_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+@contextmanager
+def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of `module` keep their running statistics through the forwards inside the block.
+
+    Normalisation itself is unchanged (a layer in training mode still uses the batch's statistics); only the
+    running mean, variance and batch count are left as they were, like USB's `Bn_Controller.freeze_bn`/
+    `unfreeze_bn` (which covers BatchNorm2d and SyncBatchNorm; here every `_BatchNorm`). Each layer trains on
+    copies of its buffers that are dropped on exit, and the original tensors are put back untouched: restoring
+    values in place would bump their version and break the backward of an earlier forward that saved them.
+    Nothing is read on the host.
+    """
+    saved: list[tuple[nn.Module, str, Tensor]] = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            for name in BN_STAT_BUFFERS:
+                buf = getattr(m, name, None)
+                if isinstance(buf, Tensor):
+                    saved.append((m, name, buf))
+                    setattr(m, name, buf.clone())
+    try:
+        yield
+    finally:
+        for m, name, buf in saved:
+            setattr(m, name, buf)

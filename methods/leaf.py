@@ -34,7 +34,8 @@ Options: `paper_moe` = 8 independent experts, top-2 gating (a linear combination
 load-balancing loss cv^2(importance) + cv^2(load), weighted `moe_loss_coef` (the code's 1e-2) per MoE;
 `mask_per_sample` = L_u = scale * mean_b(mask_b l_b w_b), with the same rescaling constant.
 `epoch_iters` defaults to the code's 1600 iterations per epoch.
-Not reproduced (as in `adacm`): Ada-CM's "customised weight decay" of the student after each EMA step.
+The rest of the official step (Dropout(0.5) before the MoE, separate forwards, views, Adam, the lineage's EMA over
+state_dict entries with the shared expert 9 times, the customised weight decay) is the `leaf` recipe.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.errors import FERBenchError
-from bench.method import Batch, StepContext, StepOutput
+from bench.method import Batch, StepContext, StepOutput, forward_parts
 from bench.registry import register_method
 from methods.adacm import AdaCM
 
@@ -76,8 +77,10 @@ class NoisyTopKMoE(nn.Module):
     """Sparsely gated mixture of residual experts (Shazeer et al. 2017), computed densely: experts whose
     gate is 0 contribute exactly 0, so the result equals the sparse dispatch.
 
-    `shared=True` is LEAF's released code: one expert module standing for all `num_experts` (so EMA and
-    checkpoints see it once, not 8 aliases).
+    `shared=True` is LEAF's released code: one expert module standing for all `num_experts`, registered as the
+    code registers it (`expert`, and `num_experts` times in `experts`), so `state_dict()` lists it
+    num_experts + 1 times: the harness's EMA averages it once (`train.ema_walk=tensors`), the lineage's
+    WeightEMA once per entry (`ema_walk=state_dict`, the `leaf` recipe).
     """
 
     def __init__(self, dim: int, num_experts: int = 8, k: int = 1, shared: bool = True, noisy: bool = True,
@@ -86,7 +89,11 @@ class NoisyTopKMoE(nn.Module):
         if not 1 <= k <= num_experts:
             raise FERBenchError(f"MoE: top-k={k} must lie in [1, num_experts={num_experts}]")
         self.num_experts, self.k, self.shared, self.noisy, self.loss_coef = num_experts, k, shared, noisy, loss_coef
-        self.experts = nn.ModuleList([ResExpert(dim) for _ in range(1 if shared else num_experts)])
+        if shared:
+            self.expert = ResExpert(dim)
+            self.experts = nn.ModuleList([self.expert] * num_experts)
+        else:
+            self.experts = nn.ModuleList([ResExpert(dim) for _ in range(num_experts)])
         self.w_gate = nn.Parameter(torch.zeros(dim, num_experts))
         self.w_noise = nn.Parameter(torch.zeros(dim, num_experts))
 
@@ -237,11 +244,9 @@ class LEAF(AdaCM):
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         x, y = batch.labeled["weak"], batch.labeled["y"]
         u = batch.unlabeled
-        n, m = len(x), len(u["weak"])
-        logits, feats, aux = model(torch.cat([x, u["weak"], u["weak2"], u["strong"]]), return_features=True,
-                                   return_aux=True)
-        logits_x, (l1, l2, ls) = logits[:n], logits[n:].split(m)
-        f1, f2 = feats[n : n + m], feats[n + m : n + 2 * m]
+        parts = forward_parts(model, x, u["weak"], u["weak2"], u["strong"], return_features=True, return_aux=True)
+        (logits_x, _, _), (l1, f1, _), (l2, f2, _), (ls, _, _) = parts
+        aux = sum(p[2] for p in parts)  # the MoE balancing loss of each forward (`paper_moe`)
         loss_x = F.cross_entropy(logits_x, y)
         pseudo, confident = self.partition(l1, l2)
         loss_s = self.contrastive(f1, f2, confident)

@@ -1,8 +1,11 @@
 """SIT-FER (Ding et al., arXiv 2503.18463): semantic, instance and text probabilities fused into pseudo-labels,
 as in the released PatrickStarL/SIT-FER `main.py` (reference/methods.md §2).
 
-Model (`build_model` wraps any timm backbone): f = L2norm(backbone(x)) (D-d), logits = W f; fixed text
-anchors T (C x D, unit rows); a memory bank B (N_labeled x D) of labeled features with their labels.
+Model (`build_model` wraps any timm backbone): f = L2norm(backbone(x)) (D-d), logits = W dropout(f); fixed text
+anchors T (C x D, unit rows); a memory bank B (N_labeled x D) of labeled features with their labels. With
+`model.head="normalized"` the head is the released one (`models/backbone.py`: pooled features -> Dropout ->
+L2-normalise -> Linear): f = L2norm(dropout(backbone(x))), logits = W f, and that f (after dropout, in training)
+is the feature of the text scores, the bank and the pseudo-labels.
 - text scores       s_text = f T^T / tau_t            (cosine logits; the code has no temperature: tau_t = 1)
 - instance scores   s_ins_c = max(0, max_{j: y_j = c} <f, B_j>) / tau_i   (per-class max cosine; empty
                     slots and classes give 0, as the code's zero-started accumulator)
@@ -21,9 +24,20 @@ Evaluation (`eval_head="fused"`, the code's): p = 0.3 softmax(logits) + 0.2 soft
 softmax(s_ins) with the labeled bank; the model returns log p. `eval_head="classifier"` returns W f.
 
 Text anchors (`text_encoder`), all offline:
-- "random" (default): fixed random unit vectors, seeded by `text_seed` (or, when null, by the run's
-  initialisation seed). This is what the released code computes: its prompt "This is a face image of
-  {emotion}" reaches a randomly initialised, never-trained transformer (eval mode, no gradient).
+- "random" (default): i.i.d. random unit vectors, seeded by `text_seed` (or, when null, by the run's
+  initialisation seed). Near-orthogonal (|cos| about 0.1 at D = 512), so NOT the released code's anchors, which
+  are far from orthogonal (below); kept as the default so existing results stand.
+- "random_transformer": the released code's anchors (`main.py`, `TextEncoder`): a randomly initialised,
+  never-trained text transformer (token embedding over a 7-word vocabulary, `nn.Transformer(512, 8, 3)` of which
+  only the 3-layer post-norm encoder runs, with its closing LayerNorm, then another LayerNorm and a 512 x 512
+  linear projection) in eval mode without gradient. The code's tokenizer keeps only vocabulary words, so each
+  prompt "This is a face image of {emotion}" is the emotion's id followed by 76 padding ids 0 (0 is also
+  "surprise"); the anchor is the projected output at the first position, L2-normalised. Far from orthogonal: at
+  C = 7, pairwise cosines 0.64-0.80 (mean 0.70-0.76 per seed) and a best text-logit margin of about 0.5, against
+  about 1.05 for "random". Built with the CPU generator seeded by `text_seed` (when null, a seed drawn from the
+  run's generator; the record says which), in the code's construction order, so a seed gives the parameters the
+  code gets right after `torch.manual_seed(seed)`. A class word outside the code's vocabulary (Contempt) gets a
+  new id after the code's seven.
 - "clip": a CLIP text tower from a local directory: a transformers `CLIPModel` (config.json) or an
   open_clip model (open_clip_config.json + weights), the encoder the paper points to (ViT-B/32, 512-d).
 - "sentence-transformers": a SentenceTransformer from a local directory (e.g. all-MiniLM-L6-v2, 384-d).
@@ -32,18 +46,20 @@ L2-normalised) or "learned" (a linear map trained through L_t). The record's `me
 encoder, width, projection and prompts were used. Prompts: `prompt` with one word per canonical class
 (`class_words`; defaults are the code's words in FERBench's label order) or explicit `class_prompts`.
 
-Deviations from the released code: one joint forward over labeled and unlabeled images (BatchNorm sees
-them together, as for the other methods); the bank stores each labeled image at its labeled-pool position
-with label -1 while empty (the code's zero-filled labels also contribute 0); the harness evaluates the final
-checkpoint (with the EMA model when the run keeps one, so the bank evaluated is the EMA of the student's:
-run with `train.ema_decay=0` for the code's no-EMA setting); the code's split hack (57 images of one class)
-is not reproduced.
+Deviations from the released code (besides the defaults above: "random" anchors, and the feature normalised
+before dropout unless `model.head="normalized"`): one joint forward over labeled and unlabeled images unless
+`train.forward="separate"` (BatchNorm sees them together, as for the other methods); the bank stores each
+labeled image at its labeled-pool position with label -1 while empty (the code's zero-filled labels also
+contribute 0); the harness evaluates the final checkpoint (with the EMA model when the run keeps one, so the
+bank evaluated is the EMA of the student's: run with `train.ema_decay=0` for the code's no-EMA setting); the
+code's split hack (57 images of one class) is not reproduced.
 """
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +74,10 @@ from bench.registry import register_method
 #: the code's prompt words, in FERBench's canonical order (Neutral, Happy, Sad, Surprise, Fear, Disgust,
 #: Anger, Contempt); the code says "angry" for Anger.
 CLASS_WORDS = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "angry", "contempt")
-TEXT_ENCODERS = ("random", "clip", "sentence-transformers")
+TEXT_ENCODERS = ("random", "random_transformer", "clip", "sentence-transformers")
+#: the released code's vocabulary in its order (`main.py` `vocab`); id 0 doubles as the padding id
+RELEASED_VOCAB = ("surprise", "fear", "disgust", "happy", "sad", "angry", "neutral")
+RELEASED_CONTEXT = 77  # the code's tokenizer pads every prompt to 77 ids
 
 
 def _require(module: str, package: str, what: str) -> None:
@@ -102,9 +121,58 @@ def encode_prompts(encoder: str, path: str, prompts: list[str]) -> Tensor:
                         "open_clip_config.json (open_clip) in it")
 
 
+def tokenize_vocabulary_words(prompts: list[str], vocab: list[str], context: int = RELEASED_CONTEXT) -> Tensor:
+    """(P, context) ids as the released tokenizer gives them: each prompt's lower-cased, space-split words that are
+    in `vocab` (others dropped), in order, then zeros."""
+    index = {w: i for i, w in enumerate(vocab)}
+    ids = torch.zeros(len(prompts), context, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        kept = [index[w] for w in prompt.lower().split() if w in index]
+        if not kept:
+            raise FERBenchError(f"method 'sitfer': prompt {prompt!r} has no word of the text vocabulary {vocab}")
+        if len(kept) > context:
+            raise FERBenchError(f"method 'sitfer': prompt {prompt!r} has more than {context} vocabulary words")
+        ids[row, : len(kept)] = torch.tensor(kept)
+    return ids
+
+
+class RandomTextTransformer(nn.Module):
+    """The released code's never-trained text encoder, with its structure and construction order (`main.py`
+    `TextEncoder`): token embedding, `nn.Transformer(d_model, nhead, num_layers)` (only its encoder runs; the
+    decoder is built so the parameters drawn after it are the same), final LayerNorm, linear projection. The
+    code's positional embedding is all zeros and never trained, so it is left out (adding it changes nothing)."""
+
+    def __init__(self, vocab_size: int, d_model: int = 512, nhead: int = 8, num_layers: int = 3) -> None:
+        super().__init__()
+        self.token_embedding = nn.Embedding(vocab_size, d_model)
+        with warnings.catch_warnings():  # torch's note that a sequence-first encoder has no fast path
+            warnings.simplefilter("ignore", UserWarning)
+            self.encoder = nn.Transformer(d_model, nhead, num_layers).encoder
+        self.ln_final = nn.LayerNorm(d_model)
+        self.text_projection = nn.Linear(d_model, d_model)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        x = self.token_embedding(tokens).transpose(0, 1)  # sequence-first, as nn.Transformer's default
+        x = self.ln_final(self.encoder(x).transpose(0, 1))
+        return self.text_projection(x[:, 0])  # the first position: the (only) class word
+
+
+def random_transformer_anchors(prompts: list[str], vocab: list[str], seed: int) -> Tensor:
+    """Unit anchors (C, 512) of `prompts` from a `RandomTextTransformer` built from CPU generator seed `seed`,
+    encoded one prompt at a time in eval mode without gradient, as the released code does."""
+    with torch.random.fork_rng(devices=[]):  # the run's CPU random stream is left as it was
+        torch.random.default_generator.manual_seed(seed)
+        encoder = RandomTextTransformer(len(vocab)).eval()
+    tokens = tokenize_vocabulary_words(prompts, vocab)
+    with torch.no_grad():
+        out = torch.cat([encoder(t[None]) for t in tokens])
+    return F.normalize(out, dim=-1)
+
+
 class SITFERModel(nn.Module):
     """FERModel + L2-normalised feature, text anchors and the labeled-feature memory bank (buffers, so they
-    are checkpointed, EMA'd and saved with the final weights)."""
+    are checkpointed, EMA'd and saved with the final weights). The feature follows the base model's head:
+    normalised after its dropout with `head="normalized"` (the released order), before it otherwise."""
 
     def __init__(self, base: nn.Module, text_embeddings: Tensor, projection: str, num_labeled: int,
                  normalize_classifier_input: bool, eval_head: str, eval_weights: tuple[float, float, float],
@@ -113,6 +181,7 @@ class SITFERModel(nn.Module):
         self.base = base
         self.num_features = dim = int(base.num_features)
         self.normalize_classifier_input = normalize_classifier_input
+        self.normalize_after_dropout = getattr(base, "head", "linear") == "normalized"
         self.eval_head = eval_head
         self.eval_weights = eval_weights
         self.tau_t, self.tau_i = text_temperature, instance_temperature
@@ -132,6 +201,9 @@ class SITFERModel(nn.Module):
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         feats = self.base.backbone(x)
+        if self.normalize_after_dropout:  # released: Dropout -> L2-normalise -> Linear, one feature for all uses
+            f = F.normalize(self.base.drop(feats), dim=-1)
+            return self.base.classifier(f), f
         f = F.normalize(feats, dim=-1)
         logits = self.base.classifier(self.base.drop(f if self.normalize_classifier_input else feats))
         return logits, f
@@ -178,8 +250,9 @@ class SITFER(Method):
     argument_ranges = {"threshold": "[0, 1]", "lambda_s": "[0, inf)", "lambda_t": "[0, inf)", "lambda_u": "[0, inf)",
                        "warmup_frac": "[0, 1]", "fusion_weights": "[0, inf)", "warmup_weights": "[0, inf)",
                        "text_temperature": "(0, inf)", "instance_temperature": "(0, inf)"}
-    reference = ("Ding et al. 2025; PatrickStarL/SIT-FER main.py (fixed random text anchors, fusion 0.6/0.4 then "
-                 "0.3/0.2/0.5 after epoch 15 of 80, tau 0.75, 0.4/0.4/0.2, fused eval head)")
+    reference = ("Ding et al. 2025; PatrickStarL/SIT-FER main.py (text anchors from a never-trained transformer: "
+                 "text_encoder='random_transformer'; fusion 0.6/0.4 then 0.3/0.2/0.5 after epoch 15 of 80, tau 0.75, "
+                 "0.4/0.4/0.2, fused eval head)")
 
     def __init__(self, num_classes: int, **hparams: Any) -> None:
         super().__init__(num_classes, **hparams)
@@ -193,7 +266,12 @@ class SITFER(Method):
             raise FERBenchError("method 'sitfer': fusion_weights needs 3 numbers (semantic, text, instance), "
                                 "warmup_weights 2 (semantic, text)")
         self.prompts = self._prompts(num_classes)
-        if encoder != "random":
+        self.text_vocab: list[str] = []
+        if encoder == "random_transformer":  # the code's seven words, then any other class word
+            words = dict.fromkeys(w.lower() for w in self._words(num_classes))
+            self.text_vocab = list(RELEASED_VOCAB) + [w for w in words if w not in RELEASED_VOCAB]
+            tokenize_vocabulary_words(self.prompts, self.text_vocab)  # a prompt without a vocabulary word fails now
+        if encoder not in ("random", "random_transformer"):
             path = h["text_encoder_path"]
             if not path or not Path(path).is_dir():
                 raise FERBenchError(f"method 'sitfer': text_encoder={encoder!r} loads from a local directory only; "
@@ -203,12 +281,16 @@ class SITFER(Method):
         self.num_labeled = 0
         self._info: dict[str, Any] = {}
 
+    def _words(self, num_classes: int) -> list[str]:
+        h = self.hparams
+        return list(h["class_words"]) if h["class_words"] is not None else list(CLASS_WORDS[:num_classes])
+
     def _prompts(self, num_classes: int) -> list[str]:
         h = self.hparams
         if h["class_prompts"] is not None:
             prompts = [str(p) for p in h["class_prompts"]]
         else:
-            words = list(h["class_words"]) if h["class_words"] is not None else list(CLASS_WORDS[:num_classes])
+            words = self._words(num_classes)
             if len(words) != num_classes:
                 raise FERBenchError(f"method 'sitfer': class_words has {len(words)} words for {num_classes} classes")
             if "{}" not in str(h["prompt"]):
@@ -227,9 +309,18 @@ class SITFER(Method):
     def build_model(self, model: nn.Module) -> nn.Module:
         h = self.hparams
         dim = int(model.num_features)
+        if getattr(model, "head", "linear") == "normalized" and not h["normalize_classifier_input"]:
+            raise FERBenchError("method 'sitfer': normalize_classifier_input=false contradicts model.head="
+                                "'normalized' (whose classifier sees the L2-normalised feature)")
         gen = torch.Generator().manual_seed(int(h["text_seed"])) if h["text_seed"] is not None else None
+        extra: dict[str, Any] = {}
         if h["text_encoder"] == "random":
             emb = F.normalize(torch.randn(self.num_classes, dim, generator=gen), dim=-1)
+        elif h["text_encoder"] == "random_transformer":
+            # null text_seed: one draw from the run's generator, recorded so the anchors can be rebuilt
+            seed = int(h["text_seed"]) if h["text_seed"] is not None else int(torch.randint(0, 2**31 - 1, ()))
+            emb = random_transformer_anchors(self.prompts, self.text_vocab, seed)
+            extra = {"text_seed": seed, "text_vocabulary": self.text_vocab}
         else:
             try:
                 emb = encode_prompts(h["text_encoder"], h["text_encoder_path"], self.prompts)
@@ -249,6 +340,9 @@ class SITFER(Method):
             "image_feature_dim": dim,
             "text_projection": (h["text_projection"] if projected else "none"),
             "prompts": self.prompts if h["text_encoder"] != "random" else None,
+            "feature": ("L2-normalised after dropout (released head)" if head.normalize_after_dropout
+                        else "L2-normalised before dropout"),
+            **extra,
             "text_anchors_sha256": hashlib.sha256(head.text_embeddings.numpy().tobytes()).hexdigest()[:16],
         }
         return head

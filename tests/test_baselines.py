@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.errors import FERBenchError
 from bench.method import Batch, SetupInfo, StepContext
 from bench.registry import create_method
 
@@ -98,6 +99,41 @@ def test_softmatch_truncated_gaussian_weights() -> None:
     assert expected[0] == 1.0 and expected[2] == 1.0 and expected[1] < 1.0  # only the low one is down-weighted
 
 
+@pytest.mark.parametrize("dist_init", ["uniform", "first_batch"])
+def test_softmatch_p_model_start(dist_init: str) -> None:
+    """p^_model after one and two batches: from 1/C (FERBench) or set by the first batch (USB's DistAlignEMAHook)."""
+    sm = create_method("softmatch", num_classes=2, args={"ema_p": 0.5, "dist_init": dist_init})
+    sm.weights(PROBS.float())  # batch mean (1.7/3, 1.3/3)
+    first = [1.7 / 3, 1.3 / 3] if dist_init == "first_batch" else [0.25 + 0.5 * 1.7 / 3, 0.25 + 0.5 * 1.3 / 3]
+    assert sm.p_model.tolist() == pytest.approx(first, rel=1e-6)
+    sm.weights(torch.tensor([[0.5, 0.5], [0.1, 0.9]]))  # batch mean (0.3, 0.7)
+    assert sm.p_model.tolist() == pytest.approx([0.5 * first[0] + 0.15, 0.5 * first[1] + 0.35], rel=1e-6)
+
+
+def test_softmatch_first_batch_flag_is_checkpointed_and_old_checkpoints_load() -> None:
+    sm = create_method("softmatch", num_classes=2, args={"ema_p": 0.5, "dist_init": "first_batch"})
+    fresh = sm.state_dict()
+    assert fresh["p_model_updated"].item() is False
+    sm.weights(PROBS.float())
+    state = sm.state_dict()
+    assert state["p_model_updated"].item() is True
+    resumed = create_method("softmatch", num_classes=2, args={"ema_p": 0.5, "dist_init": "first_batch"})
+    resumed.load_state_dict(state)
+    old = {k: v for k, v in state.items() if k != "p_model_updated"}  # a checkpoint from before the flag
+    legacy = create_method("softmatch", num_classes=2, args={"ema_p": 0.5, "dist_init": "first_batch"})
+    legacy.load_state_dict(old)
+    batch = torch.tensor([[0.5, 0.5], [0.1, 0.9]])
+    for m in (resumed, legacy):  # both continue the EMA instead of restarting from the batch
+        m.weights(batch)
+        assert m.p_model.tolist() == pytest.approx([0.5 * 1.7 / 3 + 0.15, 0.5 * 1.3 / 3 + 0.35], rel=1e-6)
+    restart = create_method("softmatch", num_classes=2, args={"ema_p": 0.5, "dist_init": "first_batch"})
+    restart.load_state_dict(fresh)  # saved before any update: the next batch still sets p^_model
+    restart.weights(batch)
+    assert restart.p_model.tolist() == pytest.approx([0.3, 0.7], rel=1e-6)
+    with pytest.raises(FERBenchError, match="dist_init='ones'"):
+        create_method("softmatch", num_classes=2, args={"dist_init": "ones"})
+
+
 # --- MeanTeacher -----------------------------------------------------------------------------------
 
 
@@ -114,6 +150,127 @@ def test_meanteacher_ramped_consistency_with_student_gradient() -> None:
     assert out.loss.item() == pytest.approx(L(4 / 3) + 25 * 0.0625, rel=1e-6)
     out.loss.backward()
     assert student_view.grad is not None and student_view.grad.abs().sum() > 0
+
+
+class _BNNet(nn.Module):
+    """Linear -> BatchNorm -> ReLU -> Dropout -> Linear: a model whose output depends on BatchNorm's mode."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Dropout(p), nn.Linear(4, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _bn_stats(model: nn.Module) -> list[torch.Tensor]:
+    bn = model.body[1]
+    return [bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone()]
+
+
+def _same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_frozen_batchnorm_stats_keeps_running_statistics_and_earlier_graphs() -> None:
+    from bench.method import frozen_batchnorm_stats
+
+    torch.manual_seed(0)
+    net = _BNNet().train()
+    x, u = torch.randn(6, 3), torch.randn(6, 3) + 2
+    first = net(x).sum()  # saves the BatchNorm buffers for its backward
+    after_x = _bn_stats(net)
+    originals = [net.body[1].running_mean, net.body[1].running_var]
+    with frozen_batchnorm_stats(net):
+        second = net(u).sum()
+    assert _same(_bn_stats(net), after_x) and net.body[1].running_mean is originals[0]
+    assert net.body[1].running_var is originals[1]
+    (first + second).backward()  # an in-place restore would break the first forward's backward
+    assert net.body[0].weight.grad is not None
+    ref = _BNNet().train()
+    ref.load_state_dict(net.state_dict())
+    with frozen_batchnorm_stats(ref):  # still normalises with the batch's statistics
+        assert torch.allclose(ref(u), net(u))
+
+
+def test_meanteacher_batch_teacher_is_usbs() -> None:
+    """teacher_bn='batch': the teacher is the EMA model in train mode on the unlabeled batch (differs from eval
+    mode), only the labeled forward moves the student's BatchNorm statistics, the EMA model's do not move, and
+    the EMA model is back in eval mode."""
+    import copy
+
+    torch.manual_seed(0)
+    student = _BNNet(p=0.5).train()
+    with torch.no_grad():
+        student.body[1].running_mean.fill_(0.3)
+        student.body[1].running_var.fill_(2.0)
+    ema = copy.deepcopy(student).eval()
+    with torch.no_grad():
+        for q in ema.parameters():
+            q.add_(0.1)
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    u1, u2 = torch.randn(4, 3) + 1, torch.randn(4, 3) - 1
+    batch = Batch(labeled={"weak": x, "y": y}, unlabeled={"weak": u1, "weak2": u2, "idx": torch.arange(4)})
+    student_before, ema_before = _bn_stats(student), _bn_stats(ema)
+
+    # by hand, on copies, in USB's order (labeled, teacher, student) from one seed, so dropout draws the same masks
+    ref_student, ref_teacher = copy.deepcopy(student), copy.deepcopy(ema).train()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        logits_x = ref_student(x)
+        teacher = ref_teacher(u1)
+        student_u = ref_student(u2)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        eval_teacher = copy.deepcopy(ema)(u1)
+    assert not torch.allclose(teacher, eval_teacher, atol=1e-3)  # batch statistics and dropout matter here
+    labeled_only = copy.deepcopy(student)
+    with torch.no_grad():
+        labeled_only(x)
+
+    mt = create_method("meanteacher", num_classes=2, args={"teacher_bn": "batch"})
+    torch.manual_seed(1)
+    out = mt.training_step(student, batch, StepContext(20, 100, 2, ema_model=ema))
+    expected = nn.functional.cross_entropy(logits_x, y) + 25 * nn.functional.mse_loss(
+        student_u.softmax(-1), teacher.softmax(-1))
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert _same(_bn_stats(ema), ema_before)  # (b) the EMA model's statistics did not move
+    assert not _same(_bn_stats(student), student_before)  # the labeled forward moved the student's ...
+    assert _same(_bn_stats(student), _bn_stats(labeled_only))  # ... and only it
+    assert not ema.training and not any(m.training for m in ema.modules())  # (c) back in eval mode
+    out.loss.backward()
+    assert student.body[0].weight.grad is not None
+
+    running = create_method("meanteacher", num_classes=2)  # the default: the EMA model in eval mode
+    torch.manual_seed(1)
+    out = running.training_step(copy.deepcopy(student), batch, StepContext(20, 100, 2, ema_model=ema))
+    assert out.loss.item() != pytest.approx(expected.item(), rel=1e-3) and not ema.training
+
+
+def test_meanteacher_batch_teacher_reads_nothing_on_the_host(monkeypatch) -> None:
+    import copy
+
+    torch.manual_seed(0)
+    student = _BNNet(p=0.5).train()
+    ema = copy.deepcopy(student).eval()
+    batch = Batch(labeled={"weak": torch.randn(4, 3), "y": torch.tensor([0, 1, 0, 1])},
+                  unlabeled={"weak": torch.randn(4, 3), "weak2": torch.randn(4, 3), "idx": torch.arange(4)})
+    mt = create_method("meanteacher", num_classes=2, args={"teacher_bn": "batch"})
+    reads: list[str] = []
+
+    def trap(name: str):
+        real = getattr(torch.Tensor, name)
+
+        def read(t, *a, **k):
+            reads.append(name)
+            return real(t, *a, **k)
+        return read
+
+    for name in ("item", "tolist", "__bool__", "__float__", "__int__", "__index__"):
+        monkeypatch.setattr(torch.Tensor, name, trap(name))
+    mt.training_step(student, batch, StepContext(20, 100, 2, ema_model=ema))
+    monkeypatch.undo()
+    assert reads == []
 
 
 # --- Ada-CM ----------------------------------------------------------------------------------------

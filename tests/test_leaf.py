@@ -102,7 +102,8 @@ def test_code_moe_is_one_shared_residual_adapter() -> None:
     leaf = create_method("leaf", num_classes=3)
     model = leaf.build_model(FERModel(IdentityBackbone(4), 3))
     moe = model.semantic_moe
-    assert len(moe.experts) == 1 and moe.k == 1  # 8 experts sharing one module, top-1
+    assert len(moe.experts) == 8 and moe.k == 1  # 8 experts sharing one module, top-1
+    assert all(e is moe.expert for e in moe.experts) and len({id(p) for p in moe.parameters()}) == 6
     h = torch.randn(5, 4)
     out, aux = moe(h)
     assert torch.equal(out, moe.experts[0](h)) and aux.item() == 0.0  # gate 1, no load-balancing term

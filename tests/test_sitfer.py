@@ -3,6 +3,7 @@ the text encoders (random anchors; tiny local sentence-transformers / CLIP model
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from bench.engine.model import FERModel
 from bench.errors import FERBenchError
 from bench.method import Batch, SetupInfo, StepContext
 from bench.registry import create_method
-from methods.sitfer import SITFERModel
+from methods.sitfer import RELEASED_VOCAB, RandomTextTransformer, SITFERModel, tokenize_vocabulary_words
 
 E, L = math.exp, math.log
 
@@ -116,10 +117,10 @@ def test_fused_eval_head() -> None:
     assert head.train()(torch.tensor([[0.6, 0.8]]))[0].tolist() == pytest.approx([0.6, 0.8, 0.0])
 
 
-def _built(args: dict) -> tuple:
-    sit = create_method("sitfer", num_classes=3, args=args)
-    sit.setup(SetupInfo(num_classes=3, num_labeled=5, num_unlabeled=10, total_steps=10))
-    return sit, sit.build_model(FERModel(IdentityBackbone(6), 3))
+def _built(args: dict, dim: int = 6, classes: int = 3) -> tuple:
+    sit = create_method("sitfer", num_classes=classes, args=args)
+    sit.setup(SetupInfo(num_classes=classes, num_labeled=5, num_unlabeled=10, total_steps=10))
+    return sit, sit.build_model(FERModel(IdentityBackbone(dim), classes))
 
 
 def test_random_anchors_are_seeded_unit_vectors() -> None:
@@ -133,8 +134,130 @@ def test_random_anchors_are_seeded_unit_vectors() -> None:
     assert (info["text_encoder"], info["text_dim"], info["text_projection"]) == ("random", 6, "none")
 
 
+def _best_margin(anchors: torch.Tensor) -> float:
+    """The smallest, over classes c, of the best text-logit margin a unit feature can reach for c:
+    max_{|f| = 1} min_{k != c} f.(t_c - t_k), the distance from 0 to the convex hull of the t_c - t_k (found exactly:
+    the nearest point of the hull is the nearest point of the affine hull of one subset, with weights >= 0)."""
+    margins = []
+    for c in range(len(anchors)):
+        d = (anchors[c] - torch.cat([anchors[:c], anchors[c + 1:]])).double()
+        best = math.inf
+        for r in range(1, len(d) + 1):
+            for subset in itertools.combinations(range(len(d)), r):
+                rows = d[list(subset)]
+                lam = torch.linalg.solve(rows @ rows.T, torch.ones(r, dtype=torch.float64))
+                lam = lam / lam.sum()
+                if bool((lam >= -1e-12).all()):
+                    best = min(best, float((lam @ rows).norm()))
+        margins.append(best)
+    return min(margins)
+
+
+def _cosines(anchors: torch.Tensor) -> torch.Tensor:
+    return (anchors @ anchors.T)[~torch.eye(len(anchors), dtype=torch.bool)]
+
+
+def test_best_margin_by_hand() -> None:
+    # orthonormal anchors: f = (t_c - mean of the others) / norm reaches sqrt(1 + 1/(C-1)) against every k
+    assert _best_margin(torch.eye(3)) == pytest.approx(math.sqrt(1.5), rel=1e-9)
+    assert _best_margin(torch.eye(7)) == pytest.approx(math.sqrt(7 / 6), rel=1e-9)
+    # two anchors at cosine rho: |t_0 - t_1| = sqrt(2 - 2 rho)
+    rho = 0.6
+    assert _best_margin(torch.tensor([[1.0, 0.0], [rho, 0.8]])) == pytest.approx(math.sqrt(2 - 2 * rho), rel=1e-6)
+
+
+def test_released_tokenizer_keeps_only_vocabulary_words() -> None:
+    vocab = list(RELEASED_VOCAB)
+    ids = tokenize_vocabulary_words(["This is a face image of happy", "This is a face image of Surprise"], vocab)
+    assert ids.shape == (2, 77)
+    assert ids[0, 0].item() == 3 and ids[0, 1:].abs().sum().item() == 0  # "happy" is id 3, then padding 0
+    assert ids[1].abs().sum().item() == 0  # "surprise" is id 0: the same as the padding
+    with pytest.raises(FERBenchError, match="has no word of the text vocabulary"):
+        tokenize_vocabulary_words(["a smiling face"], vocab)
+
+
+def _transformer_anchors(seed: int, classes: int = 7, dim: int = 512) -> tuple:
+    sit = create_method("sitfer", num_classes=classes, args={"text_encoder": "random_transformer", "text_seed": seed})
+    sit.setup(SetupInfo(num_classes=classes, num_labeled=5, num_unlabeled=10, total_steps=10))
+    base = FERModel(IdentityBackbone(dim), classes)
+    state = torch.random.get_rng_state()
+    head = sit.build_model(base)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the run's generator is left alone
+    return sit, head
+
+
+def test_random_transformer_anchors_are_the_released_codes() -> None:
+    """Structure by hand: (C, 512) unit rows before any projection, one per class word; each is the projected
+    output at the first position of its word's id followed by padding, from the parameters drawn right after
+    torch.manual_seed(seed) (so a seed gives the same anchors every time, and another seed others)."""
+    sit, head = _transformer_anchors(3)
+    anchors = head.anchors()
+    assert anchors.shape == (7, 512) and torch.allclose(anchors.norm(dim=1), torch.ones(7), atol=1e-6)
+    info = sit.info()
+    assert (info["text_encoder"], info["text_dim"], info["text_projection"], info["text_seed"]) == (
+        "random_transformer", 512, "none", 3)
+    assert info["text_vocabulary"] == list(RELEASED_VOCAB)
+    assert info["prompts"][0] == "This is a face image of neutral"
+    torch.manual_seed(3)
+    encoder = RandomTextTransformer(7).eval()
+    ids = [RELEASED_VOCAB.index(w) for w in ("neutral", "happy", "sad", "surprise", "fear", "disgust", "angry")]
+    with torch.no_grad():  # FERBench's class order, the code's ids
+        x = encoder.token_embedding(torch.tensor([[i] + [0] * 76 for i in ids])).transpose(0, 1)
+        first = encoder.text_projection(encoder.ln_final(encoder.encoder(x)[0]))
+    assert torch.allclose(anchors, nn.functional.normalize(first, dim=-1), atol=1e-5)
+    _, other = _transformer_anchors(4)
+    assert not torch.allclose(other.anchors(), anchors, atol=1e-3)
+    # 8 classes: Contempt is not in the code's vocabulary and gets id 7; a narrower image feature is projected
+    sit8, head8 = _transformer_anchors(3, classes=8, dim=6)
+    assert sit8.info()["text_vocabulary"] == [*RELEASED_VOCAB, "contempt"]
+    assert head8.text_embeddings.shape == (8, 6) and sit8.info()["text_dim"] == 512
+
+
+def test_released_anchors_are_far_from_orthogonal_and_iid_ones_are_not() -> None:
+    """Measured over seeds 0-9: pairwise cosines 0.64-0.80 (per-seed mean 0.70-0.76), best margin 0.47-0.54;
+    i.i.d. unit vectors at D = 512: |cos| <= 0.13, best margin 1.04-1.06."""
+    for seed in (0, 1, 2):
+        anchors = _transformer_anchors(seed)[1].anchors().double()
+        cos = _cosines(anchors)
+        assert 0.6 < cos.min() and cos.max() < 0.85 and 0.68 < cos.mean() < 0.8
+        assert 0.44 < _best_margin(anchors) < 0.6
+        iid = _built({"text_seed": seed}, dim=512, classes=7)[1].anchors().double()
+        assert _cosines(iid).abs().max() < 0.16 and _best_margin(iid) > 1.0
+
+
+def test_normalized_head_normalises_after_dropout() -> None:
+    """model.head='normalized': the feature of text scores, bank and classifier is L2norm(dropout(x)), as the
+    released ResNet_18; otherwise it is L2norm(x), whatever dropout does to the classifier's input."""
+    x = torch.tensor([[3.0, 4.0]]).repeat(64, 1)
+    allowed = torch.tensor([[0.6, 0.8], [0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])  # each coordinate kept (x2) or not
+    for head_kind in ("normalized", "linear"):
+        base = FERModel(IdentityBackbone(2), 3, drop_rate=0.5, head=head_kind)
+        with torch.no_grad():
+            base.classifier.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+            base.classifier.bias.zero_()
+        sit = create_method("sitfer", num_classes=3, args={"text_seed": 0})
+        sit.setup(SetupInfo(num_classes=3, num_labeled=5, num_unlabeled=10, total_steps=10))
+        head = sit.build_model(base).train()
+        torch.manual_seed(0)
+        logits, f = head(x, return_features=True)
+        if head_kind == "normalized":
+            assert sit.info()["feature"].startswith("L2-normalised after dropout")
+            assert ((f[:, None] - allowed[None]).abs().amax(-1) < 1e-6).any(-1).all()  # every row is one of them
+            assert (f[:, 0] == 0).any() and (f[:, 1] == 0).any()  # dropout reached the feature
+            assert torch.allclose(logits, f @ base.classifier.weight.T)  # the classifier sees that same feature
+        else:
+            assert torch.allclose(f, torch.tensor([[0.6, 0.8]]).expand(64, 2))  # before dropout: never changed
+            assert not torch.allclose(logits, f @ base.classifier.weight.T)  # the classifier sees drop(f)
+        head.eval()
+        logits, f = head.encode(x[:1])
+        assert torch.allclose(f, torch.tensor([[0.6, 0.8]]))  # no dropout in eval: both orders agree
+    with pytest.raises(FERBenchError, match="normalize_classifier_input=false contradicts model.head='normalized'"):
+        create_method("sitfer", num_classes=3, args={"normalize_classifier_input": False}).build_model(
+            FERModel(IdentityBackbone(2), 3, head="normalized"))
+
+
 def test_bad_text_encoder_arguments_fail_clearly(tmp_path: Path) -> None:
-    with pytest.raises(FERBenchError, match="text_encoder='bert'; expected one of 'random', 'clip'"):
+    with pytest.raises(FERBenchError, match="text_encoder='bert'; expected one of 'random', 'random_transformer', "):
         create_method("sitfer", num_classes=7, args={"text_encoder": "bert"})
     with pytest.raises(FERBenchError, match="loads from a local directory only; text_encoder_path=.*missing"):
         create_method("sitfer", num_classes=7,

@@ -27,9 +27,10 @@ def predict(
     preds = torch.full((longest,), -1, dtype=torch.long, device=accelerator.device)
     for start in range(0, len(mine), batch_size):
         idx = mine[start : start + batch_size]
-        x = torch.from_numpy(images[idx]).to(accelerator.device).permute(0, 3, 1, 2)
+        # the un-augmented view: the channel order and resize_to of the training views (made outside autocast)
+        x = views.make("none", torch.from_numpy(images[idx]).to(accelerator.device).permute(0, 3, 1, 2))
         with accelerator.autocast():
-            logits = model(views.normalize(x))
+            logits = model(x)
         preds[start : start + len(idx)] = logits.argmax(-1)
     if was_training:
         model.train()

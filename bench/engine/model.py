@@ -77,19 +77,33 @@ def ferbench_vit_tiny(pretrained: bool = False, **kwargs: object) -> nn.Module:
 
 
 class FERModel(nn.Module):
-    """Backbone (timm, no classifier) -> features -> dropout -> linear classifier."""
+    """Backbone (timm, no classifier, globally pooled) -> features -> dropout -> linear classifier.
 
-    def __init__(self, backbone: nn.Module, num_classes: int, drop_rate: float = 0.0) -> None:
+    head="linear": the features returned are the backbone's (before dropout).
+    head="normalized": the Ada-CM lineage's head (Ada-CM/SIT-FER `models/backbone.py`): pooled features ->
+    Dropout -> L2-normalise -> Linear; the features returned are the normalised ones the classifier sees.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, drop_rate: float = 0.0, head: str = "linear") -> None:
         super().__init__()
         self.backbone = backbone
         self.num_features = int(backbone.num_features)
         self.drop = nn.Dropout(drop_rate)
+        self.head = head
         self.classifier = nn.Linear(self.num_features, num_classes)
         self.pretrained: dict | None = None  # what `build_model` loaded from model.pretrained_file, for the record
 
-    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(the classifier's input, the features `forward` returns) for images `x`."""
         feats = self.backbone(x)
-        logits = self.classifier(self.drop(feats))
+        if self.head == "normalized":
+            z = nn.functional.normalize(self.drop(feats), dim=-1)
+            return z, z
+        return self.drop(feats), feats
+
+    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        z, feats = self.embed(x)
+        logits = self.classifier(z)
         return (logits, feats) if return_features else logits
 
 
@@ -143,7 +157,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> FERModel:
     loaded = None
     if cfg.pretrained_file:
         loaded = load_pretrained(backbone, cfg.pretrained_file, "model.pretrained_file", f"backbone {cfg.backbone!r}")
-    model = FERModel(backbone, num_classes, cfg.drop_rate)
+    model = FERModel(backbone, num_classes, cfg.drop_rate, cfg.head)
     model.pretrained = loaded
     return model
 

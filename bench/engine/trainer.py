@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
-from timm.utils import ModelEmaV3
 
 from bench.config import RunConfig, apply_mapping, check_config, config_from_dict, run_id
 from bench.data.cache import default_cache_dir, load_prepared, prepare_dataset
@@ -32,6 +31,7 @@ from bench.data.splits import check_budget, make_split, save_manifest
 from bench.data.views import ViewMaker
 from bench.engine import performance as perf
 from bench.engine.checkpoints import load_checkpoint, remove_checkpoints, save_checkpoint
+from bench.engine.ema import WalkingEma
 from bench.engine.evaluation import evaluate_model
 from bench.engine.feed import make_feed
 from bench.engine.image_store import take
@@ -39,7 +39,7 @@ from bench.engine.model import build_model, check_model, parameter_checksum
 from bench.engine.provenance import git_commit, host_info, package_versions
 from bench.engine.streams import LABELED_SAMPLING, IndexStream, labeled_stream, step_seed
 from bench.errors import FERBenchError
-from bench.method import HookContext, Method, SetupInfo, Stage, StepContext, this_process_only
+from bench.method import HookContext, Method, SetupInfo, Stage, StepContext, set_forward_batching, this_process_only
 from bench.registry import create_method, get_method_class
 from bench.results.record import SCHEMA, record_path, write_json_atomic, write_predictions
 
@@ -75,7 +75,7 @@ class LoopCheckpoint:
         self.stage = ""
         self.scheduler: Any = None
         self.state: TrainerState | None = None
-        self.ema: ModelEmaV3 | None = None
+        self.ema: WalkingEma | None = None
 
     def state_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "scheduler": self.scheduler.state_dict(), "trainer": self.state.state_dict(),
@@ -412,7 +412,7 @@ class StageSetup:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
-    ema: ModelEmaV3 | None
+    ema: WalkingEma | None
     feed: Any
     views: ViewMaker
     images_per_step: int  # labeled and unlabeled views of one global step
@@ -446,11 +446,13 @@ def setup_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method: 
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
         ds_config["train_micro_batch_size_per_gpu"] = cfg.train.batch_size // world
         ds_config["train_batch_size"] = cfg.train.batch_size
+    set_forward_batching(model, cfg.train.forward)
     model, optimizer = accelerator.prepare(model, optimizer)
     method.to(accelerator.device)
     ema = None
     if cfg.train.ema_decay > 0:
-        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=cfg.train.ema_decay, device=accelerator.device)
+        ema = WalkingEma(accelerator.unwrap_model(model), decay=cfg.train.ema_decay, device=accelerator.device,
+                         walk=cfg.train.ema_walk)
         ema.module.eval()
     # after the EMA copy: only training compiles
     perf.compile_model(accelerator.unwrap_model(model), cfg.train.compile if compile_mode is None else compile_mode)
@@ -526,7 +528,7 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
         ctx = StepContext(step=step, total_steps=total, num_classes=num_classes,
                           ema_model=ema.module if ema is not None else None, stage=stage.name,
                           denormalize=views.denormalize, gather=gather)
-        out = optimisation_step(accelerator, method, model, optimizer, ema, batch, ctx)
+        out = optimisation_step(accelerator, method, model, optimizer, ema, batch, ctx, cfg.train.student_decay)
         scheduler.step()
         state.step += 1
         state.sessions[-1]["steps"] += 1
@@ -621,7 +623,7 @@ def state_digest(state: Any) -> int:
     return int.from_bytes(h.digest()[:8], "big") >> 1
 
 
-def check_state_agrees(accelerator: Accelerator, method: Method, ema: ModelEmaV3 | None, where: str,
+def check_state_agrees(accelerator: Accelerator, method: Method, ema: WalkingEma | None, where: str,
                        step: int) -> None:
     """Every process must hold the same method state (counts, EMAs, thresholds) and the same EMA model buffers
     before rank 0's are saved as the run's: one line naming what differs and the step otherwise."""
@@ -653,7 +655,8 @@ def read_logs(acc: dict[str, list[Any]]) -> dict[str, list[float]]:
 
 
 def optimisation_step(accelerator: Accelerator, method: Method, model: torch.nn.Module,
-                      optimizer: torch.optim.Optimizer, ema: ModelEmaV3 | None, batch: Any, ctx: StepContext) -> Any:
+                      optimizer: torch.optim.Optimizer, ema: WalkingEma | None, batch: Any, ctx: StepContext,
+                      student_decay: float = 0.0) -> Any:
     """One step as the loop takes it: the method's loss under autocast, backward, the optimiser and the EMA
     update. Returns the method's `StepOutput`; nothing in it is read on the host (the loop checks the loss for
     nan and inf at its log, evaluation and checkpoint steps)."""
@@ -665,6 +668,8 @@ def optimisation_step(accelerator: Accelerator, method: Method, model: torch.nn.
     if ema is not None:
         if accelerator.num_processes > 1:
             share_buffers(accelerator.unwrap_model(model))
+        # Ada-CM's decay factor is 0.02 x the LR (a host float: the schedule is computed on the host)
+        ema.student_decay = student_decay * optimizer.param_groups[0]["lr"]
         ema.update(accelerator.unwrap_model(model), step=ctx.step)
     return out
 
@@ -714,6 +719,7 @@ def build_record(
         "schema": SCHEMA,
         "run_id": rid,
         "method": cfg.method,
+        "recipe": cfg.recipe,  # the protocol: "harness" or a reference recipe
         "dataset": data.name,  # the dataset with a non-default label protocol in its name (ferplus-argmax7)
         "label_protocol": data.info.get("label_protocol"),
         "protocol": manifest["protocol"],

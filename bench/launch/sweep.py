@@ -9,6 +9,10 @@ Spec:
     budgets: [0.02, 0.1]
     seeds: [0, 1, 2]
     references: [fullysupervised]    # methods trained on all labels: one run per seed, not per budget
+    requires: {model.pretrained_file: "the MS-Celeb-1M ResNet-18"}   # optional: keys every cell must set
+A method entry may carry its own `budgets` (a method whose paper uses another budget protocol, set in its
+`config`) and its own `requires` (replacing the spec's). A command-line override `key=value` applies to every cell
+but those whose entry's `config` sets that key; `METHOD:key=value` applies to that method's cells only.
     extends: demo.yaml               # optional: start from another spec's keys (relative path)
     cluster: {partition: gpu, time_min: 240, cpus_per_task: 8, gpus_per_node: 1, mem_gb: 32,
               array_parallelism: 16}   # optional: resources per job for `--executor slurm|local`
@@ -23,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.checks import check_value
-from bench.config import NonNegativeInt, RunConfig, apply_mapping, apply_overrides, check_config, load_yaml
+from bench.config import NonNegativeInt, RunConfig, apply_mapping, apply_overrides, layered, load_yaml
 from bench.errors import FERBenchError
 from bench.launch.pack import check_runs_per_gpu
 
@@ -40,6 +44,16 @@ class SweepSpec:
     leaderboard_dir: str | None = None
     cluster: dict[str, Any] = field(default_factory=dict)
     runs_per_gpu: int = 1
+    requires: dict[str, str] = field(default_factory=dict)
+
+
+def _requires(value: Any, where: str) -> dict[str, str]:
+    """`requires`: {dotted config key: what it is} (a list of keys is accepted too)."""
+    if isinstance(value, list):
+        value = {k: "" for k in value}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise FERBenchError(f"{where}: expected a mapping of config keys to what they are")
+    return {k: str(v or "") for k, v in value.items()}
 
 
 def _method_entries(items: Any, where: str) -> list[dict[str, Any]]:
@@ -48,9 +62,16 @@ def _method_entries(items: Any, where: str) -> list[dict[str, Any]]:
     out = []
     for m in items:
         if isinstance(m, str):
-            out.append({"name": m, "args": {}, "config": {}})
+            out.append({"name": m, "args": {}, "config": {}, "budgets": None, "requires": None})
         elif isinstance(m, dict) and isinstance(m.get("name"), str):
-            out.append({"name": m["name"], "args": dict(m.get("args") or {}), "config": dict(m.get("config") or {})})
+            unknown = sorted(set(m) - {"name", "args", "config", "budgets", "requires"})
+            if unknown:
+                raise FERBenchError(f"{where}: entry {m['name']!r}: unknown key(s) {', '.join(unknown)}")
+            out.append({"name": m["name"], "args": dict(m.get("args") or {}), "config": dict(m.get("config") or {}),
+                        "budgets": None if m.get("budgets") is None else
+                        check_value(m["budgets"], list[float], f"{where}: {m['name']} budgets"),
+                        "requires": None if m.get("requires") is None else
+                        _requires(m["requires"], f"{where}: {m['name']} requires")})
         else:
             raise FERBenchError(f"{where}: entry {m!r} must be a method name or a mapping with 'name'")
     return out
@@ -70,7 +91,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if missing:
         raise FERBenchError(f"{path}: sweep spec is missing {', '.join(missing)}")
     known = {"name", "output_dir", "base", "methods", "budgets", "seeds", "references", "leaderboard_dir", "cluster",
-             "runs_per_gpu"}
+             "runs_per_gpu", "requires"}
     unknown = sorted(set(d) - known)
     if unknown:
         raise FERBenchError(f"{path}: unknown sweep key(s) {', '.join(unknown)}; expected {', '.join(sorted(known))}")
@@ -85,6 +106,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         leaderboard_dir=d.get("leaderboard_dir"),
         cluster=dict(d.get("cluster") or {}),
         runs_per_gpu=check_runs_per_gpu(d.get("runs_per_gpu", 1), f"{path}: "),
+        requires=_requires(d.get("requires") or {}, f"{path}: requires"),
     )
 
 
@@ -93,13 +115,46 @@ def expand(spec: SweepSpec, overrides: list[str] | None = None) -> list[RunConfi
     return [cfg for _, cfg in cells(spec, overrides)]
 
 
+def _dotted(mapping: dict[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for k, v in mapping.items():
+        keys.add(prefix + k)
+        if isinstance(v, dict):
+            keys |= _dotted(v, f"{prefix}{k}.")
+    return keys
+
+
+def for_method(overrides: list[str] | None, entry: dict[str, Any], spec: SweepSpec) -> list[str]:
+    """The command-line overrides of one method entry's cells: `key=value` for every cell except those whose entry
+    sets that key in its `config` (it pins it: e.g. FR-pretraining's ViT takes no ResNet checkpoint), and
+    `METHOD:key=value` for that method's cells only (e.g. a checkpoint only one method reads)."""
+    names = {e["name"] for e in spec.methods + spec.references}
+    pinned = _dotted(entry["config"])
+    method = entry["name"]
+    out = []
+    for item in overrides or []:
+        key = item.split("=", 1)[0]
+        target, sep, rest = key.partition(":")
+        if not sep:
+            if key.strip() not in pinned:
+                out.append(item)
+            continue
+        if target not in names:
+            raise FERBenchError(f"override {item!r}: {target!r} is not a method of sweep {spec.name} "
+                                f"({', '.join(sorted(names))})")
+        if target == method:
+            out.append(rest + item[len(key):])
+    return out
+
+
 def cells(spec: SweepSpec, overrides: list[str] | None = None) -> list[tuple[str, RunConfig]]:
     """(how errors name it, its config) for every run of the sweep, in `expand`'s order."""
 
     def one(entry: dict[str, Any], budget: float | None, seed: int) -> tuple[str, RunConfig]:
         label = cell_label(entry["name"], budget, seed)
-        try:
-            cfg = apply_mapping(RunConfig(), copy.deepcopy(spec.base))
+
+        def user(cfg: RunConfig) -> None:  # what the spec and the command line write (on top of a recipe)
+            apply_mapping(cfg, copy.deepcopy(spec.base))
             apply_mapping(cfg, copy.deepcopy(entry["config"]))
             cfg.method = entry["name"]
             cfg.method_args = {**cfg.method_args, **entry["args"]}
@@ -107,16 +162,32 @@ def cells(spec: SweepSpec, overrides: list[str] | None = None) -> list[tuple[str
             cfg.output_dir = spec.output_dir
             if budget is not None:
                 cfg.data.budget = budget
-            cfg = apply_overrides(cfg, list(overrides or []))
+            apply_overrides(cfg, for_method(overrides, entry, spec))
             if budget is None:  # trained on every label: one run id whatever the sweep's budget protocol
                 cfg.data.protocol, cfg.data.budget = "fraction", 1.0
-            return label, check_config(cfg)
+
+        try:
+            cfg = layered(user)
+            check_required(cfg, spec.requires if entry["requires"] is None else entry["requires"])
+            return label, cfg
         except FERBenchError as e:
             raise FERBenchError(f"sweep {spec.name}, {label}: {e}") from e
 
     runs = [one(r, None, s) for r in spec.references for s in spec.seeds]
-    runs += [one(m, b, s) for b in spec.budgets for m in spec.methods for s in spec.seeds]
+    budgets = list(dict.fromkeys([*spec.budgets, *(b for m in spec.methods for b in m["budgets"] or [])]))
+    runs += [one(m, b, s) for b in budgets for m in spec.methods
+             if b in (spec.budgets if m["budgets"] is None else m["budgets"]) for s in spec.seeds]
     return runs
+
+
+def check_required(cfg: RunConfig, requires: dict[str, str]) -> None:
+    """Each required dotted key is set (not null, not empty) in `cfg`: one line naming it and what it is if not."""
+    for key, what in requires.items():
+        value: Any = cfg.to_dict()
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value in (None, "", [], {}):
+            raise FERBenchError(f"{key} is required" + (f": {what}" if what else ""))
 
 
 def settle_output_dir(spec: SweepSpec, runs: list[RunConfig]) -> None:

@@ -7,19 +7,24 @@ test images. Comparisons are paired: with the best method of a column (ties, †
 seeds both share, over test images too when both have predictions; the Δ p-values are also Holm-adjusted
 across every Δ of the (dataset, protocol) table. Per-class recall and the row-normalised confusion matrix are
 averaged over seeds.
+
+Records are grouped by recipe before anything else: "harness" (the fair-comparison protocol; records written before
+`config.recipe` existed are harness records) or a reference recipe, whose tables also pair each cell with the
+number its paper reported (`bench.results.reported`). Two protocols never share a table.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats as _scipy_stats
 
 from bench.errors import FERBenchError
+from bench.results.reported import HARNESS, Reported, lookup
 from bench.results.stats import Summary, paired_difference, summarize
 from bench.results.uncertainty import CrossedSummary, crossed_summary, holm
 
@@ -48,6 +53,7 @@ class Run:
     record: Mapping
     correct: np.ndarray | None = None  # per test image: the final model classified it correctly
     test_ids: str | None = None  # sha256 of the test ids the predictions are in the order of
+    recipe: str = HARNESS  # the training protocol: the harness's, or a reference recipe reproducing a paper
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,6 +118,7 @@ def parse_run(record: object, index: int, predictions: np.ndarray | None = None)
                 metrics[key] = _fraction(final[key], dotted, run_id)
     if "best_accuracy" in record["metrics"]:
         metrics["best_accuracy"] = _fraction(record["metrics"]["best_accuracy"], "metrics.best_accuracy", run_id)
+    recipe = _recipe(record, run_id)
     correct, ids = None, None
     if predictions is not None:
         correct = np.asarray(predictions[0] == predictions[1])
@@ -120,7 +127,19 @@ def parse_run(record: object, index: int, predictions: np.ndarray | None = None)
                                 f"{metrics['accuracy']:.6f}; the predictions file is not this run's")
         ids = _field(record, "predictions.test_ids_sha256", run_id)
     return Run(run_id=run_id, budget=float(budget), seed=seed, metrics=metrics, record=record, correct=correct,
-               test_ids=ids, **strings)
+               test_ids=ids, recipe=recipe, **strings)
+
+
+def _recipe(record: Mapping, run_id: str) -> str:
+    # Records written before RunConfig.recipe existed have no such key: they ran the harness protocol.
+    config = record.get("config")
+    if not isinstance(config, Mapping) or "recipe" not in config:
+        return HARNESS
+    recipe = config["recipe"]
+    if not isinstance(recipe, str) or not _SAFE_NAME.match(recipe):
+        raise FERBenchError(f"run {run_id}: field config.recipe is {_short(recipe)}; expected a recipe name "
+                            f"('{HARNESS}' or a reference recipe such as adacm)")
+    return recipe
 
 
 def check_unique(runs: Iterable[Run], key: Callable[[Run], tuple], what: str) -> None:
@@ -244,6 +263,30 @@ def _mean_confusion(runs: list[Run]) -> np.ndarray | None:
         return np.nanmean(np.stack(mats), axis=0) if mats else None
 
 
+@dataclass(frozen=True)
+class Reproduction:
+    """A (method, budget) of a recipe table next to its paper's number; either side may be missing."""
+
+    method: str
+    budget: float
+    reported: Reported | None
+    cell: Cell | None
+
+    def _mean(self, key: str) -> float | None:
+        s = self.cell.summaries.get(key) if self.cell is not None else None
+        return s.mean if s is not None else None
+
+    @property
+    def reported_fraction(self) -> float | None:
+        return self.reported.value / 100.0 if self.reported is not None else None
+
+    def gap(self, key: str) -> float | None:
+        """Reproduced mean of metric `key` ("accuracy" = final, "best_accuracy" = best-on-test) minus the
+        reported value, as a fraction like every metric here; None when either is missing."""
+        mean, ref = self._mean(key), self.reported_fraction
+        return None if mean is None or ref is None else mean - ref
+
+
 @dataclass
 class ProtocolTable:
     """Every number of one (dataset, protocol): cells by (method, budget), the reference runs, the baseline."""
@@ -260,6 +303,8 @@ class ProtocolTable:
     reference: dict[str, Summary] = field(default_factory=dict)  # metric -> the reference's summary
     reference_combined: CrossedSummary | None = None
     holm_family: int = 0  # Δ comparisons with a p-value (the family Holm corrects over)
+    recipe: str = HARNESS
+    reproduction: list[Reproduction] = field(default_factory=list)  # recipe tables only: cells vs the papers
 
     def cell(self, method: str, budget: float) -> Cell | None:
         return self.cells.get((method, budget))
@@ -327,8 +372,26 @@ def build_protocol_table(dataset: str, protocol: str, runs: list[Run], ref_runs:
                          crossed_summary(ref_table) if ref_table is not None else None, len(family))
 
 
-def build_tables(runs: list[Run], baseline: str) -> dict[str, list[ProtocolTable]]:
-    """dataset -> its protocol tables, in name order."""
+def _reproduction(t: ProtocolTable, reported: Sequence[Reported]) -> list[Reproduction]:
+    """Every (method, budget) of the table or of the papers for its (dataset, recipe, protocol), method-major."""
+    mine = [e for e in reported if (e.dataset, e.recipe, e.budget_protocol, e.metric) ==
+            (t.dataset, t.recipe, t.protocol, "accuracy")]
+    keys = set(t.cells)
+    for e in mine:  # a published cell not run yet still shows, so the table says what is left to reproduce
+        if not any(m == e.method and math.isclose(b, e.budget, rel_tol=1e-9) for m, b in keys):
+            keys.add((e.method, e.budget))
+    order = {m: i for i, m in enumerate(t.methods)}
+    rows = sorted(keys, key=lambda k: (order.get(k[0], len(order)), k[0], k[1]))
+    return [Reproduction(m, b, lookup(mine, t.dataset, t.recipe, t.protocol, m, b), t.cell(m, b)) for m, b in rows]
+
+
+def build_tables(runs: list[Run], baseline: str,
+                 reported: Sequence[Reported] = ()) -> dict[str, list[ProtocolTable]]:
+    """dataset -> its protocol tables, in name order, for runs of one recipe (see `build_recipe_tables`)."""
+    recipes = sorted({r.recipe for r in runs})
+    if len(recipes) > 1:
+        raise FERBenchError(f"runs of recipes {', '.join(recipes)} in one set of tables; group them by recipe "
+                            "first (build_recipe_tables): protocols are never compared in one table")
     check_unique((r for r in runs if r.method != REFERENCE_METHOD),
                  lambda r: (r.dataset, r.protocol, r.budget, r.method, r.seed), "(dataset, protocol, budget, method)")
     # The reference ignores the budget, so one run per seed per dataset, whatever protocol it was filed under.
@@ -342,4 +405,22 @@ def build_tables(runs: list[Run], baseline: str) -> dict[str, list[ProtocolTable
         protocols = sorted({r.protocol for r in main} or {r.protocol for r in ref})
         out[dataset] = [build_protocol_table(dataset, p, [r for r in main if r.protocol == p], ref, baseline)
                         for p in protocols]
+        if recipes and recipes[0] != HARNESS:
+            for t in out[dataset]:
+                t.recipe = recipes[0]
+                t.reproduction = _reproduction(t, reported)
     return out
+
+
+def build_recipe_tables(runs: list[Run], baseline: str,
+                        reported: Sequence[Reported] = ()) -> dict[tuple[str, str], list[ProtocolTable]]:
+    """(dataset, recipe) -> its protocol tables, harness first within a dataset, then recipes by name; reference
+    recipes carry their `reproduction` rows against `reported`."""
+    by_recipe: dict[str, list[Run]] = {}
+    for r in runs:
+        by_recipe.setdefault(r.recipe, []).append(r)
+    out: dict[tuple[str, str], list[ProtocolTable]] = {}
+    for recipe, group in by_recipe.items():
+        for dataset, tables in build_tables(group, baseline, reported).items():
+            out[(dataset, recipe)] = tables
+    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], kv[0][1] != HARNESS, kv[0][1])))

@@ -1,5 +1,6 @@
 """Leaderboard exports from the same aggregation as the markdown (`bench.results.aggregate`): LaTeX for a paper
-(booktabs, ready for `\\input`) and CSV for pandas (one row per cell). Deterministic like the markdown."""
+(booktabs, ready for `\\input`) and CSV for pandas (one row per cell). Deterministic like the markdown. A reference
+recipe's files add its papers' numbers: a reproduction table in LaTeX, reported/gap columns in the CSV."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import csv
 import io
 from pathlib import Path
 
-from bench.results.aggregate import REFERENCE_METHOD, ProtocolTable, reference_interval
+from bench.results.aggregate import REFERENCE_METHOD, ProtocolTable, Reproduction, reference_interval
 from bench.results.fmt import interval_words, p_text, pct
 from bench.results.plots import budget_label
+from bench.results.reported import HARNESS
 
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
@@ -31,6 +33,40 @@ def _tex_cell(mean: float, half: float | None, n: int, show_n: bool, signed: boo
 def _tabular(header: list[str], rows: list[list[str]]) -> list[str]:
     return [rf"\begin{{tabular}}{{l{'c' * (len(header) - 1)}}}", r"\toprule", " & ".join(header) + r" \\",
             r"\midrule", *(" & ".join(r) + r" \\" for r in rows), r"\bottomrule", r"\end{tabular}"]
+
+
+def _what(t: ProtocolTable) -> str:
+    """`rafdb, protocol fraction` as in every harness caption; a recipe table names its recipe too."""
+    recipe = "" if t.recipe == HARNESS else f"recipe {tex_escape(t.recipe)}, "
+    return f"{tex_escape(t.dataset)}, {recipe}protocol {tex_escape(t.protocol)}"
+
+
+def _latex_reproduction(t: ProtocolTable, interval: str, label: str) -> list[str]:
+    if t.recipe == HARNESS or not t.reproduction:
+        return []
+    rows = []
+    for r in t.reproduction:
+        c, rep = r.cell, r.reported
+        row = [tex_escape(r.method), tex_escape(budget_label(t.protocol, r.budget)),
+               f"{rep.value:g} ({rep.selection})" if rep else "--"]
+        if c is None:
+            row += ["--"] * 4
+        else:
+            best = c.summaries.get("best_accuracy")
+            row += [_tex_cell(c.summaries["accuracy"].mean, c.shown_interval("accuracy", interval)[0], c.n, True),
+                    _tex_cell(best.mean, None, best.n, True) if best else "--",
+                    *("--" if g is None else _num(g, signed=True) for g in (r.gap("accuracy"),
+                                                                             r.gap("best_accuracy")))]
+        rows.append(row)
+    sources = sorted({f"{rep.paper} ({rep.source})" for r in t.reproduction if (rep := r.reported) is not None})
+    return ["", r"\begin{table}[t]", r"\centering",
+            rf"\caption{{{_what(t)}: reported vs reproduced top-1 accuracy (\%). Reported: as published (final: last "
+            r"checkpoint; best: best epoch on the test set). Final: mean $\pm$ " + tex_escape(interval_words(interval))
+            + r"; best-on-test: mean over seeds of each run's best test accuracy. Gaps in percentage points. Sources: "
+            + tex_escape("; ".join(sources) or "none") + ".}",
+            rf"\label{{{label}-reported}}",
+            *_tabular(["Method", "Budget", "Reported", "Final", "Best-on-test", "Final $-$ reported",
+                       "Best $-$ reported"], rows), r"\end{table}"]
 
 
 def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
@@ -63,14 +99,16 @@ def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
         ref = t.reference["accuracy"]
         rows.append([tex_escape(REFERENCE_METHOD), *("--" for _ in t.budgets),
                      _tex_cell(ref.mean, reference_interval(t, "accuracy", interval), ref.n, show_n)])
-    label = f"tab:{dataset}-{t.protocol}".replace("_", "-")
+    recipe = "" if t.recipe == HARNESS else f"-{t.recipe}"
+    label = f"tab:{dataset}{recipe}-{t.protocol}".replace("_", "-")
     seeds = "" if show_n else f" over {ns.pop()} seeds"
     out = [r"\begin{table}[t]", r"\centering",
-           rf"\caption{{{tex_escape(dataset)}, protocol {tex_escape(t.protocol)}: top-1 accuracy (\%) of the final "
+           rf"\caption{{{_what(t)}: top-1 accuracy (\%) of the final "
            rf"checkpoint, mean{seeds} $\pm$ {tex_escape(interval_words(interval))}. Bold: best mean; $^\dagger$: "
            r"the paired 95\% CI of the difference to the best includes 0."
            + (r" $^\ddagger$: seed-only t-CI (a run without per-image predictions)." if fallback else "") + "}",
-           rf"\label{{{label}}}", *_tabular(header, rows), r"\end{table}"]
+           rf"\label{{{label}}}", *_tabular(header, rows), r"\end{table}",
+           *_latex_reproduction(t, interval, label)]
     others = [m for m in t.methods if m != t.baseline]
     if t.baseline is None or not others:
         return out
@@ -90,7 +128,7 @@ def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
             row.append(text)
         drows.append(row)
     return out + ["", r"\begin{table}[t]", r"\centering",
-                  rf"\caption{{{tex_escape(dataset)}, protocol {tex_escape(t.protocol)}: $\Delta$ accuracy "
+                  rf"\caption{{{_what(t)}: $\Delta$ accuracy "
                   rf"(percentage points) vs {tex_escape(t.baseline)}, paired, mean $\pm$ 95\% CI, with the "
                   rf"Holm--Bonferroni adjusted p-value over the {t.holm_family} comparisons of the table; bold: "
                   r"significant after the correction.}",
@@ -99,7 +137,9 @@ def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
 
 def write_latex(dataset: str, tables: list[ProtocolTable], interval: str, path: Path) -> Path:
     """`<dataset>.tex`: per protocol, the accuracy table and the Δ table (needs `\\usepackage{booktabs}`)."""
-    lines = [f"% FERBench leaderboard: {dataset}. Generated from run records by bench.results.export;",
+    recipe = tables[0].recipe if tables else HARNESS
+    name = dataset if recipe == HARNESS else f"{dataset}, reference recipe {recipe}"
+    lines = [f"% FERBench leaderboard: {name}. Generated from run records by bench.results.export;",
              r"% \input{} it in a document with \usepackage{booktabs}."]
     for t in tables:
         lines += ["", *_latex_protocol(dataset, t, interval)]
@@ -112,6 +152,9 @@ CSV_COLUMNS = ("dataset", "protocol", "budget", "budget_label", "method", "n", "
                "mean_class_accuracy", "mean_class_accuracy_ci95_seeds", "macro_f1", "macro_f1_ci95_seeds",
                "best_on_test_accuracy", "best", "tied_with_best", "delta_vs", "delta", "delta_ci95", "delta_over",
                "p_value", "p_holm")
+# appended in a reference recipe's CSV only, so a harness CSV keeps exactly the columns above
+RECIPE_COLUMNS = ("recipe", "reported_accuracy", "reported_selection", "reported_paper", "reported_source",
+                  "final_minus_reported", "best_minus_reported")
 
 
 def _pct4(x: float | None) -> str:
@@ -126,13 +169,25 @@ def _metric_columns(summaries: dict, key: str) -> list[str]:
     return [_pct4(summaries[key].mean), _pct4(summaries[key].ci95)] if key in summaries else ["", ""]
 
 
+def _recipe_columns(t: ProtocolTable, r: Reproduction | None) -> list[str]:
+    if t.recipe == HARNESS:
+        return []
+    e = r.reported if r is not None else None
+    if r is None or e is None:
+        return [t.recipe, "", "", "", "", "", ""]
+    return [t.recipe, _pct4(r.reported_fraction), e.selection, e.paper, e.source, _pct4(r.gap("accuracy")),
+            _pct4(r.gap("best_accuracy"))]
+
+
 def write_csv(tables: list[ProtocolTable], path: Path) -> Path:
     """`<dataset>.csv`: one row per (protocol, budget, method) cell and one per reference; metrics in percent
-    (4 decimals), both accuracy intervals, the paired Δ vs the baseline with its raw and Holm p-values."""
+    (4 decimals), both accuracy intervals, the paired Δ vs the baseline with its raw and Holm p-values. A reference
+    recipe's CSV adds RECIPE_COLUMNS, and a row (n = 0) for each published cell not run."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(CSV_COLUMNS)
+    w.writerow(CSV_COLUMNS + (RECIPE_COLUMNS if any(t.recipe != HARNESS for t in tables) else ()))
     for t in tables:
+        repro = {(r.method, r.budget): r for r in t.reproduction}
         for b in t.budgets:
             for m in t.methods:
                 c = t.cell(m, b)
@@ -147,7 +202,11 @@ def write_csv(tables: list[ProtocolTable], path: Path) -> Path:
                             int(bool(c.best.get("accuracy"))), int(bool(c.tie.get("accuracy"))),
                             t.baseline if d is not None else "", _pct4(d.mean if d else None),
                             _pct4(d.ci95 if d else None), d.over if d else "", _p6(d.p if d else None),
-                            _p6(c.p_holm)])
+                            _p6(c.p_holm), *_recipe_columns(t, repro.get((m, b)))])
+        for r in t.reproduction:
+            if r.cell is None:
+                w.writerow([t.dataset, t.protocol, f"{r.budget:g}", budget_label(t.protocol, r.budget), r.method, 0,
+                            *[""] * (len(CSV_COLUMNS) - 6), *_recipe_columns(t, r)])
         if "accuracy" in t.reference:
             r = t.reference
             w.writerow([t.dataset, t.protocol, "", "all labels", REFERENCE_METHOD, r["accuracy"].n,
@@ -156,6 +215,6 @@ def write_csv(tables: list[ProtocolTable], path: Path) -> Path:
                         _pct4(t.reference_combined.ci95 if t.reference_combined else None),
                         *_metric_columns(r, "mean_class_accuracy"), *_metric_columns(r, "macro_f1"),
                         _pct4(r["best_accuracy"].mean if "best_accuracy" in r else None), 0, 0, "", "", "", "", "",
-                        ""])
+                        "", *_recipe_columns(t, None)])
     path.write_text(buf.getvalue(), encoding="utf-8")
     return path

@@ -6,6 +6,10 @@ includes 0) marked †, the fully supervised run as a single reference column, p
 a baseline with raw and Holm-corrected p-values, per-class recall, confusion matrices and a provenance
 footer. Every number comes from `bench.results.aggregate`; output depends only on the records (no
 timestamps, records sorted first), so the same records always give byte-identical files.
+
+Protocols are never mixed: harness records make `<dataset>.md` (and .png/.tex/.csv), each reference recipe its
+own `<dataset>_recipe-<recipe>.md` etc., which opens every protocol section with the published numbers
+(`bench/results/reported.yaml`) next to the reproduced final and best-on-test accuracy and their gaps.
 """
 
 from __future__ import annotations
@@ -22,17 +26,19 @@ from bench.results.aggregate import (
     INTERVALS,
     REFERENCE_METHOD,
     ProtocolTable,
+    Reproduction,
     Run,
-    build_tables,
+    build_recipe_tables,
     is_number,
     parse_run,
     reference_interval,
 )
 from bench.results.fmt import interval_words, p_text, pct
 from bench.results.plots import budget_label, plot_budget_curves, plot_confusions, plot_single_budget
+from bench.results.reported import HARNESS, Reported, load_reported
 from bench.results.stats import Summary
 
-__all__ = ["FORMATS", "REFERENCE_METHOD", "budget_label", "render_leaderboards"]
+__all__ = ["FORMATS", "REFERENCE_METHOD", "budget_label", "file_stem", "render_leaderboards"]
 
 FORMATS = ("md", "tex", "csv")
 ALL_LABELS = "all labels"
@@ -71,7 +77,7 @@ class _Markdown:
         self.t, self.interval = t, t.shown_interval(interval)
 
     def heading(self, what: str) -> str:
-        return f"### {self.t.dataset} — protocol {self.t.protocol} — {what}"
+        return f"### {_where(self.t)} — {what}"
 
     def header(self, with_ref: bool) -> list[str]:
         return ["Method", *(budget_label(self.t.protocol, b) for b in self.t.budgets)] + (
@@ -198,7 +204,7 @@ class _Markdown:
     def provenance(self) -> list[str]:
         t = self.t
         runs = t.runs + t.ref_runs
-        lines = [(f"#### Provenance — {t.dataset}, protocol {t.protocol} "
+        lines = [(f"#### Provenance — {_where(t, ', ')} "
                  f"({len(t.runs)} runs + {len(t.ref_runs)} `{REFERENCE_METHOD}` runs)"), ""]
         lines.append(f"- git commit: {', '.join(f'`{c}`' for c in _distinct(runs, _short_commit))}")
         lines.append("- split manifests (sha256, first 12 hex) by budget, `seed: sha`:")
@@ -253,6 +259,59 @@ class _Markdown:
         lines.append("")
         return lines
 
+    def reproduction_table(self) -> list[str]:
+        t = self.t
+        if t.recipe == HARNESS or not t.reproduction:
+            return []
+        sources: dict[tuple[str, str], int] = {}
+        rows = []
+        for r in t.reproduction:
+            rows.append([r.method, budget_label(t.protocol, r.budget), *_reported_text(r, sources),
+                         *_reproduced_text(r, self.interval)])
+        notes = [f"- [{i}] {paper} — {source}" for (paper, source), i in sorted(sources.items(), key=lambda kv: kv[1])]
+        return [
+            self.heading("reproduction: reported vs reproduced accuracy (%)"),
+            "",
+            *_table(["Method", "Budget", "Reported", "Final", "Best-on-test", "Final − reported",
+                     "Best − reported"], rows),
+            "",
+            (f"Reported: the paper's number (`bench/results/reported.yaml`), with how it was selected — final: the "
+             "last checkpoint; best: the best epoch on the test set. Final: the reproduced final checkpoint, mean ± "
+             f"{interval_words(self.interval)}, as in the accuracy table below. Best-on-test: mean over seeds of each "
+             "run's best test accuracy over its evaluations, the paper-style number. Gaps in percentage points from "
+             "the unrounded means; compare like with like (a final number with Final − reported, a best one with "
+             f"Best − reported). {DASH}: not published, or not run."),
+            "",
+            *notes,
+            *([""] if notes else []),
+        ]
+
+
+def _where(t: ProtocolTable, sep: str = " — ") -> str:
+    """`rafdb — protocol fraction` (harness, as always), `rafdb — recipe adacm — protocol total` (a recipe)."""
+    recipe = "" if t.recipe == HARNESS else f"recipe {t.recipe}{sep}"
+    return f"{t.dataset}{sep}{recipe}protocol {t.protocol}"
+
+
+def _reported_text(r: Reproduction, sources: dict[tuple[str, str], int]) -> list[str]:
+    if r.reported is None:
+        return [DASH]
+    key = (r.reported.paper, r.reported.source)
+    n = sources.setdefault(key, len(sources) + 1)
+    return [f"{r.reported.value:g} ({r.reported.selection}) [{n}]"]
+
+
+def _reproduced_text(r: Reproduction, interval: str) -> list[str]:
+    c = r.cell
+    if c is None:
+        return [DASH] * 4
+    half, fell_back = c.shown_interval("accuracy", interval)
+    final = _cell(c.summaries["accuracy"].mean, half, c.n) + (f" {SEED_ONLY_MARK}" if fell_back else "")
+    best = c.summaries.get("best_accuracy")
+    gaps = [r.gap("accuracy"), r.gap("best_accuracy")]
+    return [final, f"{pct(best.mean)} (n={best.n})" if best else DASH,
+            *(DASH if g is None else pct(g, signed=True) for g in gaps)]
+
 
 def _get(record: Mapping, dotted: str) -> object:
     cur: object = record
@@ -274,9 +333,21 @@ def _short_commit(record: Mapping) -> str:
     return str(commit)[:12] + ("+dirty" if str(commit).endswith("+dirty") else "")
 
 
+def file_stem(dataset: str, recipe: str) -> str:
+    """The name every file of a leaderboard starts with: the dataset (harness), `<dataset>_recipe-<recipe>`."""
+    return dataset if recipe == HARNESS else f"{dataset}_recipe-{recipe}"
+
+
 def confusion_name(dataset: str, t: ProtocolTable, budget: float) -> str:
     label = budget_label(t.protocol, budget).replace("%", "pct").replace("/", "_").replace("=", "")
-    return f"{dataset}_confusion_{t.protocol}_{label}.png"
+    return f"{file_stem(dataset, t.recipe)}_confusion_{t.protocol}_{label}.png"
+
+
+def _recipe_preamble(dataset: str, recipe: str) -> list[str]:
+    return [(f"**Protocol: reference recipe `{recipe}`** — each method trained the way its official code trains "
+             f"it, to reproduce its paper. Not comparable with the harness leaderboard (`{dataset}.md`), where every "
+             "method shares one training protocol; each protocol section opens with the reproduction table (the "
+             "paper's number, the reproduced final and best-on-test accuracy, their gaps)."), ""]
 
 
 def _render_markdown(dataset: str, tables: list[ProtocolTable], interval: str, n_records: int) -> str:
@@ -286,21 +357,26 @@ def _render_markdown(dataset: str, tables: list[ProtocolTable], interval: str, n
                  "Student-t half-width t(0.975, n−1)·s/√n over seeds only" if interval == "combined" else
                  "mean over seeds ± 95% Student-t half-width t(0.975, n−1)·s/√n over seeds only (seed-to-seed "
                  "variation; test-set sampling noise is not in these intervals)")
+    recipe = tables[0].recipe
+    stem = file_stem(dataset, recipe)
     lines = [
-        f"# Leaderboard: {dataset}",
+        f"# Leaderboard: {dataset}" + ("" if recipe == HARNESS else f" — reference recipe `{recipe}`"),
         "",
+        *([] if recipe == HARNESS else _recipe_preamble(dataset, recipe)),
         (f"Generated by `bench.results.leaderboard` from {n_records} run records; regenerating from the same "
          "records gives byte-identical files."),
         f"Cells: {intervals}; no interval for n = 1.",
         ("Ranking uses the final checkpoint; best-on-test accuracy is shown separately, flagged as "
          "optimistic, and is not used for ranking."),
         "",
-        f"![{dataset}: accuracy by method and label budget]({dataset}.png)",
+        f"![{dataset}: accuracy by method and label budget]({stem}.png)",
         "",
     ]
     for t in tables:
         md = _Markdown(t, interval)
-        lines += [f"## Protocol `{t.protocol}`", ""]
+        lines += [f"## Protocol `{t.protocol}`" if recipe == HARNESS else f"## Recipe `{recipe}`, protocol "
+                  f"`{t.protocol}`", ""]
+        lines += md.reproduction_table()
         for key, label, required in FINAL_METRICS:
             if required or any(key in r.metrics for r in t.runs + t.ref_runs):
                 lines += md.metric_table(key, label)
@@ -356,9 +432,13 @@ def _plot(dataset: str, tables: list[ProtocolTable], path: Path, interval: str) 
 
 def render_leaderboards(records: list[dict], out_dir: Path, baseline: str = "supervised",
                         predictions: Mapping[str, np.ndarray] | None = None, formats: Sequence[str] = ("md",),
-                        interval: str = "combined") -> list[Path]:
+                        interval: str = "combined",
+                        reported: Sequence[Reported] | str | Path | None = None) -> list[Path]:
     """Write, for every dataset in `records`: `<dataset>.md` with `<dataset>.png` and one confusion-matrix
     figure per protocol and budget, plus `<dataset>.tex` and `<dataset>.csv` when `formats` asks for them.
+    Records of a reference recipe (`config.recipe` other than "harness") get the same set of files under
+    `<dataset>_recipe-<recipe>`, never mixed with the harness ones, with their papers' numbers from `reported`
+    (entries, or a reported-numbers file; None: the shipped `bench/results/reported.yaml`).
 
     `predictions` maps run ids to their (2, N) test targets and predictions (`bench.results.record`); cells
     whose runs all have them get accuracy intervals over seeds and test images (`interval="combined"`), the
@@ -374,31 +454,37 @@ def render_leaderboards(records: list[dict], out_dir: Path, baseline: str = "sup
     predictions = predictions or {}
     runs = sorted((parse_run(rec, i, predictions.get(rec.get("run_id")) if isinstance(rec, Mapping) else None)
                    for i, rec in enumerate(records)), key=lambda r: r.run_id)
-    tables = build_tables(runs, baseline)
+    entries: Sequence[Reported] = ()
+    if any(r.recipe != HARNESS for r in runs):  # harness-only renders never read (or depend on) the file
+        entries = reported if isinstance(reported, Sequence) and not isinstance(reported, str) else \
+            load_reported(reported)
+    tables = build_recipe_tables(runs, baseline, entries)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for dataset, protocol_tables in tables.items():
-        n_records = sum(r.dataset == dataset for r in runs)
+    for (dataset, recipe), protocol_tables in tables.items():
+        stem = file_stem(dataset, recipe)
+        title = dataset if recipe == HARNESS else f"{dataset} (recipe {recipe})"
+        n_records = sum(r.dataset == dataset and r.recipe == recipe for r in runs)
         if "md" in formats:
-            md = out_dir / f"{dataset}.md"
+            md = out_dir / f"{stem}.md"
             md.write_text(_render_markdown(dataset, protocol_tables, interval, n_records), encoding="utf-8")
             written.append(md)
-        written.append(_plot(dataset, protocol_tables, out_dir / f"{dataset}.png", interval))
+        written.append(_plot(title, protocol_tables, out_dir / f"{stem}.png", interval))
         for t in protocol_tables:
             for b in t.budgets:
                 mats = {m: c.confusion for m in t.methods if (c := t.cell(m, b)) is not None
                         and c.confusion is not None}
                 if mats:
-                    written.append(plot_confusions(f"{dataset} — {t.protocol} {budget_label(t.protocol, b)}",
+                    written.append(plot_confusions(f"{title} — {t.protocol} {budget_label(t.protocol, b)}",
                                                    mats, t.class_names, out_dir / confusion_name(dataset, t, b)))
         if "tex" in formats or "csv" in formats:
             from bench.results.export import write_csv, write_latex
 
             if "tex" in formats:
-                written.append(write_latex(dataset, protocol_tables, interval, out_dir / f"{dataset}.tex"))
+                written.append(write_latex(dataset, protocol_tables, interval, out_dir / f"{stem}.tex"))
             if "csv" in formats:
-                written.append(write_csv(protocol_tables, out_dir / f"{dataset}.csv"))
+                written.append(write_csv(protocol_tables, out_dir / f"{stem}.csv"))
     if not written:
         raise FERBenchError("leaderboard: no records to render")
     return sorted(written)
