@@ -142,10 +142,9 @@ def test_weight_ema_walks_state_dict_entries_with_the_customised_decay() -> None
     p *= 1 - wd), so a tensor listed k times moves with decay d^k and is decayed k times."""
     student = _Shared()
     _set(student, 1.0, 1.0)
-    ema = WalkingEma(student, decay=0.5, walk="state_dict")
+    ema = WalkingEma(student, decay=0.5, walk="state_dict", student_decay=0.02)
     _set(student, 3.0, 3.0)
-    ema.student_decay = 0.1
-    ema.update(student)
+    ema.update(student, lr=5.0)  # decay factor 0.02 x lr 5 = 0.1
     # shared, 3 entries: e=1,p=3 -> e=2, p=2.7 -> e=2.35, p=2.43 -> e=2.39, p=2.187
     assert ema.module.expert.weight.item() == pytest.approx(2.39)
     assert student.expert.weight.item() == pytest.approx(2.187)

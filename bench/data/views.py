@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bench.checks import check_fields
 from bench.config import AugmentConfig
 
 FILL = 128.0  # geometric ops fill uncovered pixels with grey (FixMatch RandAugment)
@@ -550,14 +551,8 @@ class ViewMaker:
     """
 
     def __init__(self, cfg: AugmentConfig) -> None:
+        check_fields(cfg, "augment.")  # the config's own rules (bench/config.py), also for a hand-built config
         self.cfg = cfg
-        _op_table(cfg.ops)
-        if cfg.pad_mode not in ("reflect", "zeros"):
-            raise ValueError(f"augment.pad_mode={cfg.pad_mode!r}: expected 'reflect' or 'zeros'")
-        if cfg.channels not in ("rgb", "bgr"):
-            raise ValueError(f"augment.channels={cfg.channels!r}: expected 'rgb' or 'bgr'")
-        if cfg.strong_order not in ("randaugment_first", "weak_first"):
-            raise ValueError(f"augment.strong_order={cfg.strong_order!r}: expected 'randaugment_first' or 'weak_first'")
 
     def source(self, x: Tensor) -> Tensor:
         """The stored (RGB) pixels in the channel order the ops and the network see."""
@@ -570,8 +565,6 @@ class ViewMaker:
         """The weak pipeline proper: the configured crop, then a horizontal flip."""
         if self.cfg.crop == "resized":
             return horizontal_flip(random_resized_crop(x, gen, tuple(self.cfg.rrc_scale)), gen)
-        if self.cfg.crop != "pad":
-            raise ValueError(f"augment.crop={self.cfg.crop!r}: expected 'pad' or 'resized'")
         pad = int(round(self.cfg.pad_frac * x.shape[-1]))
         return horizontal_flip(padded_random_crop(x, gen, pad, self.cfg.crop_prob, self.cfg.pad_mode), gen)
 

@@ -452,7 +452,7 @@ def setup_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method: 
     ema = None
     if cfg.train.ema_decay > 0:
         ema = WalkingEma(accelerator.unwrap_model(model), decay=cfg.train.ema_decay, device=accelerator.device,
-                         walk=cfg.train.ema_walk)
+                         walk=cfg.train.ema_walk, student_decay=cfg.train.student_decay)
         ema.module.eval()
     # after the EMA copy: only training compiles
     perf.compile_model(accelerator.unwrap_model(model), cfg.train.compile if compile_mode is None else compile_mode)
@@ -528,7 +528,7 @@ def _train_stage(accelerator: Accelerator, cfg: RunConfig, stage: Stage, method:
         ctx = StepContext(step=step, total_steps=total, num_classes=num_classes,
                           ema_model=ema.module if ema is not None else None, stage=stage.name,
                           denormalize=views.denormalize, gather=gather)
-        out = optimisation_step(accelerator, method, model, optimizer, ema, batch, ctx, cfg.train.student_decay)
+        out = optimisation_step(accelerator, method, model, optimizer, ema, batch, ctx)
         scheduler.step()
         state.step += 1
         state.sessions[-1]["steps"] += 1
@@ -655,8 +655,7 @@ def read_logs(acc: dict[str, list[Any]]) -> dict[str, list[float]]:
 
 
 def optimisation_step(accelerator: Accelerator, method: Method, model: torch.nn.Module,
-                      optimizer: torch.optim.Optimizer, ema: WalkingEma | None, batch: Any, ctx: StepContext,
-                      student_decay: float = 0.0) -> Any:
+                      optimizer: torch.optim.Optimizer, ema: WalkingEma | None, batch: Any, ctx: StepContext) -> Any:
     """One step as the loop takes it: the method's loss under autocast, backward, the optimiser and the EMA
     update. Returns the method's `StepOutput`; nothing in it is read on the host (the loop checks the loss for
     nan and inf at its log, evaluation and checkpoint steps)."""
@@ -668,9 +667,7 @@ def optimisation_step(accelerator: Accelerator, method: Method, model: torch.nn.
     if ema is not None:
         if accelerator.num_processes > 1:
             share_buffers(accelerator.unwrap_model(model))
-        # Ada-CM's decay factor is 0.02 x the LR (a host float: the schedule is computed on the host)
-        ema.student_decay = student_decay * optimizer.param_groups[0]["lr"]
-        ema.update(accelerator.unwrap_model(model), step=ctx.step)
+        ema.update(accelerator.unwrap_model(model), step=ctx.step, lr=optimizer.param_groups[0]["lr"])
     return out
 
 
