@@ -2,13 +2,13 @@
 
 A value's type is its dataclass field's annotation (bool, int, float, str, `X | None`, `Literal[...]`,
 `tuple[...]`, list, dict, Any); its range is an `Interval` inside `Annotated`, e.g.
-`lr: Annotated[float, Interval("(0, inf)")]`. Method arguments follow the same rules, typed by the
-method's defaults (`Method.defaults`, `argument_types`, `argument_ranges`).
+`lr: Annotated[float, Interval("(0, inf)")]`. Method arguments follow the same rules: each method's `Args`
+dataclass is annotated with the same types (bench/method.py).
 
 Why not pydantic or OmegaConf's structured configs: OmegaConf checks types but not ranges, and pydantic
 reports one bad value of an `X | None` field as one error per member of the union, with its own wording.
 Walking the dataclasses FERBench already has keeps every message one line in one voice, and lets method
-arguments, which are plain data next to each method's defaults, use the very same checks.
+arguments, dataclasses too, use the very same checks.
 """
 
 from __future__ import annotations
@@ -146,22 +146,3 @@ def check_fields(obj: Any, prefix: str = "") -> None:
             check_fields(value, f"{prefix}{f.name}.")
         else:
             setattr(obj, f.name, check_value(value, hints[f.name], prefix + f.name))
-
-
-def argument_hint(default: Any, declared: Any = None, interval: str | None = None) -> Any:
-    """The type a method argument must have: `declared` if given, else that of its default (an int default
-    also takes floats only when declared so); with `interval`, the numbers must lie in it."""
-    if declared is not None:
-        hint = declared
-    elif isinstance(default, (bool, int, float, str, list, tuple, dict)):
-        hint = type(default)
-    else:  # None, or a value of no checked type: the method checks it itself
-        hint = Any
-    if interval is None:
-        return hint
-    rng = Interval(interval)
-    if typing.get_origin(hint) in (Union, types.UnionType):  # e.g. int | None: the range is the number's
-        return Union[tuple(Annotated[a, rng] if a is not type(None) else a for a in typing.get_args(hint))]  # noqa: UP007
-    if hint in (list, tuple):
-        return hint[Annotated[float, rng], ...] if hint is tuple else list[Annotated[float, rng]]
-    return Annotated[hint, rng]

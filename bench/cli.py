@@ -15,25 +15,35 @@ from pathlib import Path
 from bench.errors import FERBenchError
 
 CONFIG_DIR = Path(__file__).with_name("configs")
-SWEEP_FORMATS = ("md", "tex", "csv")  # what a sweep's leaderboard_dir gets
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
+    from bench.method import describe_arguments
     from bench.registry import get_method_class, method_names
 
-    table = Table(title="Registered methods")
-    for col in ("name", "unlabeled views", "labels", "defaults", "ranges", "reconstructed (not from a source)",
+    if args.name:  # one method's arguments: name, type and range, default, where the default comes from
+        cls = get_method_class(args.name)
+        table = Table(title=f"{args.name}: {cls.reference}")
+        for col in ("argument", "type", "default", "note"):
+            table.add_column(col, overflow="fold")
+        for a in describe_arguments(cls.Args):
+            note = ("RECONSTRUCTED (not from a source): " if a.reconstructed else "") + a.note
+            table.add_row(a.name, a.type, json.dumps(a.default), note)
+        _console().print(table)
+        return 0
+    table = Table(title="Registered methods (ferbench methods NAME: one method's arguments)")
+    for col in ("name", "unlabeled views", "labels", "arguments (default)", "reconstructed (not from a source)",
                 "source"):
         table.add_column(col, overflow="fold")
     for name in method_names():
         cls = get_method_class(name)
-        ranges = ", ".join(f"{k} {v}" for k, v in sorted(cls.argument_ranges.items())) or "-"
-        table.add_row(name, ", ".join(cls.views) or "-", cls.labeled_source, json.dumps(cls.defaults, sort_keys=True),
-                      ranges, ", ".join(cls.reconstructed) or "-", cls.reference)
-    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+        arguments = describe_arguments(cls.Args)
+        table.add_row(name, ", ".join(cls.views) or "-", cls.labeled_source,
+                      ", ".join(f"{a.name}={json.dumps(a.default)}" for a in arguments) or "-",
+                      ", ".join(a.name for a in arguments if a.reconstructed) or "-", cls.reference)
+    _console().print(table)
     return 0
 
 
@@ -41,7 +51,7 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from bench.recipe import get_recipe, recipe_names
+    from bench.bundles import get_recipe, recipe_names
 
     table = Table(title="Protocols: the harness (default) and the reference recipes (recipe=NAME)")
     for col in ("recipe", "reproduces", "reference for", "sets", "known differences", "source"):
@@ -212,91 +222,6 @@ def _progress():  # a live progress display for single runs
     return _Live(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
 
 
-def _run_sweep(spec_path: Path, overrides: list[str], dry_run: bool, leaderboard_dir: str | None,
-               executor: str = "inline", cluster: dict | None = None, wait: bool = False,
-               runs_per_gpu: int | None = None) -> int:
-    from bench.launch.pack import check_runs_per_gpu
-    from bench.launch.sweep import cells, load_sweep, run_local, settle_output_dir, validate_cells
-
-    spec = load_sweep(spec_path)
-    if runs_per_gpu is not None:
-        spec.runs_per_gpu = check_runs_per_gpu(runs_per_gpu, "--")
-    labelled = cells(spec, overrides)
-    runs = [cfg for _, cfg in labelled]
-    settle_output_dir(spec, runs)  # an output_dir override moves the submission log and job logs too
-    validate_cells(spec, labelled)  # every cell, before any data is prepared, run started or job submitted
-    out = leaderboard_dir or spec.leaderboard_dir
-    if executor != "inline":
-        return _submit_sweep(spec, runs, executor, cluster or {}, dry_run, wait, out)
-    from bench.engine.trainer import run_paths
-
-    todo = [c for c in runs if not run_paths(c).record.exists()]
-    print(f"sweep {spec.name}: {len(runs)} runs, {len(runs) - len(todo)} already done, {len(todo)} to run")
-    if spec.runs_per_gpu > 1:
-        print(f"  runs_per_gpu={spec.runs_per_gpu} packs runs into jobs of --executor slurm|local|debug; "
-              "here they run one after another")
-    if dry_run:
-        for c in todo:
-            recipe = "" if c.recipe == "harness" else f" recipe={c.recipe}"
-            print(f"  {c.method}{recipe} {c.data.protocol}={c.data.budget:g} seed={c.seed}")
-        return 0
-    t0 = time.perf_counter()
-    records, failures = run_local(runs)
-    print(f"sweep {spec.name}: {len(records)} records, {len(failures)} failed, {time.perf_counter() - t0:.0f} s")
-    if out and records:
-        _render(Path(spec.output_dir) / "records", Path(out), "supervised", SWEEP_FORMATS)
-    for cfg, err in failures:
-        print(f"ferbench: run failed: {cfg.method} budget={cfg.data.budget:g} seed={cfg.seed}: {err}", file=sys.stderr)
-    return 1 if failures else 0
-
-
-def _submit_sweep(spec, runs, executor: str, cluster: dict, dry_run: bool, wait: bool, out: str | None) -> int:
-    from bench.launch.executor import ClusterParams, pending_runs, submit_runs, wait_for
-
-    params = ClusterParams.from_mapping({**spec.cluster, **{k: v for k, v in cluster.items() if v is not None}},
-                                        f"sweep {spec.name}")
-    todo, done, live = pending_runs(runs, spec.output_dir)
-    print(f"sweep {spec.name}: {len(runs)} runs, {done} already done, {live} already submitted and not over, "
-          f"{len(todo)} to submit ({executor})")
-    if dry_run or not todo:
-        for c in todo:
-            recipe = "" if c.recipe == "harness" else f" recipe={c.recipe}"
-            print(f"  {c.method}{recipe} {c.data.protocol}={c.data.budget:g} seed={c.seed}")
-        return 0
-    _prepare_data(todo)
-    jobs = submit_runs(todo, executor, spec.output_dir, spec.name, params, spec.runs_per_gpu)
-    ids = sorted({str(j.job_id).split("_")[0] for j in jobs})
-    packed = f" ({len(jobs)} jobs of up to {spec.runs_per_gpu} runs)" if spec.runs_per_gpu > 1 else ""
-    print(f"submitted {len(todo)} runs as job(s) {', '.join(ids)}{packed}; follow with: ferbench status "
-          f"{spec.output_dir}")
-    if not wait:
-        return 0
-    failed = [(j, e) for j, e in wait_for(jobs) if e is not None]
-    for job, err in failed:
-        print(f"ferbench: job {job.job_id} failed: {err} (log {job.paths.stderr})", file=sys.stderr)
-    records_dir = Path(spec.output_dir) / "records"
-    if out and records_dir.is_dir() and any(records_dir.glob("*.json")):
-        _render(records_dir, Path(out), "supervised", SWEEP_FORMATS)
-    return 1 if failed else 0
-
-
-def _prepare_data(runs) -> None:
-    """Build each distinct dataset cache here, once, before the jobs start: they then only read it, and a
-    bad dataset fails now rather than in every job."""
-    from bench.data.cache import default_cache_dir, prepare_dataset
-
-    seen = set()
-    for cfg in runs:
-        d = cfg.data
-        options = d.reader_options()
-        key = (d.name, d.root, d.image_size, str(default_cache_dir(d.cache_dir)), repr(sorted(options.items())),
-               d.label_protocol, d.on_bad_image)
-        if key not in seen:
-            seen.add(key)
-            prepare_dataset(d.name, d.root, d.image_size, str(default_cache_dir(d.cache_dir)), options,
-                            d.on_bad_image, progress=True, label_protocol=d.label_protocol)
-
-
 def _cmd_status(args: argparse.Namespace) -> int:
     from rich.table import Table
 
@@ -320,44 +245,32 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _render(records_dir: Path, out: Path, baseline: str, formats: tuple[str, ...] = ("md",),
-            interval: str = "combined", reported: Path | None = None) -> list[Path]:
-    from bench.results.leaderboard import render_leaderboards
-    from bench.results.record import load_record_files, read_predictions
-
-    if not records_dir.is_dir():
-        raise FERBenchError(f"{records_dir}: records folder not found")
-    files = load_record_files(records_dir)
-    if not files:
-        raise FERBenchError(f"{records_dir}: no run records found")
-    predictions = {rec["run_id"]: a for path, rec in files if (a := read_predictions(path, rec)) is not None}
-    paths = render_leaderboards([rec for _, rec in files], out, baseline=baseline, predictions=predictions,
-                                formats=formats, interval=interval, reported=reported)
-    for p in paths:
-        print(f"wrote {p}")
-    return paths
-
-
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.launch.orchestrate import SweepRequest, run_sweep
+
     cluster = {"partition": args.partition, "time_min": args.time_min, "cpus_per_task": args.cpus_per_task,
                "gpus_per_node": args.gpus_per_node, "mem_gb": args.mem_gb,
                "array_parallelism": args.array_parallelism}
-    return _run_sweep(Path(args.spec), args.overrides, args.dry_run, args.leaderboard_dir, args.executor, cluster,
-                      args.wait, args.runs_per_gpu)
+    return run_sweep(SweepRequest(Path(args.spec), args.overrides, args.dry_run, args.leaderboard_dir, args.executor,
+                                  cluster, args.wait, args.runs_per_gpu))
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from bench.results.render import render_records
+
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    _render(Path(args.records_dir), Path(args.output), args.baseline, formats, args.interval,
-            Path(args.reported) if args.reported else None)
+    render_records(Path(args.records_dir), Path(args.output), args.baseline, formats, args.interval,
+                   Path(args.reported) if args.reported else None)
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from bench.launch.orchestrate import SweepRequest, run_sweep
+
     spec = CONFIG_DIR / ("demo_full.yaml" if args.full else "demo.yaml")
     overrides = [f"output_dir={args.output_dir}"] if args.output_dir else []
     t0 = time.perf_counter()
-    rc = _run_sweep(spec, overrides + args.overrides, False, args.leaderboard_dir)
+    rc = run_sweep(SweepRequest(spec, overrides + args.overrides, leaderboard_dir=args.leaderboard_dir))
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return rc
 
@@ -381,12 +294,20 @@ def _cmd_bench_memory(args: argparse.Namespace) -> int:
     return 0
 
 
+#: `ferbench bench train` flags that are shortcuts for config overrides
+BENCH_TRAIN_FLAGS = {"image_size": "data.image_size", "batch_size": "train.batch_size", "mu": "train.mu",
+                     "backbone": "model.backbone", "augment_on": "data.augment_on", "compile": "train.compile",
+                     "channels_last": "train.channels_last", "mixed_precision": "train.mixed_precision",
+                     "workers": "data.workers", "n_train": "data.synthfer.n_train", "cache_dir": "data.cache_dir"}
+
+
 def _cmd_bench_train(args: argparse.Namespace) -> int:
     from bench.benchmarks.train_speed import run_train_benchmark
 
-    run_train_benchmark(args.method, args.steps, args.warmup, args.image_size, args.batch_size, args.mu, args.backbone,
-                        args.augment_on, args.compile, args.channels_last, args.mixed_precision, args.workers,
-                        args.n_train, args.cache_dir, not args.no_cpu_path, args.json, args.stage)
+    shortcuts = [f"{key}={str(v).lower() if isinstance(v, bool) else v}" for flag, key in BENCH_TRAIN_FLAGS.items()
+                 if (v := getattr(args, flag)) is not None]
+    run_train_benchmark(args.method, shortcuts + args.overrides, steps=args.steps, warmup=args.warmup,
+                        cpu_path=not args.no_cpu_path, json_path=args.json, stage=args.stage)
     return 0
 
 
@@ -396,7 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rc = sub.add_parser("recipes", help="list the protocols: the harness and each reference recipe, with sources")
     rc.set_defaults(fn=_cmd_recipes)
-    m = sub.add_parser("methods", help="list registered methods with their views, defaults and sources")
+    m = sub.add_parser("methods", help="list registered methods with their views, arguments and sources")
+    m.add_argument("name", nargs="?", default=None, help="one method: its arguments' types, ranges and notes")
     m.set_defaults(fn=_cmd_methods)
 
     d = sub.add_parser("data", help="dataset tools")
@@ -453,21 +375,25 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("method")
     bt.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
     bt.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, workers starting)")
-    bt.add_argument("--image-size", type=int, default=112)
-    bt.add_argument("--batch-size", type=int, default=128, help="labeled batch B (unlabeled: mu * B)")
-    bt.add_argument("--mu", type=int, default=7)
-    bt.add_argument("--backbone", default="resnet18")
-    bt.add_argument("--augment-on", default="device", help="data path measured first: device | cpu")
-    bt.add_argument("--compile", default="none", help="none | default | reduce-overhead")
+    bt.add_argument("--image-size", type=int, default=None, help="data.image_size (default 112)")
+    bt.add_argument("--batch-size", type=int, default=None, help="train.batch_size: labeled B, unlabeled mu * B "
+                                                                  "(default 128)")
+    bt.add_argument("--mu", type=int, default=None, help="train.mu (default 7)")
+    bt.add_argument("--backbone", default=None, help="model.backbone (default resnet18)")
+    bt.add_argument("--augment-on", default=None, help="data.augment_on, measured first: device | cpu")
+    bt.add_argument("--compile", default=None, help="train.compile: none | default | reduce-overhead")
     bt.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-                    help="default: on with CUDA")
-    bt.add_argument("--mixed-precision", default=None, help="no | bf16 | fp16 (default: bf16 with CUDA, else no)")
-    bt.add_argument("--workers", type=int, default=None, help="CPU path workers (default: CPUs - 1)")
-    bt.add_argument("--n-train", type=int, default=2000, help="synthfer training images generated for it")
-    bt.add_argument("--cache-dir", default=None)
+                    help="train.channels_last (default: on with CUDA)")
+    bt.add_argument("--mixed-precision", default=None, help="train.mixed_precision: no | bf16 | fp16 (default: bf16 "
+                                                             "with CUDA, else no)")
+    bt.add_argument("--workers", type=int, default=None, help="data.workers of the CPU path (default: CPUs - 1)")
+    bt.add_argument("--n-train", type=int, default=None, help="data.synthfer.n_train: images generated (default "
+                                                               "2000)")
+    bt.add_argument("--cache-dir", default=None, help="data.cache_dir")
     bt.add_argument("--no-cpu-path", action="store_true", help="skip the augment_on=cpu comparison")
     bt.add_argument("--json", default=None, help="also write the results here")
     bt.add_argument("--stage", default=None, help="a multi-stage method's stage to measure (default: its last)")
+    bt.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.head=normalized")
     bt.set_defaults(fn=_cmd_bench_train)
 
     r = sub.add_parser("run", help="train one run (resumes from its checkpoint if interrupted)")

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-
+from bench.bundles import check_recipe, get_preset, get_recipe
 from bench.checks import Interval, check_fields
 from bench.errors import FERBenchError
+from bench.yamlfile import load_yaml, parse_yaml
+
+__all__ = ["load_yaml", "parse_yaml"]  # re-exported: config files are read through this module
 
 # Value types of config fields, checked when a config is built (bench/checks.py): `key=value: expected ...`.
 Positive = Annotated[float, Interval("(0, inf)")]
@@ -46,24 +50,53 @@ CHANNEL_ORDERS = ("rgb", "bgr")
 STRONG_ORDERS = ("randaugment_first", "weak_first")
 
 
+# How a field takes part in the run id, declared on the field itself (`run_id` in its metadata):
+#   hashed            in the run id: it decides what is computed;
+#   hashed_when_set   in the run id only when it differs from its default: fields added after results were
+#                     published, so every earlier run keeps its id and a non-default value still makes a new run;
+#   unhashed          never: where things go, how fast and how the run is watched (the same run on the fast or the
+#                     classic data path is the same run; the record's `performance` block says which made it).
+RUN_ID = "run_id"
+
+
+def _declared(how: str, default: Any, factory: Callable[[], Any] | None) -> Any:
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata={RUN_ID: how})
+    return dataclasses.field(default=default, metadata={RUN_ID: how})
+
+
+def hashed(default: Any = None, *, factory: Callable[[], Any] | None = None) -> Any:
+    return _declared("hashed", default, factory)
+
+
+def hashed_when_set(default: Any = None, *, factory: Callable[[], Any] | None = None) -> Any:
+    return _declared("hashed_when_set", default, factory)
+
+
+def unhashed(default: Any = None, *, factory: Callable[[], Any] | None = None) -> Any:
+    return _declared("unhashed", default, factory)
+
+
 @dataclass
 class DataConfig:
-    name: str = "synthfer"
-    root: str | None = None  # raw dataset folder; synthfer is generated into the cache when None
-    protocol: Literal[BUDGET_PROTOCOLS] = "fraction"
-    budget: float = 0.1  # its range depends on the protocol: bench/data/splits.py check_budget
-    image_size: Annotated[int, Interval("[8, inf)")] = 48
-    unlabeled: Literal["all", "rest"] = "all"  # "all": every training image is also unlabeled (USB); "rest": the others
-    cache_dir: str | None = None  # default: $FERBENCH_CACHE or ~/.cache/ferbench
-    on_bad_image: Literal["fail", "skip"] = "fail"
-    synthfer: dict[str, Any] = field(default_factory=lambda: {"n_train": 6000, "n_test": 1500, "seed": 0})
-    label_protocol: str | None = None  # the dataset's label rule (ferplus: majority8 | argmax7); None: its default
-    options: dict[str, Any] = field(default_factory=dict)  # reader options (rafdb images, ferplus train_with_valid)
+    name: str = hashed("synthfer")
+    root: str | None = unhashed(None)  # raw dataset folder; synthfer is generated into the cache when None
+    protocol: Literal[BUDGET_PROTOCOLS] = hashed("fraction")
+    budget: float = hashed(0.1)  # its range depends on the protocol: bench/data/splits.py check_budget
+    image_size: Annotated[int, Interval("[8, inf)")] = hashed(48)
+    # "all": every training image is also unlabeled (USB); "rest": the others
+    unlabeled: Literal["all", "rest"] = hashed("all")
+    cache_dir: str | None = unhashed(None)  # default: $FERBENCH_CACHE or ~/.cache/ferbench
+    on_bad_image: Literal["fail", "skip"] = hashed("fail")
+    synthfer: dict[str, Any] = hashed(factory=lambda: {"n_train": 6000, "n_test": 1500, "seed": 0})
+    # the dataset's label rule (ferplus: majority8 | argmax7); None: its default
+    label_protocol: str | None = hashed(None)
+    options: dict[str, Any] = hashed(factory=dict)  # reader options (rafdb images, ferplus train_with_valid)
     # Where views are made (bench/engine/feed.py): "device" (batched on the accelerator, images held there
     # when they fit in `device_cache_gb`) or "cpu" (on the host, in `workers` background processes).
-    augment_on: Literal[AUGMENT_ON] = "device"
-    device_cache_gb: NonNegative | None = None  # None: half the accelerator's free memory; 0: always stream
-    workers: NonNegativeInt = 0  # augment_on=cpu: DataLoader worker processes making future steps' views
+    augment_on: Literal[AUGMENT_ON] = unhashed("device")
+    device_cache_gb: NonNegative | None = unhashed(None)  # None: half the accelerator's free memory; 0: always stream
+    workers: NonNegativeInt = unhashed(0)  # augment_on=cpu: DataLoader worker processes making future steps' views
 
     def reader_options(self) -> dict[str, Any]:
         """What the dataset's reader takes: synthfer's generator parameters, else `options`."""
@@ -72,128 +105,103 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    backbone: str = "ferbench_cnn_small"
-    pretrained_file: str | None = None  # local checkpoint only; never a hub download
-    drop_rate: Decay = 0.0
+    backbone: str = hashed("ferbench_cnn_small")
+    pretrained_file: str | None = hashed(None)  # local checkpoint only; never a hub download
+    drop_rate: Decay = hashed(0.0)
     # "linear": features -> dropout -> linear. "normalized": the Ada-CM lineage's head, features -> dropout ->
     # L2-normalise -> linear, whose forward returns that normalised feature (reference/methods.md §1).
-    head: Literal[HEADS] = "linear"
-    timm_kwargs: dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments (img_size, ...)
+    head: Literal[HEADS] = hashed_when_set("linear")
+    # extra timm.create_model arguments (img_size, ...)
+    timm_kwargs: dict[str, Any] = hashed_when_set(factory=dict)
 
 
 @dataclass
 class OptimConfig:
-    name: Literal[OPTIMIZERS] = "sgd"
-    lr: Positive = 0.03
-    momentum: Decay = 0.9
-    nesterov: bool = True
-    weight_decay: NonNegative = 5e-4
-    schedule: Literal[SCHEDULES] = "cosine"  # cosine: FixMatch's cos(7*pi*k / 16K); halfcosine: to min_lr
-    warmup_iters: NonNegativeInt = 0
-    betas: tuple[Decay, Decay] = (0.9, 0.999)  # adam / adamw
-    min_lr: NonNegative = 0.0  # halfcosine: the floor it decays to
-    decay_iters: NonNegativeInt = 0  # halfcosine: iterations of the decay, then min_lr; 0 = the whole run (or stage)
+    name: Literal[OPTIMIZERS] = hashed("sgd")
+    lr: Positive = hashed(0.03)
+    momentum: Decay = hashed(0.9)
+    nesterov: bool = hashed(True)
+    weight_decay: NonNegative = hashed(5e-4)
+    # cosine: FixMatch's cos(7*pi*k / 16K); halfcosine: to min_lr
+    schedule: Literal[SCHEDULES] = hashed("cosine")
+    warmup_iters: NonNegativeInt = hashed(0)
+    betas: tuple[Decay, Decay] = hashed_when_set((0.9, 0.999))  # adam / adamw
+    min_lr: NonNegative = hashed_when_set(0.0)  # halfcosine: the floor it decays to
+    # halfcosine: iterations of the decay, then min_lr; 0 = the whole run (or stage)
+    decay_iters: NonNegativeInt = hashed_when_set(0)
 
 
 @dataclass
 class AugmentConfig:
-    crop_prob: Probability = 1.0  # probability of the padded random crop in the weak view
-    pad_frac: Annotated[float, Interval("[0, 1)")] = 0.125  # padding as a fraction of the image side
-    randaugment_n: NonNegativeInt = 3  # ops per strong view (sampled with replacement)
-    cutout_max: Probability = 0.5  # cutout side ~ U(0, cutout_max) * image side
-    crop: Literal[WEAK_CROPS] = "pad"  # weak-view crop: padded random crop | RandomResizedCrop
-    rrc_scale: tuple[AreaFraction, AreaFraction] = (0.08, 1.0)  # crop="resized": range of the crop's area fraction
+    crop_prob: Probability = hashed(1.0)  # probability of the padded random crop in the weak view
+    pad_frac: Annotated[float, Interval("[0, 1)")] = hashed(0.125)  # padding as a fraction of the image side
+    randaugment_n: NonNegativeInt = hashed(3)  # ops per strong view (sampled with replacement)
+    cutout_max: Probability = hashed(0.5)  # cutout side ~ U(0, cutout_max) * image side
+    crop: Literal[WEAK_CROPS] = hashed_when_set("pad")  # weak-view crop: padded random crop | RandomResizedCrop
+    # crop="resized": range of the crop's area fraction
+    rrc_scale: tuple[AreaFraction, AreaFraction] = hashed_when_set((0.08, 1.0))
     # RandAugment and Cutout op semantics: "pil" = PIL's, as the reference code applies them to PIL images
     # (fill 0, shear about the top-left corner, posterize int(U(4, 8)) bits, cutout including its end pixel);
     # "harness" = grey fill 128, shear about the centre, posterize 4..8 bits, cutout excluding its end pixel.
-    ops: Literal[AUGMENT_OPS] = "harness"
-    pad_mode: Literal[PAD_MODES] = "reflect"  # the weak crop's padding: reflect (USB) | zeros (torchvision's default)
+    ops: Literal[AUGMENT_OPS] = hashed_when_set("harness")
+    # the weak crop's padding: reflect (USB) | zeros (torchvision's default)
+    pad_mode: Literal[PAD_MODES] = hashed_when_set("reflect")
     # Resize every view (evaluation's too) to this side after RandAugment and Cutout and before the weak crop, as
     # the Ada-CM lineage's Resize(224) of its 100x100 faces; None: views keep the stored data.image_size.
-    resize_to: Annotated[int, Interval("[8, inf)")] | None = None
-    channels: Literal[CHANNEL_ORDERS] = "rgb"  # "bgr": the network sees BGR (cv2.imread without conversion)
+    resize_to: Annotated[int, Interval("[8, inf)")] | None = hashed_when_set(None)
+    # "bgr": the network sees BGR (cv2.imread without conversion)
+    channels: Literal[CHANNEL_ORDERS] = hashed_when_set("rgb")
     # The strong view: "randaugment_first" = RandAugment + Cutout, then the weak pipeline (the Ada-CM lineage);
     # "weak_first" = the weak crop and flip, then RandAugment + Cutout (USB's transform_strong).
-    strong_order: Literal[STRONG_ORDERS] = "randaugment_first"
-    normalize_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    normalize_std: tuple[Positive, Positive, Positive] = (0.229, 0.224, 0.225)
+    strong_order: Literal[STRONG_ORDERS] = hashed_when_set("randaugment_first")
+    normalize_mean: tuple[float, float, float] = hashed((0.485, 0.456, 0.406))
+    normalize_std: tuple[Positive, Positive, Positive] = hashed((0.229, 0.224, 0.225))
 
 
 @dataclass
 class TrainConfig:
-    iterations: Count = 1000
-    batch_size: Count = 32  # global labeled batch (all processes together)
-    mu: NonNegativeInt = 3  # unlabeled batch = mu * batch_size
-    ema_decay: Decay = 0.999  # 0 disables the EMA model
-    eval_every: Count = 100
-    log_every: Count = 10
-    checkpoint_every: Count = 200
-    mixed_precision: Literal[MIXED_PRECISION] = "no"  # no | bf16 | fp16: autocast through Accelerate
-    channels_last: bool = False  # model and views in NHWC memory layout (faster convolutions on GPUs)
-    compile: Literal[COMPILE_MODES] = "none"  # torch.compile's mode; reduce-overhead = CUDA graphs
-    fused_optimizer: bool = True  # torch's fused optimiser kernels where available (CUDA); recorded
-    stop_after: Count | None = None  # stop (checkpointed) at this iteration: a simulated interruption
+    iterations: Count = hashed(1000)
+    batch_size: Count = hashed(32)  # global labeled batch (all processes together)
+    mu: NonNegativeInt = hashed(3)  # unlabeled batch = mu * batch_size
+    ema_decay: Decay = hashed(0.999)  # 0 disables the EMA model
+    eval_every: Count = hashed(100)
+    log_every: Count = unhashed(10)
+    checkpoint_every: Count = unhashed(200)
+    mixed_precision: Literal[MIXED_PRECISION] = hashed("no")  # no | bf16 | fp16: autocast through Accelerate
+    channels_last: bool = unhashed(False)  # model and views in NHWC memory layout (faster convolutions on GPUs)
+    compile: Literal[COMPILE_MODES] = unhashed("none")  # torch.compile's mode; reduce-overhead = CUDA graphs
+    fused_optimizer: bool = unhashed(True)  # torch's fused optimiser kernels where available (CUDA); recorded
+    stop_after: Count | None = unhashed(None)  # stop (checkpointed) at this iteration: a simulated interruption
     # "joint": one forward over the labeled batch and every unlabeled view (USB); "separate": one forward per
     # part, so BatchNorm normalises each with its own statistics (the Ada-CM lineage).
-    forward: Literal[FORWARD_BATCHING] = "joint"
+    forward: Literal[FORWARD_BATCHING] = hashed_when_set("joint")
     # How the EMA model is updated: "tensors" = each parameter and buffer once (timm's ModelEmaV3); "state_dict" =
     # once per state_dict() entry, as the Ada-CM lineage's WeightEMA, so a module registered k times (LEAF's
     # shared expert) is averaged k times per step.
-    ema_walk: Literal[EMA_WALKS] = "tensors"
+    ema_walk: Literal[EMA_WALKS] = hashed_when_set("tensors")
     # The Ada-CM lineage's "customised weight decay": after each EMA update, every float state_dict() entry of the
     # student is multiplied by (1 - student_decay * lr) (the code's 0.02); 0 = off.
-    student_decay: NonNegative = 0.0
-
-
-# Named hyper-parameter presets (reference/methods.md §1, §7), selectable for any method. A preset is
-# applied where it appears: first in a YAML mapping, in order among command-line overrides.
-PRESETS: dict[str, dict[str, Any]] = {
-    # USB's CIFAR defaults: SGD 0.03 (nesterov, wd 5e-4), cosine, B=64, mu=7, EMA 0.999.
-    "usb": {
-        "optim": {"name": "sgd", "lr": 0.03, "momentum": 0.9, "nesterov": True, "weight_decay": 5e-4,
-                  "schedule": "cosine", "warmup_iters": 0},
-        "train": {"batch_size": 64, "mu": 7, "ema_decay": 0.999},
-    },
-    # The Ada-CM code lineage (Ada-CM, LEAF, SIT-FER): Adam 5e-4, constant LR, B=16, mu=1, EMA 0.999.
-    "adacm": {
-        "optim": {"name": "adam", "lr": 5e-4, "weight_decay": 0.0, "schedule": "constant", "warmup_iters": 0},
-        "train": {"batch_size": 16, "mu": 1, "ema_decay": 0.999},
-    },
-    # FR-pretraining's reference recipe (reference/methods.md §5, zhelishisongjie/SSFER): ViT-B/16 at 224 px,
-    # stage lengths in iterations for RAF-DB (12,271 training images) at 10% labels (1,227):
-    # MAE 800 epochs x 48 batches of 256 with 50 warm-up epochs; fine-tuning 100 epochs x 38 batches of 32,
-    # 5 warm-up epochs, cosine to 1e-5 by epoch 50; FixMatch 50 epochs x 192 unlabeled batches of 64.
-    "ssfer": {
-        "data": {"image_size": 224},
-        "model": {"backbone": "vit_base_patch16_224"},
-        "stages": {
-            "pretrain": {"train": {"iterations": 38400, "batch_size": 256, "mu": 1},
-                         "optim": {"warmup_iters": 2400}},
-            "finetune": {"train": {"iterations": 3800, "batch_size": 32},
-                         "optim": {"warmup_iters": 190, "decay_iters": 1900}},
-            "semisup": {"train": {"iterations": 9600, "batch_size": 64, "mu": 1}},
-        },
-    },
-}
+    student_decay: NonNegative = hashed_when_set(0.0)
 
 
 @dataclass
 class RunConfig:
-    method: str = "fixmatch"
-    # the protocol: "harness" (one substrate for every method) or a reference recipe (bench/recipes/<name>.yaml)
-    recipe: str = "harness"
-    preset: str | None = None
-    seed: NonNegativeInt = 0
-    split_seed: NonNegativeInt | None = None  # defaults to seed: seed i fixes both the split and the training
-    method_args: dict[str, Any] = field(default_factory=dict)
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    #: per-stage overrides of multi-stage methods: {stage name: {"optim"|"train"|"augment": {...}}}
-    stages: dict[str, Any] = field(default_factory=dict)
-    output_dir: str = "runs"
+    method: str = hashed("fixmatch")
+    # the protocol: "harness" (one substrate for every method) or a reference recipe (bench/configs/recipes/<name>.yaml)
+    recipe: str = hashed_when_set("harness")
+    preset: str | None = hashed(None)  # a named bundle of values (bench/configs/presets/<name>.yaml)
+    seed: NonNegativeInt = hashed(0)
+    split_seed: NonNegativeInt | None = hashed(None)  # defaults to seed: seed i fixes both the split and the training
+    method_args: dict[str, Any] = hashed(factory=dict)
+    data: DataConfig = hashed(factory=DataConfig)
+    model: ModelConfig = hashed(factory=ModelConfig)
+    optim: OptimConfig = hashed(factory=OptimConfig)
+    augment: AugmentConfig = hashed(factory=AugmentConfig)
+    train: TrainConfig = hashed(factory=TrainConfig)
+    #: per-stage overrides of multi-stage methods: {stage name: {"optim"|"train"|"augment": {...}}}; each section's
+    #: keys take part in the run id as their fields do
+    stages: dict[str, Any] = hashed_when_set(factory=dict)
+    output_dir: str = unhashed("runs")
 
     @property
     def effective_split_seed(self) -> int:
@@ -203,67 +211,60 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-# Fields that say where things go or how to watch them, not what is computed: left out of the run id.
-_NOT_IN_RUN_ID = {
-    ("output_dir",),
-    ("data", "cache_dir"),
-    ("data", "root"),
-    ("train", "stop_after"),
-    ("train", "log_every"),
-    ("train", "checkpoint_every"),
-    # How fast, not what: the same run on the fast or the classic path is the same run (on a CPU host the
-    # two paths give identical batches); the record's `performance` block says which path made it.
-    ("data", "augment_on"),
-    ("data", "device_cache_gb"),
-    ("data", "workers"),
-    ("train", "channels_last"),
-    ("train", "compile"),
-    ("train", "fused_optimizer"),
-}
+#: the config sections a stage's overrides may set (`stages.<name>.<section>`, `Stage.defaults`)
+STAGE_SECTIONS = {"optim": OptimConfig, "train": TrainConfig, "augment": AugmentConfig}
 
 
-# Fields added after records were published: left out of the run id while at their default, so every
-# earlier run keeps its id (a sweep still finds its records) and a non-default value still makes a new run.
-_HASHED_WHEN_SET = {
-    ("model", "timm_kwargs"): {},
-    ("optim", "betas"): [0.9, 0.999],
-    ("optim", "min_lr"): 0.0,
-    ("optim", "decay_iters"): 0,
-    ("stages",): {},
-    ("augment", "crop"): "pad",
-    ("augment", "rrc_scale"): [0.08, 1.0],
-    ("recipe",): "harness",
-    ("model", "head"): "linear",
-    ("augment", "ops"): "harness",
-    ("augment", "pad_mode"): "reflect",
-    ("augment", "resize_to"): None,
-    ("augment", "channels"): "rgb",
-    ("augment", "strong_order"): "randaugment_first",
-    ("train", "forward"): "joint",
-    ("train", "ema_walk"): "tensors",
-    ("train", "student_decay"): 0.0,
-}
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
-def _strip(d: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[str, Any]:
+def _as_lists(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
+
+
+@functools.cache
+def _sections(cls: type) -> dict[str, type]:
+    """The fields of dataclass `cls` that are config sections (dataclasses themselves), by name."""
+    return {name: hint for name, hint in typing.get_type_hints(cls).items() if dataclasses.is_dataclass(hint)}
+
+
+def _identity(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """`values` (a `to_dict()` section of dataclass `cls`) with only what its fields declare part of the run id."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in values:
+            continue
+        how, v = f.metadata[RUN_ID], values[f.name]
+        if f.name in _sections(cls):
+            v = _identity(_sections(cls)[f.name], v)
+        elif cls is RunConfig and f.name == "stages":
+            v = _stage_identity(v)
+        if how == "unhashed" or (how == "hashed_when_set" and _as_lists(v) == _as_lists(_default(f))):
+            continue
+        out[f.name] = v
+    return out
+
+
+def _stage_identity(stages: Any) -> Any:
+    """Per stage, each section's values that are part of the run id (the same watch settings stay out)."""
+    if not isinstance(stages, dict):
+        return stages
     out = {}
-    for k, v in d.items():
-        key = prefix + (k,)
-        if key in _NOT_IN_RUN_ID:
+    for name, sections in stages.items():
+        if not isinstance(sections, dict):
             continue
-        if key == ("stages",) and isinstance(v, dict):  # per stage, the same watch settings stay out of the id
-            v = {name: {sec: vals for sec, vals in _strip(sections).items() if vals != {}}
-                 for name, sections in v.items() if isinstance(sections, dict)}
-            v = {name: sections for name, sections in v.items() if sections}
-        if key in _HASHED_WHEN_SET and (list(v) if isinstance(v, tuple) else v) == _HASHED_WHEN_SET[key]:
-            continue
-        out[k] = _strip(v, key) if isinstance(v, dict) else v
+        kept = {sec: (_identity(STAGE_SECTIONS[sec], vals) if sec in STAGE_SECTIONS and isinstance(vals, dict)
+                      else vals) for sec, vals in sections.items()}
+        kept = {sec: vals for sec, vals in kept.items() if vals != {}}
+        if kept:
+            out[name] = kept
     return out
 
 
 def run_id(cfg: RunConfig) -> str:
-    """Readable prefix + a hash of the resolved config (paths and watch settings excluded)."""
-    resolved = _strip(cfg.to_dict())
+    """Readable prefix + a hash of the resolved config: the fields that declare themselves part of the run id."""
+    resolved = _identity(RunConfig, cfg.to_dict())
     if cfg.data.name == "synthfer":  # the generator's defaults and version decide the data: hash them too
         from bench.data.synthfer import resolved_params
 
@@ -331,9 +332,7 @@ def apply_preset(cfg: RunConfig, name: str | None) -> RunConfig:
     if name is None:
         cfg.preset = None
         return cfg
-    if name not in PRESETS:
-        raise FERBenchError(f"unknown preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
-    apply_mapping(cfg, PRESETS[name])
+    apply_mapping(cfg, get_preset(name).mapping(), source=f"preset {name}")
     cfg.preset = name
     return cfg
 
@@ -362,31 +361,6 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
     return cfg
 
 
-def parse_yaml(text: str, where: str) -> Any:
-    """`text` parsed as YAML; a syntax error is one line: `where:LINE:COLUMN: not valid YAML: <problem>`."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        context = getattr(e, "context", None)
-        cmark = getattr(e, "context_mark", None)
-        if context and cmark is not None:
-            context += f" at line {cmark.line + 1}, column {cmark.column + 1}"
-        raise FERBenchError(f"{where}{at}: not valid YAML: {problem}" + (f" ({context})" if context else "")) from e
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise FERBenchError(f"{path}: config file not found")
-    data = parse_yaml(path.read_text(), str(path)) or {}
-    if not isinstance(data, dict):
-        raise FERBenchError(f"{path}: expected a mapping at the top level")
-    return data
-
-
 def build_config(
     files: list[str | Path] | None = None, overrides: list[str] | None = None, base: dict | None = None
 ) -> RunConfig:
@@ -409,8 +383,6 @@ def layered(user: Callable[[RunConfig], None]) -> RunConfig:
     user(probe)
     if probe.recipe == "harness":
         return check_config(probe)
-    from bench.recipe import get_recipe
-
     cfg = apply_mapping(RunConfig(), get_recipe(probe.recipe).mapping(probe.method), source=f"recipe {probe.recipe}")
     user(cfg)
     return check_config(cfg)
@@ -419,8 +391,6 @@ def layered(user: Callable[[RunConfig], None]) -> RunConfig:
 def check_config(cfg: RunConfig, prefix: str = "") -> RunConfig:
     """Every value's type and range (the field annotations above): one line naming key and value if not."""
     check_fields(cfg, prefix)
-    from bench.recipe import check_recipe
-
     check_recipe(cfg.recipe)
     return cfg
 

@@ -1,8 +1,18 @@
-"""The method plugin contract.
+"""The method plugin contract: everything a method file imports (with `bench.registry`, `bench.errors` and torch).
 
-A method holds only what is specific to it: its losses, thresholds and state. The engine gives it a
-batch whose views it declared and a context; it returns the loss to minimise and scalars to log
-(the shape of Lightning's `training_step`). It never sees file formats or data loading.
+A method holds only what is specific to it: its losses, thresholds and state. The engine gives it a batch whose
+views it declared and a context; it returns the loss to minimise and scalars to log (the shape of Lightning's
+`training_step`). It never sees file formats or data loading. A method declares:
+
+- its **arguments** as a dataclass (`Args`, a `MethodArgs` subclass) whose annotations are the types and ranges
+  the run config uses (`Probability`, `NonNegative`, `Literal[...]`, ...): checked before any work, with one-line
+  errors, and listed by `ferbench methods` with their notes (`arg(default, note)`);
+- its **state** once, with `add_state(name, default, reduce)`: the engine moves it to the device, saves and
+  restores it strictly with every checkpoint, and checks at each checkpoint of a multi-process run that the
+  processes agree (a method never writes `state_dict`, `load_state_dict` or `to`);
+- its **model** by composing the engine's `FERModel` (`forward_features`, `forward_head(pre_logits=...)`,
+  `head_input`, `get_classifier`, `feature_map`: timm's names and meaning) in `build_model`; every model answers
+  `model(x)` with logits and `model(x, return_features=True)` with one `ModelOutput` (logits, features, aux).
 
 A step should not read tensor values on the host (`.item()`, `if tensor:`, boolean indexing): on a GPU each
 read waits for the device. Logs are returned as detached tensors, which the loop reads every `log_every`
@@ -12,16 +22,27 @@ batch, not indexed selections. No built-in method's step reads anything (tested 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import typing
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from bench.checks import argument_hint, check_value
+from bench.checks import Interval, check_value, describe
+from bench.config import AreaFraction, Count, Decay, NonNegative, NonNegativeInt, Positive, Probability
+from bench.data.faceboxes import box_iou, box_provider
+from bench.engine.pretrained import load_pretrained
 from bench.errors import FERBenchError
+
+__all__ = [  # the value types of arguments, and what the engine offers methods, re-exported for plugins
+    "AreaFraction", "Count", "Decay", "Interval", "NonNegative", "NonNegativeInt", "Positive", "Probability",
+    "box_iou", "box_provider", "load_pretrained",
+]
 
 
 @dataclass
@@ -53,9 +74,9 @@ class StepContext:
     #: maps a normalised view back to uint8 pixels (N, 3, H, W), for methods that look at the images
     denormalize: Callable[[Tensor], Tensor] | None = None
     #: every process's rows of a per-sample tensor, concatenated (the tensor itself in a one-process run).
-    #: A method updates its state (class counts, EMAs, thresholds, memory banks) from gathered statistics, as the
-    #: reference code does under DDP, so every process holds the same state; the engine checks that it does at
-    #: every checkpoint of a multi-process run.
+    #: A method updates its "same" state (class counts, EMAs, thresholds, memory banks) from gathered statistics,
+    #: as the reference code does under DDP, so every process holds the same state; the engine checks that it
+    #: does at every checkpoint of a multi-process run.
     gather: Callable[[Tensor], Tensor] = this_process_only
 
 
@@ -89,7 +110,7 @@ class Stage:
     hands the trained model of one stage to `Method.stage_model` of the next.
 
     defaults: section overrides this stage applies to the run config ({"optim": {...}, "train": {...},
-              "augment": {...}}); the user's `stages.<name>` overrides go on top.
+              "augment": {...}}, applied as any config mapping); the user's `stages.<name>` overrides go on top.
     evaluate: whether the stage's model is a classifier to evaluate on the test split (the run's metrics
               are those of the last stage that evaluates).
     extra_unlabeled: image folders whose images join the unlabeled pool for this stage only.
@@ -113,6 +134,87 @@ class StepOutput:
     logs: dict[str, Tensor | float] = field(default_factory=dict)
 
 
+class ModelOutput(NamedTuple):
+    """What `model(x, return_features=True)` returns, for every model a method trains."""
+
+    logits: Tensor  # (N, C)
+    features: Tensor  # (N, D): what the method compares images by (the model's feature, e.g. L2-normalised)
+    aux: Tensor  # 0-dim: a loss the model adds itself (LEAF's MoE balancing); zero when it has none
+
+
+# ---- arguments ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class MethodArgs:
+    """Base of a method's arguments: a dataclass whose field annotations are their types and ranges (as the run
+    config's, bench/checks.py), with defaults. Subclass it, or another method's (LEAF's extend Ada-CM's)."""
+
+
+def arg(default: Any = None, note: str = "", *, factory: Callable[[], Any] | None = None,
+        reconstructed: bool = False) -> Any:
+    """An argument field: its default, where that value comes from (`note`, shown by `ferbench methods`), and
+    whether it is a reconstruction rather than a value read in a paper or its code."""
+    meta = {"note": note, "reconstructed": reconstructed}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@functools.cache
+def _argument_hints(args_cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(args_cls, include_extras=True)
+
+
+def parse_arguments(args_cls: type[MethodArgs], given: dict[str, Any], where: str) -> MethodArgs:
+    """`args_cls` built from `given` (the run's `method_args`): an unknown name or a value of the wrong type or out
+    of range is one line naming it; values are kept in their canonical form (ints of float arguments as floats)."""
+    fields = {f.name: f for f in dataclasses.fields(args_cls)}
+    unknown = sorted(set(given) - set(fields))
+    if unknown:
+        raise FERBenchError(f"{where}: unknown argument(s) {', '.join(unknown)}; "
+                            f"accepted: {', '.join(sorted(fields)) or 'none'}")
+    hints = _argument_hints(args_cls)
+    return args_cls(**{k: check_value(v, hints[k], f"{where}: method_args.{k}") for k, v in given.items()})
+
+
+@dataclass(frozen=True)
+class ArgumentInfo:
+    name: str
+    type: str  # in words, with its range: "a number in [0, 1]"
+    default: Any
+    note: str
+    reconstructed: bool
+
+
+def describe_arguments(args_cls: type[MethodArgs]) -> list[ArgumentInfo]:
+    """Each argument of `args_cls`: name, type and range in words, default, note, whether reconstructed."""
+    hints = _argument_hints(args_cls)
+    out = []
+    for f in dataclasses.fields(args_cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        out.append(ArgumentInfo(f.name, describe(hints[f.name]), default, f.metadata.get("note", ""),
+                                bool(f.metadata.get("reconstructed", False))))
+    return out
+
+
+# ---- state --------------------------------------------------------------------------------------------------
+
+#: how a state tensor is combined across processes:
+#:   "same"  every process holds the same value, updated from statistics gathered across processes
+#:           (`StepContext.gather`); checked equal at every checkpoint, rank 0's saved, restored on every process;
+#:   "sum"   each process holds its own part and the run's value is their sum (a count of what each saw): saved
+#:           as the sum over processes, restored on the first process with zeros on the others, so the sum holds.
+STATE_REDUCTIONS = ("same", "sum")
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    name: str
+    reduce: Literal["same", "sum"]
+    if_missing: Tensor | None  # its value for a checkpoint written before this state existed
+
+
 class Method:
     """Base class of method plugins; subclasses register with `@register_method(name)`."""
 
@@ -124,7 +226,8 @@ class Method:
     labeled_views: ClassVar[tuple[str, ...]] = ("weak",)
     #: "subset": the labeled split of the budget; "all": every training label (reference row).
     labeled_source: ClassVar[str] = "subset"
-    defaults: ClassVar[dict[str, Any]] = {}
+    #: the method's arguments: a `MethodArgs` dataclass (types, ranges, defaults, notes)
+    Args: ClassVar[type[MethodArgs]] = MethodArgs
     #: where the losses and defaults come from (paper, official code), shown by `ferbench methods`.
     reference: ClassVar[str] = ""
     #: the method trains against the EMA model (a teacher), so the run must keep one.
@@ -133,38 +236,60 @@ class Method:
     #: "class_balanced" (each draw picks a class uniformly, then a sample of it). An instance may set it
     #: from one of its arguments; the engine reads it from the instance.
     labeled_sampling: str = "uniform"
-    #: names of `defaults` that are reconstructions, not values from a paper or its code (listed by
-    #: `ferbench methods`, so they can be corrected when the source becomes available).
-    reconstructed: ClassVar[tuple[str, ...]] = ()
     #: every stage `stages()` may return, in order; `stages.<name>` overrides may name any of them (a preset
     #: may set a stage that some arguments skip, e.g. FR-pretraining's MAE stage when a checkpoint is given)
     stage_names: ClassVar[tuple[str, ...]] = ("main",)
-    #: ranges of numeric arguments in interval notation ("[0, 1]", "(0, inf)"), checked with their types
-    argument_ranges: ClassVar[dict[str, str]] = {}
-    #: types of arguments their default does not tell (a None default), e.g. {"text_seed": int | None};
-    #: every other argument must have its default's type (an int default takes integers only)
-    argument_types: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, num_classes: int, **hparams: Any) -> None:
-        unknown = sorted(set(hparams) - set(self.defaults))
-        if unknown:
-            raise FERBenchError(
-                f"method {self.name!r}: unknown argument(s) {', '.join(unknown)}; "
-                f"accepted: {', '.join(sorted(self.defaults)) or 'none'}"
-            )
-        for key, value in hparams.items():
-            hint = argument_hint(self.defaults[key], self.argument_types.get(key), self.argument_ranges.get(key))
-            hparams[key] = check_value(value, hint, f"method {self.name!r}: method_args.{key}")
+    def __init__(self, num_classes: int, **arguments: Any) -> None:
+        self.args = parse_arguments(self.Args, arguments, f"method {self.name!r}")
         self.num_classes = num_classes
-        self.hparams: dict[str, Any] = {**self.defaults, **hparams}
+        self._state: dict[str, StateSpec] = {}
 
-    def choice(self, key: str, allowed: tuple[Any, ...]) -> Any:
-        """The value of argument `key`, checked against `allowed` (one clear error line otherwise)."""
-        value = self.hparams[key]
-        if value not in allowed:
-            raise FERBenchError(f"method {self.name!r}: {key}={value!r}; expected one of "
-                                f"{', '.join(repr(a) for a in allowed)}")
-        return value
+    @property
+    def hparams(self) -> dict[str, Any]:
+        """Every argument's value (defaults included), for the record."""
+        return dataclasses.asdict(self.args)
+
+    # -- state, declared once; the engine derives device moves, checkpoints and the agreement check from it --
+
+    def add_state(self, name: str, default: Tensor, reduce: Literal["same", "sum"] = "same",
+                  if_missing: Tensor | None = None) -> None:
+        """Declare state tensor `name` (an attribute of the method from now on, which the method may reassign)."""
+        if reduce not in STATE_REDUCTIONS:
+            raise ValueError(f"state {name!r}: reduce={reduce!r}; expected one of {', '.join(STATE_REDUCTIONS)}")
+        self._state[name] = StateSpec(name, reduce, if_missing)
+        setattr(self, name, default)
+
+    def state_specs(self) -> list[StateSpec]:
+        return list(self._state.values())
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Every declared state tensor, on the host. A tensor attribute that is not declared would silently not be
+        checkpointed: it is an error."""
+        stray = sorted(k for k, v in vars(self).items() if isinstance(v, Tensor) and k not in self._state)
+        if stray:
+            raise FERBenchError(f"method {self.name!r}: attribute(s) {', '.join(stray)} hold tensors but are not "
+                                "declared state (Method.add_state), so a checkpoint would not keep them")
+        return {name: getattr(self, name).detach().cpu().clone() for name in self._state}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore every declared state tensor, on the device it is on now; anything missing or extra is an error."""
+        missing = [n for n, s in self._state.items() if n not in state and s.if_missing is None]
+        extra = sorted(set(state) - set(self._state))
+        if missing or extra:
+            raise FERBenchError(f"method {self.name!r}: the checkpoint's method state does not fit it ("
+                                + "; ".join(x for x in (missing and f"missing {', '.join(missing)}",
+                                                        extra and f"unexpected {', '.join(extra)}") if x) + ")")
+        for name, spec in self._state.items():
+            value = state[name] if name in state else spec.if_missing
+            setattr(self, name, value.to(getattr(self, name).device))
+
+    def to(self, device: torch.device) -> Method:
+        for name in self._state:
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    # -- what a method may override ---------------------------------------------------------------------------
 
     def setup(self, info: SetupInfo) -> None:
         """Allocate state whose size depends on the data (called before a checkpoint is restored)."""
@@ -174,7 +299,7 @@ class Method:
 
         Called once, after `setup` and before the optimiser, EMA and checkpoint are made, so new
         parameters are trained, averaged, saved and evaluated like the backbone's. The result must keep
-        `forward(x, return_features=False)`: logits, or (logits, features); in eval mode its logits are
+        `forward(x, return_features=False)`: logits, or a `ModelOutput`; in eval mode its logits are
         what the run is evaluated on.
         """
         return model
@@ -202,17 +327,8 @@ class Method:
     def on_hook(self, ctx: HookContext) -> None:
         """Periodic work outside the training step (e.g. thresholds from the labeled set)."""
 
-    def state_dict(self) -> dict[str, Any]:
-        """State that must survive checkpoint/resume (class counts, EMAs of confidence, ...)."""
-        return {}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state:
-            raise FERBenchError(f"method {self.name!r} has no state, but a checkpoint gave {sorted(state)}")
-
-    def to(self, device: torch.device) -> Method:
-        """Move tensor state to `device` (called by the engine after placement)."""
-        return self
+# ---- forwards -----------------------------------------------------------------------------------------------
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -229,36 +345,31 @@ def set_forward_batching(model: nn.Module, mode: str) -> None:
     setattr(unwrap_model(model), FORWARD_BATCHING_ATTR, mode)
 
 
-def forward_parts(model: nn.Module, *parts: Tensor, **kwargs: Any) -> list[tuple[Tensor, ...]]:
-    """The model's outputs for each part (the labeled batch, then each unlabeled view), as tuples.
+def forward_parts(model: nn.Module, *parts: Tensor) -> list[ModelOutput]:
+    """The model's output for each part (the labeled batch, then each unlabeled view).
 
     "joint" (the harness, USB): one forward over the parts concatenated, so BatchNorm normalises them together,
-    and every batch-sized output is split back into parts. "separate" (the Ada-CM lineage, `train.forward`): one
-    forward per part, in order, so BatchNorm normalises each with its own statistics. An output that is not per
-    sample (a 0-dim loss) belongs to the forward that made it: joint gives it to the first part and zeros to the
-    others, so summing it over the parts means the same in both modes.
+    and logits and features are split back into parts. "separate" (the Ada-CM lineage, `train.forward`): one
+    forward per part, in order, so BatchNorm normalises each with its own statistics. The auxiliary loss belongs
+    to the forward that made it: joint gives it to the first part and zeros to the others, so summing it over the
+    parts means the same in both modes.
     """
-    def as_tuple(out: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
-        return out if isinstance(out, tuple) else (out,)
-
     if getattr(unwrap_model(model), FORWARD_BATCHING_ATTR, "joint") == "separate":
-        return [as_tuple(model(p, **kwargs) if kwargs else model(p)) for p in parts]
-    inputs = torch.cat(parts)
-    outs = as_tuple(model(inputs, **kwargs) if kwargs else model(inputs))  # plain call: no keyword needed
+        return [model(p, return_features=True) for p in parts]
+    out = model(torch.cat(parts), return_features=True)
     sizes = [len(p) for p in parts]
-    split = [o.split(sizes) if o.ndim and len(o) == len(inputs) else
-             (o, *(torch.zeros_like(o) for _ in sizes[1:])) for o in outs]
-    return [tuple(s[i] for s in split) for i in range(len(parts))]
+    logits, features = out.logits.split(sizes), out.features.split(sizes)
+    return [ModelOutput(logits[i], features[i], out.aux if i == 0 else torch.zeros_like(out.aux))
+            for i in range(len(parts))]
 
 
 def joint_forward(model: nn.Module, labeled: Tensor, *unlabeled: Tensor,
                   return_features: bool = False) -> tuple[Tensor, ...]:
     """The logits of the labeled batch and of every unlabeled view (labeled first), from one forward over all
     of them or one per part (`forward_parts`); with `return_features`, the features of each part follow."""
-    if not return_features:
-        return tuple(out[0] for out in forward_parts(model, labeled, *unlabeled))
-    outs = forward_parts(model, labeled, *unlabeled, return_features=True)
-    return (*(o[0] for o in outs), *(o[1] for o in outs))
+    outs = forward_parts(model, labeled, *unlabeled)
+    logits = tuple(o.logits for o in outs)
+    return (*logits, *(o.features for o in outs)) if return_features else logits
 
 
 def weak_strong_forward(model: nn.Module, batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
@@ -304,3 +415,15 @@ def frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
     finally:
         for m, name, buf in saved:
             setattr(m, name, buf)
+
+
+# ---- what the engine offers methods -------------------------------------------------------------------------
+
+
+def masked_autoencoder(encoder: nn.Module, decoder_dim: int, decoder_depth: int, decoder_heads: int,
+                       mask_ratio: float) -> nn.Module:
+    """A masked autoencoder around a timm ViT `encoder` (bench/engine/mae.py): `model(x)` gives (loss, pred,
+    mask) with the pixel MSE on the masked patches; its trained encoder is `.encoder`."""
+    from bench.engine.mae import MaskedAutoencoder
+
+    return MaskedAutoencoder(encoder, decoder_dim, decoder_depth, decoder_heads, mask_ratio)

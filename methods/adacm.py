@@ -17,11 +17,26 @@ features are the backbone's and the parts share one forward.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from bench.method import Batch, HookContext, Method, StepContext, StepOutput, cross_entropy_masked_mean, joint_forward
+from bench.method import (
+    Batch,
+    Count,
+    HookContext,
+    Method,
+    MethodArgs,
+    NonNegative,
+    Positive,
+    Probability,
+    StepContext,
+    StepOutput,
+    arg,
+    cross_entropy_masked_mean,
+    joint_forward,
+)
 from bench.registry import register_method
 
 
@@ -46,37 +61,34 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float = 0.07, members: Tensor |
     return (per_row * rows).sum() / rows.sum().clamp(min=1)
 
 
+@dataclass
+class AdaCMArgs(MethodArgs):
+    initial_threshold: Probability = arg(0.8, "T0, also each class threshold's floor (main.py)")
+    scale: Probability = arg(0.97, "T_c = scale * sigmoid(epoch) * mean confidence (main.py)")
+    epoch_iters: Count = arg(800, "iterations between threshold updates: one epoch of the code")
+    temperature: Positive = arg(0.07, "NT-Xent temperature (SupConLoss)")
+    lambda_x: NonNegative = arg(0.5, "weight of L_x (main.py)")
+    lambda_u: NonNegative = arg(1.0, "weight of L_u (main.py)")
+    lambda_s: NonNegative = arg(0.1, "weight of the contrastive L_s (main.py)")
+
+
 @register_method("adacm")
 class AdaCM(Method):
     views = ("weak", "weak2", "strong")
-    defaults = {"initial_threshold": 0.8, "scale": 0.97, "epoch_iters": 800, "temperature": 0.07,
-                "lambda_x": 0.5, "lambda_u": 1.0, "lambda_s": 0.1}
-    argument_ranges = {"initial_threshold": "[0, 1]", "scale": "[0, 1]", "epoch_iters": "[1, inf)",
-                       "temperature": "(0, inf)", "lambda_x": "[0, inf)", "lambda_u": "[0, inf)",
-                       "lambda_s": "[0, inf)"}
+    Args = AdaCMArgs
     reference = "Li et al. CVPR 2022; hangyu94/Ada-CM main.py (T0 0.8, 0.97*sigmoid(epoch), 0.5/1/0.1)"
 
-    def __init__(self, num_classes: int, **hparams: object) -> None:
-        super().__init__(num_classes, **hparams)
-        self.thresholds = torch.full((num_classes,), float(self.hparams["initial_threshold"]))
-
-    def to(self, device: torch.device) -> AdaCM:
-        self.thresholds = self.thresholds.to(device)
-        return self
-
-    def state_dict(self) -> dict:
-        return {"thresholds": self.thresholds.cpu()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.thresholds = state["thresholds"].to(self.thresholds.device)
+    def __init__(self, num_classes: int, **arguments: object) -> None:
+        super().__init__(num_classes, **arguments)
+        self.add_state("thresholds", torch.full((num_classes,), float(self.args.initial_threshold)))
 
     def hook_every(self) -> int | None:
-        return int(self.hparams["epoch_iters"])
+        return int(self.args.epoch_iters)
 
     def update_thresholds(self, probs: Tensor, labels: Tensor, epoch: int) -> None:
-        floor = float(self.hparams["initial_threshold"])
+        floor = float(self.args.initial_threshold)
         conf, pred = probs.max(dim=-1)
-        factor = self.hparams["scale"] / (1.0 + math.exp(-epoch))
+        factor = self.args.scale / (1.0 + math.exp(-epoch))
         new = torch.full_like(self.thresholds, floor)
         for c in range(self.num_classes):
             correct = (labels == c) & (pred == c)
@@ -96,7 +108,7 @@ class AdaCM(Method):
 
     def contrastive(self, feat_w1: Tensor, feat_w2: Tensor, confident: Tensor) -> Tensor:
         """L_s: NT-Xent over the subset-II samples' two weak views (0, with a graph, when there are none)."""
-        return nt_xent(feat_w1.float(), feat_w2.float(), self.hparams["temperature"], members=~confident)
+        return nt_xent(feat_w1.float(), feat_w2.float(), self.args.temperature, members=~confident)
 
     def losses(self, logits_w1: Tensor, logits_w2: Tensor, logits_s: Tensor, feat_w1: Tensor,
                feat_w2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -112,8 +124,8 @@ class AdaCM(Method):
                                                           return_features=True)
         loss_x = nn.functional.cross_entropy(logits_x, y)
         loss_u, loss_s, mask = self.losses(l1, l2, ls, f1, f2)
-        h = self.hparams
-        loss = h["lambda_x"] * loss_x + h["lambda_u"] * loss_u + h["lambda_s"] * loss_s
+        a = self.args
+        loss = a.lambda_x * loss_x + a.lambda_u * loss_u + a.lambda_s * loss_s
         return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "loss_s": loss_s.detach(),
                                  "mask_rate": mask.mean().detach(),
                                  "threshold_mean": self.thresholds.mean().detach()})

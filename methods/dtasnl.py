@@ -1,8 +1,8 @@
 """DTA-SNL (Cai et al., arXiv 2601.05556): dynamic threshold adjustment and selective negative learning.
 
 No code is public and only the abstract could be read, so the recipe is RECONSTRUCTED from it as
-proposed in reference/methods.md §4.2. Every reconstructed choice is a named argument (all of `defaults`,
-listed in `reconstructed` and by `ferbench methods`), to be corrected once the paper's values are known.
+proposed in reference/methods.md §4.2. Every reconstructed choice is a named argument (all of them, marked
+reconstructed in `DTASNLArgs` and by `ferbench methods dtasnl`), to be corrected once the paper's values are known.
 
 From the abstract [ABS/3P]: a feature extractor with local attention enhancement and random dropout of
 feature maps; an EMA teacher ("NetworkB") and a student ("NetworkA"); dynamic thresholds for pseudo-label
@@ -35,19 +35,26 @@ The optimiser and schedule (Adam 5e-4, 20 x 800 iterations in the reconstruction
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.engine.model import feature_map, feature_map_channels
 from bench.errors import FERBenchError
 from bench.method import (
     Batch,
+    Decay,
     Method,
+    MethodArgs,
+    ModelOutput,
+    NonNegative,
+    NonNegativeInt,
+    Probability,
     StepContext,
     StepOutput,
+    arg,
     cross_entropy_masked_mean,
     joint_forward,
     this_process_only,
@@ -103,7 +110,8 @@ class LocalAttentionHead(nn.Module):
 
 
 class DTASNLModel(nn.Module):
-    """FERModel whose global pooling is replaced by the local-attention head."""
+    """FERModel whose global pooling is replaced by the local-attention head, then the model's dropout and
+    classifier."""
 
     def __init__(self, base: nn.Module, head: LocalAttentionHead) -> None:
         super().__init__()
@@ -111,61 +119,63 @@ class DTASNLModel(nn.Module):
         self.num_features = base.num_features
         self.head = head
 
-    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        feats = self.head(feature_map(self.base.backbone, x))
-        logits = self.base.classifier(self.base.drop(feats))
-        return (logits, feats) if return_features else logits
+    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | ModelOutput:
+        feats = self.head(self.base.feature_map(x))
+        logits = self.base.get_classifier()(self.base.drop(feats))
+        return ModelOutput(logits, feats, logits.new_zeros(())) if return_features else logits
+
+
+def _reconstructed(default: Any, note: str) -> Any:
+    return arg(default, note, reconstructed=True)
+
+
+@dataclass
+class DTASNLArgs(MethodArgs):
+    pseudo_label_source: Literal["teacher", "student"] = _reconstructed("teacher", "EMA teacher's weak-view probs")
+    dta_init: Probability = _reconstructed(0.95, "mu_c at the start")
+    dta_momentum: Decay = _reconstructed(0.999, "EMA momentum m of mu_c")
+    dta_beta: NonNegative = _reconstructed(1.0, "tau_c = clip(beta mu_c, tau_min, tau_max)")
+    tau_min: Probability = _reconstructed(0.5, "lower clip of the class thresholds")
+    tau_max: Probability = _reconstructed(0.95, "upper clip of the class thresholds")
+    tau_neg: Probability = _reconstructed(0.05, "complementary labels: classes with p_c below it")
+    nl_reduction: Literal["batch", "selected"] = _reconstructed("batch", "L_nl divided by B, or by the kept count")
+    lambda_u: NonNegative = _reconstructed(1.0, "weight of L_u")
+    lambda_n: NonNegative = _reconstructed(1.0, "weight of L_nl")
+    labeled_sampling: Literal["class_balanced", "uniform"] = _reconstructed("class_balanced", "balanced sampling")
+    local_attention: bool = _reconstructed(True, "F <- F * sigmoid(conv1x1(F))")
+    local_grid: NonNegativeInt = _reconstructed(2, "g x g local average pools beside the global one")
+    feature_dropout: Literal["region", "channel", "none"] = _reconstructed("region", "random feature-map dropout")
+    region_drop_prob: Probability = _reconstructed(0.5, "per-sample probability of dropping one grid cell")
+    channel_drop_p: Decay = _reconstructed(0.1, "Dropout2d probability of feature_dropout=channel")
 
 
 @register_method("dtasnl")
 class DTASNL(Method):
     views = ("weak", "strong")
     requires_ema = True
-    defaults = {"pseudo_label_source": "teacher", "dta_init": 0.95, "dta_momentum": 0.999, "dta_beta": 1.0,
-                "tau_min": 0.5, "tau_max": 0.95, "tau_neg": 0.05, "nl_reduction": "batch", "lambda_u": 1.0,
-                "lambda_n": 1.0, "labeled_sampling": "class_balanced", "local_attention": True, "local_grid": 2,
-                "feature_dropout": "region", "region_drop_prob": 0.5, "channel_drop_p": 0.1}
-    argument_ranges = {"dta_init": "[0, 1]", "dta_momentum": "[0, 1)", "dta_beta": "[0, inf)", "tau_min": "[0, 1]",
-                       "tau_max": "[0, 1]", "tau_neg": "[0, 1]", "lambda_u": "[0, inf)", "lambda_n": "[0, inf)",
-                       "local_grid": "[0, inf)", "region_drop_prob": "[0, 1]", "channel_drop_p": "[0, 1)"}
-    reconstructed = tuple(defaults)
+    Args = DTASNLArgs
     reference = ("Cai et al. arXiv 2601.05556 (abstract only, no code): recipe RECONSTRUCTED per reference/methods.md "
                  "§4.2 - EMA teacher, class thresholds clip(EMA conf, .5, .95), negative learning p<.05, "
                  "2x2 local attention + region dropout, class-balanced labeled batches")
 
-    def __init__(self, num_classes: int, **hparams: Any) -> None:
-        super().__init__(num_classes, **hparams)
-        h = self.hparams
-        self.choice("pseudo_label_source", ("teacher", "student"))
-        self.choice("nl_reduction", ("batch", "selected"))
-        self.choice("feature_dropout", ("region", "channel", "none"))
-        self.choice("local_attention", (True, False))
-        self.labeled_sampling = self.choice("labeled_sampling", ("class_balanced", "uniform"))
-        if h["tau_min"] > h["tau_max"]:
-            raise FERBenchError(f"method 'dtasnl': expected tau_min ({h['tau_min']}) <= tau_max ({h['tau_max']})")
-        self.mu = torch.full((num_classes,), float(h["dta_init"]))
-
-    def to(self, device: torch.device) -> DTASNL:
-        self.mu = self.mu.to(device)
-        return self
-
-    def state_dict(self) -> dict:
-        return {"mu": self.mu.cpu()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.mu = state["mu"].to(self.mu.device)
+    def __init__(self, num_classes: int, **arguments: Any) -> None:
+        super().__init__(num_classes, **arguments)
+        a = self.args
+        self.labeled_sampling = a.labeled_sampling
+        if a.tau_min > a.tau_max:
+            raise FERBenchError(f"method 'dtasnl': expected tau_min ({a.tau_min}) <= tau_max ({a.tau_max})")
+        self.add_state("mu", torch.full((num_classes,), float(a.dta_init)))
 
     def build_model(self, model: nn.Module) -> nn.Module:
-        h = self.hparams
-        head = LocalAttentionHead(feature_map_channels(model.backbone), int(model.num_features),
-                                  bool(h["local_attention"]), int(h["local_grid"]), h["feature_dropout"],
-                                  float(h["region_drop_prob"]), float(h["channel_drop_p"]))
+        a = self.args
+        head = LocalAttentionHead(model.feature_map_channels(), int(model.num_features), a.local_attention,
+                                  a.local_grid, a.feature_dropout, a.region_drop_prob, a.channel_drop_p)
         return DTASNLModel(model, head)
 
     @property
     def thresholds(self) -> Tensor:
-        h = self.hparams
-        return (h["dta_beta"] * self.mu).clamp(h["tau_min"], h["tau_max"])
+        a = self.args
+        return (a.dta_beta * self.mu).clamp(a.tau_min, a.tau_max)
 
     @torch.no_grad()
     def update_thresholds(self, probs: Tensor) -> None:
@@ -174,14 +184,14 @@ class DTASNL(Method):
         counts = torch.bincount(pseudo, minlength=self.num_classes).to(max_p.dtype)
         sums = torch.zeros(self.num_classes, dtype=max_p.dtype, device=max_p.device).index_add_(0, pseudo, max_p)
         present = counts > 0
-        m = float(self.hparams["dta_momentum"])
+        m = float(self.args.dta_momentum)
         batch_mean = sums / counts.clamp(min=1)
         self.mu = torch.where(present, m * self.mu + (1 - m) * batch_mean, self.mu)
 
     def negative_loss(self, logits_s: Tensor, probs: Tensor, confident: Tensor) -> tuple[Tensor, Tensor]:
         """(L_nl, selected mask): negative learning with complementary labels on the low-confidence samples."""
         pseudo = probs.argmax(dim=-1)
-        complementary = probs < self.hparams["tau_neg"]
+        complementary = probs < self.args.tau_neg
         complementary[torch.arange(len(probs), device=probs.device), pseudo] = False
         selected = ~confident & complementary.any(dim=1)
         z = logits_s.float()
@@ -192,7 +202,7 @@ class DTASNL(Method):
         comp = complementary.float()
         per_sample = -(log_not * comp).sum(1) / comp.sum(1).clamp(min=1)
         per_sample = per_sample * selected.float()
-        if self.hparams["nl_reduction"] == "selected":
+        if self.args.nl_reduction == "selected":
             return per_sample.sum() / selected.sum().clamp(min=1), selected
         return per_sample.mean(), selected
 
@@ -210,7 +220,7 @@ class DTASNL(Method):
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         x, y = batch.labeled["weak"], batch.labeled["y"]
         u_weak, u_strong = batch.unlabeled["weak"], batch.unlabeled["strong"]
-        if self.hparams["pseudo_label_source"] == "teacher":
+        if self.args.pseudo_label_source == "teacher":
             logits_x, logits_s = joint_forward(model, x, u_strong)
             with torch.no_grad():
                 probs = ctx.ema_model(u_weak).float().softmax(dim=-1)
@@ -219,8 +229,7 @@ class DTASNL(Method):
             probs = logits_w.detach().float().softmax(dim=-1)
         loss_x = F.cross_entropy(logits_x, y)
         loss_u, loss_nl, confident, selected = self.unlabeled_losses(probs, logits_s, ctx.gather)
-        h = self.hparams
-        loss = loss_x + h["lambda_u"] * loss_u + h["lambda_n"] * loss_nl
+        loss = loss_x + self.args.lambda_u * loss_u + self.args.lambda_n * loss_nl
         return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "loss_nl": loss_nl.detach(),
                                  "mask_rate": confident.float().mean().detach(),
                                  "nl_rate": selected.float().mean().detach(),

@@ -12,6 +12,7 @@ selected_label and beta for the next step, as USB's hook does.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -19,9 +20,13 @@ from torch import Tensor, nn
 from bench.method import (
     Batch,
     Method,
+    MethodArgs,
+    NonNegative,
+    Probability,
     SetupInfo,
     StepContext,
     StepOutput,
+    arg,
     cross_entropy_masked_mean,
     this_process_only,
     weak_strong_forward,
@@ -29,33 +34,27 @@ from bench.method import (
 from bench.registry import register_method
 
 
+@dataclass
+class FlexMatchArgs(MethodArgs):
+    threshold: Probability = arg(0.95, "tau: USB flexmatch p_cutoff")
+    lambda_u: NonNegative = arg(1.0, "USB flexmatch ulb_loss_ratio")
+    thresh_warmup: bool = arg(True, "USB flexmatch thresh_warmup: the unused (-1) bucket counts in the max")
+
+
 @register_method("flexmatch")
 class FlexMatch(Method):
     views = ("weak", "strong")
-    defaults = {"threshold": 0.95, "lambda_u": 1.0, "thresh_warmup": True}
-    argument_ranges = {"threshold": "[0, 1]", "lambda_u": "[0, inf)"}
+    Args = FlexMatchArgs
     reference = "Zhang et al. 2021; USB semilearn/algorithms/flexmatch (tau 0.95, warm-up, convex mapping)"
 
     def setup(self, info: SetupInfo) -> None:
-        self.selected_label = torch.full((info.num_unlabeled,), -1, dtype=torch.long)
-        self.classwise_acc = torch.zeros(self.num_classes)
-
-    def to(self, device: torch.device) -> FlexMatch:
-        self.selected_label = self.selected_label.to(device)
-        self.classwise_acc = self.classwise_acc.to(device)
-        return self
-
-    def state_dict(self) -> dict:
-        return {"selected_label": self.selected_label.cpu(), "classwise_acc": self.classwise_acc.cpu()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.selected_label = state["selected_label"].to(self.selected_label.device)
-        self.classwise_acc = state["classwise_acc"].to(self.classwise_acc.device)
+        self.add_state("selected_label", torch.full((info.num_unlabeled,), -1, dtype=torch.long))
+        self.add_state("classwise_acc", torch.zeros(self.num_classes))
 
     def mask(self, probs: Tensor, idx: Tensor, gather: Callable[[Tensor], Tensor] = this_process_only) -> Tensor:
         """Mask from the current class-wise thresholds, then record the confident predictions of every process's
         batch (`gather`, as USB's hook does under DDP), so all processes keep the same counts."""
-        tau = self.hparams["threshold"]
+        tau = self.args.threshold
         max_probs, pseudo = probs.max(dim=-1)
         beta = self.classwise_acc[pseudo]
         mask = (max_probs >= tau * (beta / (2.0 - beta))).float()
@@ -74,7 +73,7 @@ class FlexMatch(Method):
     def _update_classwise_acc(self) -> None:
         counts = torch.bincount(self.selected_label + 1, minlength=self.num_classes + 1).float()
         per_class = counts[1:]
-        denom = counts.max() if self.hparams["thresh_warmup"] else per_class.max()
+        denom = counts.max() if self.args.thresh_warmup else per_class.max()
         # every sample in one bucket (e.g. none selected yet): USB leaves beta as it is (decided on the device)
         self.classwise_acc = torch.where(counts.max() >= len(self.selected_label), self.classwise_acc,
                                          per_class / denom)
@@ -83,6 +82,6 @@ class FlexMatch(Method):
         loss_x, probs, logits_us = weak_strong_forward(model, batch)
         mask = self.mask(probs, batch.unlabeled["idx"], ctx.gather)
         loss_u = cross_entropy_masked_mean(logits_us.float(), probs.argmax(-1), mask)
-        loss = loss_x + self.hparams["lambda_u"] * loss_u
+        loss = loss_x + self.args.lambda_u * loss_u
         return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(),
                                  "mask_rate": mask.mean().detach()})

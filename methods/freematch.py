@@ -12,15 +12,20 @@ As in USB `semilearn/algorithms/freematch` (reference/methods.md §7), with EMA 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from bench.method import (
     Batch,
+    Decay,
     Method,
+    MethodArgs,
+    NonNegative,
     StepContext,
     StepOutput,
+    arg,
     cross_entropy_masked_mean,
     this_process_only,
     weak_strong_forward,
@@ -48,36 +53,29 @@ def fairness_loss(mask: Tensor, logits_strong: Tensor, p_model: Tensor, label_hi
     return (target * torch.log(mean_s + 1e-12)).sum() * (count > 0)
 
 
+@dataclass
+class FreeMatchArgs(MethodArgs):
+    lambda_u: NonNegative = arg(1.0, "USB freematch ulb_loss_ratio")
+    lambda_e: NonNegative = arg(0.001, "USB freematch ent_loss_ratio (CIFAR-10-40 config; its argparse default: 0.01)")
+    ema_p: Decay = arg(0.999, "USB freematch ema_p")
+
+
 @register_method("freematch")
 class FreeMatch(Method):
     views = ("weak", "strong")
-    defaults = {"lambda_u": 1.0, "lambda_e": 0.001, "ema_p": 0.999}
-    argument_ranges = {"lambda_u": "[0, inf)", "lambda_e": "[0, inf)", "ema_p": "[0, 1)"}
+    Args = FreeMatchArgs
     reference = "Wang et al. 2023; USB semilearn/algorithms/freematch (ema_p 0.999, ent_loss_ratio 0.001)"
 
-    def __init__(self, num_classes: int, **hparams: object) -> None:
-        super().__init__(num_classes, **hparams)
-        self.time_p = torch.tensor(1.0 / num_classes)
-        self.p_model = torch.full((num_classes,), 1.0 / num_classes)
-        self.label_hist = torch.full((num_classes,), 1.0 / num_classes)
-
-    def to(self, device: torch.device) -> FreeMatch:
-        self.time_p, self.p_model, self.label_hist = (
-            t.to(device) for t in (self.time_p, self.p_model, self.label_hist))
-        return self
-
-    def state_dict(self) -> dict:
-        return {"time_p": self.time_p.cpu(), "p_model": self.p_model.cpu(), "label_hist": self.label_hist.cpu()}
-
-    def load_state_dict(self, state: dict) -> None:
-        device = self.p_model.device
-        self.time_p, self.p_model, self.label_hist = (
-            state[k].to(device) for k in ("time_p", "p_model", "label_hist"))
+    def __init__(self, num_classes: int, **arguments: object) -> None:
+        super().__init__(num_classes, **arguments)
+        self.add_state("time_p", torch.tensor(1.0 / num_classes))
+        self.add_state("p_model", torch.full((num_classes,), 1.0 / num_classes))
+        self.add_state("label_hist", torch.full((num_classes,), 1.0 / num_classes))
 
     def mask(self, probs: Tensor, gather: Callable[[Tensor], Tensor] = this_process_only) -> Tensor:
         """Update the EMAs with every process's batch (`gather`, as USB's hook does under DDP), then threshold
         this process's."""
-        m = self.hparams["ema_p"]
+        m = self.args.ema_p
         max_probs, pseudo = probs.max(dim=-1)
         all_probs = gather(probs)
         all_max, all_pseudo = all_probs.max(dim=-1)
@@ -93,6 +91,6 @@ class FreeMatch(Method):
         mask = self.mask(probs, ctx.gather)
         loss_u = cross_entropy_masked_mean(logits_us.float(), probs.argmax(-1), mask)
         loss_f = fairness_loss(mask, logits_us.float(), self.p_model, self.label_hist)
-        loss = loss_x + self.hparams["lambda_u"] * loss_u + self.hparams["lambda_e"] * loss_f
+        loss = loss_x + self.args.lambda_u * loss_u + self.args.lambda_e * loss_f
         return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "loss_fair": loss_f.detach(),
                                  "mask_rate": mask.mean().detach(), "tau_global": self.time_p.detach().clone()})

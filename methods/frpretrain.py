@@ -35,18 +35,36 @@ Deviations, each an option or documented:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from bench.data.faceboxes import box_iou, box_provider
-from bench.engine.mae import MaskedAutoencoder
-from bench.engine.pretrained import load_pretrained
 from bench.errors import FERBenchError
-from bench.method import Batch, Method, Stage, StepContext, StepOutput, cross_entropy_masked_mean, joint_forward
+from bench.method import (
+    Batch,
+    Count,
+    Decay,
+    Interval,
+    Method,
+    MethodArgs,
+    NonNegative,
+    Positive,
+    Probability,
+    Stage,
+    StepContext,
+    StepOutput,
+    arg,
+    box_iou,
+    box_provider,
+    cross_entropy_masked_mean,
+    joint_forward,
+    load_pretrained,
+    masked_autoencoder,
+)
 from bench.registry import register_method
 
 FACE_NORM = {"normalize_mean": [0.588, 0.459, 0.402], "normalize_std": [0.228, 0.202, 0.190]}
@@ -79,46 +97,50 @@ def load_encoder(encoder: nn.Module, path: str) -> dict[str, Any]:
     return load_pretrained(encoder, path, where, "the ViT encoder")
 
 
+BOX_PROVIDERS = ("fixed", "opencv", "dataset")
+
+
+@dataclass
+class FRPretrainingArgs(MethodArgs):
+    pretrain: Literal["mae", "checkpoint", "none"] = arg("mae", "stage 0: MAE, a checkpoint's encoder, or none")
+    pretrain_checkpoint: str | None = arg(None, "the released MAE .pth or a stage-0 model.pt (pretrain=checkpoint)")
+    pretrain_data: str | list[str] = arg(factory=list, note="extra image folders for the MAE stage")
+    mask_ratio: Annotated[float, Interval("(0, 1)")] = arg(0.75, "MAE_model.py mask ratio")
+    decoder_dim: Count = arg(512, "MAE decoder width (MAE_model.py)")
+    decoder_depth: Count = arg(8, "MAE decoder blocks (MAE_model.py)")
+    decoder_heads: Count = arg(16, "MAE decoder heads (MAE_model.py)")
+    face_mixup: bool = arg(True, "stage 1's IoU-weighted Face-Mixup (fine-tune.py)")
+    mixup_alpha: Positive = arg(1.0, "lambda ~ Beta(alpha, alpha)")
+    label_smoothing: Decay = arg(0.1, "smoothing of the mixed targets (timm's mixup)")
+    box_provider: str = arg("fixed", "fixed | opencv | dataset | package.module:callable")
+    mixup_inplace_bug: bool = arg(False, "true: the reference's in-place mixing")
+    threshold: Probability = arg(0.7, "stage 2's confidence threshold (fine-tune.py)")
+    lambda_u: NonNegative = arg(5.0, "stage 2's unlabeled weight (fine-tune.py)")
+
+
 @register_method("frpretrain")
 class FRPretraining(Method):
     views = ("weak", "strong")  # of the last stage; each stage declares its own
     stage_names = ("pretrain", "finetune", "semisup")
-    defaults = {
-        "pretrain": "mae",  # mae | checkpoint | none
-        "pretrain_checkpoint": None,
-        "pretrain_data": [],
-        "mask_ratio": 0.75,
-        "decoder_dim": 512,
-        "decoder_depth": 8,
-        "decoder_heads": 16,
-        "face_mixup": True,
-        "mixup_alpha": 1.0,
-        "label_smoothing": 0.1,
-        "box_provider": "fixed",
-        "mixup_inplace_bug": False,
-        "threshold": 0.7,
-        "lambda_u": 5.0,
-    }
-    argument_types = {"pretrain_checkpoint": str | None, "pretrain_data": str | list[str]}
-    argument_ranges = {"mask_ratio": "(0, 1)", "decoder_dim": "[1, inf)", "decoder_depth": "[1, inf)",
-                       "decoder_heads": "[1, inf)", "mixup_alpha": "(0, inf)", "label_smoothing": "[0, 1)",
-                       "threshold": "[0, 1]", "lambda_u": "[0, inf)"}
+    Args = FRPretrainingArgs
     reference = ("Song et al. 2024 (arXiv 2410.17622), code zhelishisongjie/SSFER: MAE (mask 0.75) -> Face-Mixup "
                  "fine-tuning with (1-IoU) weights -> FixMatch with EMA teacher (tau 0.7, lambda_u 5)")
 
-    def __init__(self, num_classes: int, **hparams: Any) -> None:
-        super().__init__(num_classes, **hparams)
-        mode = self.choice("pretrain", ("mae", "checkpoint", "none"))
-        if ":" not in str(self.hparams["box_provider"]):
-            self.choice("box_provider", ("fixed", "opencv", "dataset"))
-        ckpt = self.hparams["pretrain_checkpoint"]
+    def __init__(self, num_classes: int, **arguments: Any) -> None:
+        super().__init__(num_classes, **arguments)
+        a = self.args
+        mode = a.pretrain
+        if ":" not in a.box_provider and a.box_provider not in BOX_PROVIDERS:
+            raise FERBenchError(f"method 'frpretrain': box_provider={a.box_provider!r}; expected one of "
+                                f"{', '.join(repr(b) for b in BOX_PROVIDERS)} or package.module:callable")
+        ckpt = a.pretrain_checkpoint
         if (mode == "checkpoint") != (ckpt is not None):
             raise FERBenchError("method 'frpretrain': pretrain=checkpoint and pretrain_checkpoint=FILE go together")
         if ckpt is not None and not Path(ckpt).is_file():
             raise FERBenchError(f"method 'frpretrain': pretrain_checkpoint {ckpt}: file not found")
-        folders = self.hparams["pretrain_data"]
-        if isinstance(folders, str):
-            folders = self.hparams["pretrain_data"] = [folders]
+        if isinstance(a.pretrain_data, str):  # one folder, as a plain string
+            a.pretrain_data = [a.pretrain_data]
+        folders = a.pretrain_data
         for folder in folders:
             if not Path(folder).is_dir():
                 raise FERBenchError(f"method 'frpretrain': pretrain_data {folder}: folder not found")
@@ -128,10 +150,10 @@ class FRPretraining(Method):
         self._checkpoint_info: dict[str, Any] | None = None
 
     def stages(self) -> tuple[Stage, ...]:
-        h = self.hparams
+        a = self.args
         augment = {**RESIZED_CROP, **FACE_NORM}
         pretrain = Stage("pretrain", views=("weak",), labeled_views=(), evaluate=False,
-                         extra_unlabeled=tuple(h["pretrain_data"]),
+                         extra_unlabeled=tuple(a.pretrain_data),
                          defaults={"optim": _adamw(3.4e-4, schedule="halfcosine"),
                                    "train": {"mu": 1, "ema_decay": 0.0}, "augment": augment})
         finetune = Stage("finetune", views=(), labeled_views=("weak",),
@@ -140,24 +162,24 @@ class FRPretraining(Method):
         semisup = Stage("semisup", views=("weak", "strong"), labeled_views=("weak",), requires_ema=True,
                         defaults={"optim": _adamw(1.5e-4, schedule="constant"), "train": {"mu": 1, "ema_decay": 0.999},
                                   "augment": {**augment, "randaugment_n": 2, "cutout_max": 0.0}})
-        return (pretrain, finetune, semisup) if h["pretrain"] == "mae" else (finetune, semisup)
+        return (pretrain, finetune, semisup) if a.pretrain == "mae" else (finetune, semisup)
 
     def stage_model(self, stage: Stage, model: nn.Module, previous: nn.Module | None) -> nn.Module:
-        h = self.hparams
-        if stage.name == "pretrain":
-            return MaskedAutoencoder(model.backbone, h["decoder_dim"], h["decoder_depth"], h["decoder_heads"],
-                                     h["mask_ratio"])
+        a = self.args
+        if stage.name == "pretrain":  # the MAE trains the model's timm ViT trunk
+            return masked_autoencoder(model.backbone, a.decoder_dim, a.decoder_depth, a.decoder_heads, a.mask_ratio)
         if stage.name == "finetune":
-            if isinstance(previous, MaskedAutoencoder):  # hand-off: the pretrained encoder, new head
+            if previous is not None:  # hand-off from the MAE stage: the pretrained encoder, new head
                 model.backbone.load_state_dict(previous.encoder.state_dict())
-            elif h["pretrain"] == "checkpoint":
-                self._checkpoint_info = load_encoder(model.backbone, h["pretrain_checkpoint"])
+            elif a.pretrain == "checkpoint":
+                self._checkpoint_info = load_encoder(model.backbone, a.pretrain_checkpoint)
             return model
         return previous
 
     def info(self) -> dict[str, Any]:
-        return {"pretrain": self.hparams["pretrain"], "pretrain_checkpoint": self._checkpoint_info,
-                "pretrain_data": list(self.hparams["pretrain_data"]), "box_provider": self.hparams["box_provider"]}
+        a = self.args
+        return {"pretrain": a.pretrain, "pretrain_checkpoint": self._checkpoint_info,
+                "pretrain_data": list(a.pretrain_data), "box_provider": a.box_provider}
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         if ctx.stage == "pretrain":
@@ -168,31 +190,31 @@ class FRPretraining(Method):
         return self.semisup_step(model, batch, ctx)
 
     def finetune_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
-        h = self.hparams
+        a = self.args
         x, y = batch.labeled["weak"], batch.labeled["y"]
-        if not h["face_mixup"]:
+        if not a.face_mixup:
             loss = F.cross_entropy(model(x).float(), y)
             return StepOutput(loss, {"loss_x": loss.detach()})
-        lam = float(torch.distributions.Beta(h["mixup_alpha"], h["mixup_alpha"]).sample())
+        lam = float(torch.distributions.Beta(a.mixup_alpha, a.mixup_alpha).sample())
         mixed = lam * x + (1.0 - lam) * x.flip(0)
-        real = mixed if h["mixup_inplace_bug"] else x  # the reference's in-place mixup: "real" is mixed too
+        real = mixed if a.mixup_inplace_bug else x  # the reference's in-place mixup: "real" is mixed too
         if self._boxes is None:
-            self._boxes = box_provider(h["box_provider"])
+            self._boxes = box_provider(a.box_provider)
         with torch.no_grad():
             boxes = self._boxes(ctx.denormalize(real))
             iou = box_iou(boxes, boxes.flip(0))
         logits_mixed, logits_real = joint_forward(model, mixed, real)
-        loss = face_mixup_loss(logits_mixed, logits_real, y, lam, iou, self.num_classes, h["label_smoothing"])
+        loss = face_mixup_loss(logits_mixed, logits_real, y, lam, iou, self.num_classes, a.label_smoothing)
         return StepOutput(loss, {"lam": lam, "mean_iou": iou.mean().detach()})
 
     def semisup_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
-        h = self.hparams
+        a = self.args
         with torch.no_grad():  # pseudo-labels from the EMA teacher on the weak view
             probs = torch.softmax(ctx.ema_model(batch.unlabeled["weak"]).float(), dim=-1)
         logits_x, logits_us = joint_forward(model, batch.labeled["weak"], batch.unlabeled["strong"])
         loss_x = F.cross_entropy(logits_x.float(), batch.labeled["y"])
         conf, pseudo = probs.max(dim=-1)
-        mask = (conf >= h["threshold"]).float()
+        mask = (conf >= a.threshold).float()
         loss_u = cross_entropy_masked_mean(logits_us.float(), pseudo, mask)
-        return StepOutput(loss_x + h["lambda_u"] * loss_u,
+        return StepOutput(loss_x + a.lambda_u * loss_u,
                           {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": mask.mean().detach()})

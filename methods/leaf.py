@@ -40,16 +40,27 @@ state_dict entries with the shared expert 9 times, the customised weight decay) 
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.errors import FERBenchError
-from bench.method import Batch, StepContext, StepOutput, forward_parts
+from bench.method import (
+    Batch,
+    Count,
+    ModelOutput,
+    NonNegative,
+    Probability,
+    StepContext,
+    StepOutput,
+    arg,
+    forward_parts,
+)
 from bench.registry import register_method
-from methods.adacm import AdaCM
+from methods.adacm import AdaCM, AdaCMArgs
 
 CONCAVE_SCALE = 50.0  # the constant of the code's concave weight
 
@@ -134,7 +145,8 @@ class NoisyTopKMoE(nn.Module):
 
 
 class LEAFModel(nn.Module):
-    """FERModel with LEAF's semantic and instance MoE adapters between backbone and classifier."""
+    """FERModel with LEAF's semantic and instance MoE adapters between the model's head input (the pooled
+    features after its dropout) and its classifier."""
 
     def __init__(self, base: nn.Module, semantic_moe: NoisyTopKMoE, instance_moe: NoisyTopKMoE) -> None:
         super().__init__()
@@ -143,16 +155,12 @@ class LEAFModel(nn.Module):
         self.semantic_moe = semantic_moe
         self.instance_moe = instance_moe
 
-    def forward(self, x: Tensor, return_features: bool = False,
-                return_aux: bool = False) -> Tensor | tuple[Tensor, ...]:
-        h, aux_semantic = self.semantic_moe(self.base.drop(self.base.backbone(x)))
+    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | ModelOutput:
+        h, aux_semantic = self.semantic_moe(self.base.forward_head(self.base.forward_features(x), pre_logits=True))
         feature = F.normalize(h, dim=-1)
         z, aux_instance = self.instance_moe(feature)
-        logits = self.base.classifier(z)
-        out: tuple[Tensor, ...] = (logits, feature) if return_features else (logits,)
-        if return_aux:
-            out += (aux_semantic + aux_instance,)
-        return out if len(out) > 1 else logits
+        logits = self.base.get_classifier()(z)
+        return ModelOutput(logits, feature, aux_semantic + aux_instance) if return_features else logits
 
 
 def cpl_sets(q: Tensor, topk: int = 3, threshold: float = 0.9, weight: str = "concave") -> tuple[Tensor, Tensor]:
@@ -191,71 +199,77 @@ def topk_loss(logits: Tensor, positive: Tensor) -> Tensor:
     return F.softplus(lse_pos + lse_neg)
 
 
+@dataclass
+class LEAFArgs(AdaCMArgs):
+    epoch_iters: Count = arg(1600, "iterations between threshold updates: one epoch of LEAF's code")
+    topk: Count = arg(3, "temp_k of topk_ce_FPL: at most k positive classes")
+    cpl_threshold: Probability = arg(0.9, "topk_ce_FPL threshold on the top-(i+1) probability mass")
+    cpl_weight: Literal["concave", "linear", "convex"] = arg("concave", "the code's weight of the decoupled loss")
+    rescale_to_ce: bool = arg(True, "L_u rescaled to the hard-label CE's value (the code)")
+    mask_per_sample: bool = arg(False, "false: the code's batch-level mask; true: per-sample masking")
+    paper_moe: bool = arg(False, "false: the code's shared top-1 expert; true: 8 experts, top-2, balancing loss")
+    num_experts: Count = arg(8, "experts per MoE")
+    moe_loss_coef: NonNegative = arg(0.01, "paper_moe's load-balancing weight (the code's 1e-2)")
+    noisy_gating: bool = arg(True, "Shazeer's noisy gates in training")
+
+
 @register_method("leaf")
 class LEAF(AdaCM):
     views = ("weak", "weak2", "strong")
-    defaults = {**AdaCM.defaults, "epoch_iters": 1600, "topk": 3, "cpl_threshold": 0.9, "cpl_weight": "concave",
-                "rescale_to_ce": True, "mask_per_sample": False, "paper_moe": False, "num_experts": 8,
-                "moe_loss_coef": 0.01, "noisy_gating": True}
-    argument_ranges = {**AdaCM.argument_ranges, "topk": "[1, inf)", "cpl_threshold": "[0, 1]",
-                       "num_experts": "[1, inf)", "moe_loss_coef": "[0, inf)"}
+    Args = LEAFArgs
     reference = ("Zhang et al. CVIU 2025; zfkarl/LEAF Code_LEAF (shared-expert top-1 MoE adapters, CPL top-3 @0.9 "
                  "concave, batch-level mask, 0.5/1/0.1, Ada-CM thresholds, 1600 it/epoch)")
 
-    def __init__(self, num_classes: int, **hparams: Any) -> None:
-        super().__init__(num_classes, **hparams)
-        self.choice("cpl_weight", ("concave", "linear", "convex"))
-        for key in ("rescale_to_ce", "mask_per_sample", "paper_moe", "noisy_gating"):
-            self.choice(key, (True, False))
+    def __init__(self, num_classes: int, **arguments: Any) -> None:
+        super().__init__(num_classes, **arguments)
         if num_classes < 2:
             raise FERBenchError(f"method 'leaf': needs at least 2 classes, got {num_classes}")
-        if int(self.hparams["num_experts"]) < (2 if self.hparams["paper_moe"] else 1):
-            raise FERBenchError(f"method 'leaf': num_experts={self.hparams['num_experts']} is too small")
+        if self.args.num_experts < (2 if self.args.paper_moe else 1):
+            raise FERBenchError(f"method 'leaf': num_experts={self.args.num_experts} is too small")
 
     def build_model(self, model: nn.Module) -> nn.Module:
-        h, dim = self.hparams, int(model.num_features)
-        paper = bool(h["paper_moe"])
+        a, dim = self.args, int(model.num_features)
 
         def moe() -> NoisyTopKMoE:
-            return NoisyTopKMoE(dim, int(h["num_experts"]), k=2 if paper else 1, shared=not paper,
-                                noisy=bool(h["noisy_gating"]), loss_coef=float(h["moe_loss_coef"]) if paper else 0.0)
+            return NoisyTopKMoE(dim, a.num_experts, k=2 if a.paper_moe else 1, shared=not a.paper_moe,
+                                noisy=a.noisy_gating, loss_coef=a.moe_loss_coef if a.paper_moe else 0.0)
 
         return LEAFModel(model, moe(), moe())
 
     def category_loss(self, logits_s: Tensor, logits_avg: Tensor, pseudo: Tensor, confident: Tensor) -> Tensor:
         """L_u: the top-k positive/negative loss, weighted, rescaled to the hard-label CE, masked."""
-        h = self.hparams
+        a = self.args
         q = logits_avg.detach().float().softmax(dim=-1)
-        positive, w = cpl_sets(q, int(h["topk"]), float(h["cpl_threshold"]), h["cpl_weight"])
+        positive, w = cpl_sets(q, a.topk, a.cpl_threshold, a.cpl_weight)
         weighted = topk_loss(logits_s.float(), positive) * w
         loss = weighted.mean()
         scale: Tensor | float = 1.0
-        if h["rescale_to_ce"]:  # a constant: only the value changes, as in the code
+        if a.rescale_to_ce:  # a constant: only the value changes, as in the code
             # ce / loss in float64, then float32, as the code's Python-float ratio times a float32 tensor gives, and
             # without reading either value on the host; 1 where the loss is 0
             ce = F.cross_entropy(logits_s.float(), pseudo).mean().detach()
             ratio = (ce.double() / loss.detach().double()).float()
             scale = torch.where(loss.detach() > 0, ratio, torch.ones_like(ratio))
         mask = confident.float()
-        if h["mask_per_sample"]:
+        if a.mask_per_sample:
             return scale * (weighted * mask).mean()
         return scale * loss * mask.mean()
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         x, y = batch.labeled["weak"], batch.labeled["y"]
         u = batch.unlabeled
-        parts = forward_parts(model, x, u["weak"], u["weak2"], u["strong"], return_features=True, return_aux=True)
+        parts = forward_parts(model, x, u["weak"], u["weak2"], u["strong"])
         (logits_x, _, _), (l1, f1, _), (l2, f2, _), (ls, _, _) = parts
-        aux = sum(p[2] for p in parts)  # the MoE balancing loss of each forward (`paper_moe`)
+        aux = sum(p.aux for p in parts)  # the MoE balancing loss of each forward (`paper_moe`)
         loss_x = F.cross_entropy(logits_x, y)
         pseudo, confident = self.partition(l1, l2)
         loss_s = self.contrastive(f1, f2, confident)
         loss_u = self.category_loss(ls, (l1 + l2) / 2, pseudo, confident)
-        h = self.hparams
-        loss = h["lambda_x"] * loss_x + h["lambda_u"] * loss_u + h["lambda_s"] * loss_s + aux
+        a = self.args
+        loss = a.lambda_x * loss_x + a.lambda_u * loss_u + a.lambda_s * loss_s + aux
         logs = {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "loss_s": loss_s.detach(),
                 "mask_rate": confident.float().mean().detach(), "threshold_mean": self.thresholds.mean().detach()}
-        if h["paper_moe"]:
+        if a.paper_moe:
             logs["loss_moe"] = torch.as_tensor(aux).detach()
         return StepOutput(loss, logs)
 

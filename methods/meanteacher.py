@@ -22,34 +22,50 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
-from bench.method import Batch, Method, StepContext, StepOutput, frozen_batchnorm_stats, joint_forward
+from bench.method import (
+    Batch,
+    Interval,
+    Method,
+    MethodArgs,
+    NonNegative,
+    StepContext,
+    StepOutput,
+    arg,
+    frozen_batchnorm_stats,
+    joint_forward,
+)
 from bench.registry import register_method
+
+
+@dataclass
+class MeanTeacherArgs(MethodArgs):
+    lambda_u: NonNegative = arg(50.0, "USB meanteacher ulb_loss_ratio")
+    rampup_frac: Annotated[float, Interval("(0, 1]")] = arg(0.4, "USB meanteacher unsup_warm_up: linear over 40%")
+    teacher_bn: Literal["running", "batch"] = arg(
+        "running", "'batch' is USB 0.3.2's train-mode teacher with frozen BatchNorm statistics")
 
 
 @register_method("meanteacher")
 class MeanTeacher(Method):
     views = ("weak", "weak2")
     requires_ema = True
-    defaults = {"lambda_u": 50.0, "rampup_frac": 0.4, "teacher_bn": "running"}
-    argument_ranges = {"lambda_u": "[0, inf)", "rampup_frac": "(0, 1]"}
+    Args = MeanTeacherArgs
     reference = ("Tarvainen & Valpola 2017; USB 0.3.2 meanteacher (lambda_u 50, linear ramp-up over 40%, mu 1; "
                  "teacher_bn='batch' for its train-mode teacher and frozen BatchNorm statistics)")
 
-    def __init__(self, num_classes: int, **hparams: object) -> None:
-        super().__init__(num_classes, **hparams)
-        self.choice("teacher_bn", ("running", "batch"))
-
     def rampup(self, step: int, total: int) -> float:
-        return min(1.0, max(0.0, step / (self.hparams["rampup_frac"] * total)))
+        return min(1.0, max(0.0, step / (self.args.rampup_frac * total)))
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         x, y = batch.labeled["weak"], batch.labeled["y"]
         u1, u2 = batch.unlabeled["weak"], batch.unlabeled["weak2"]
-        if self.hparams["teacher_bn"] == "batch":  # USB 0.3.2's order: labeled, teacher, student
+        if self.args.teacher_bn == "batch":  # USB 0.3.2's order: labeled, teacher, student
             logits_x = model(x)
             logits_teacher = batch_stats_forward(ctx.ema_model, u1)
             with frozen_batchnorm_stats(model):
@@ -61,7 +77,7 @@ class MeanTeacher(Method):
         loss_x = nn.functional.cross_entropy(logits_x, y)
         loss_u = consistency_mse(logits_student.float(), logits_teacher.float())
         ramp = self.rampup(ctx.step, ctx.total_steps)
-        loss = loss_x + self.hparams["lambda_u"] * ramp * loss_u
+        loss = loss_x + self.args.lambda_u * ramp * loss_u
         return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "rampup": ramp})
 
 

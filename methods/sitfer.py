@@ -60,15 +60,30 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bench.errors import FERBenchError
-from bench.method import Batch, Method, SetupInfo, StepContext, StepOutput, joint_forward, unwrap_model
+from bench.method import (
+    Batch,
+    Method,
+    MethodArgs,
+    ModelOutput,
+    NonNegative,
+    Positive,
+    Probability,
+    SetupInfo,
+    StepContext,
+    StepOutput,
+    arg,
+    joint_forward,
+    unwrap_model,
+)
 from bench.registry import register_method
 
 #: the code's prompt words, in FERBench's canonical order (Neutral, Happy, Sad, Surprise, Fear, Disgust,
@@ -181,7 +196,7 @@ class SITFERModel(nn.Module):
         self.base = base
         self.num_features = dim = int(base.num_features)
         self.normalize_classifier_input = normalize_classifier_input
-        self.normalize_after_dropout = getattr(base, "head", "linear") == "normalized"
+        self.normalize_after_dropout = base.head_type == "normalized"
         self.eval_head = eval_head
         self.eval_weights = eval_weights
         self.tau_t, self.tau_i = text_temperature, instance_temperature
@@ -200,12 +215,12 @@ class SITFERModel(nn.Module):
         return F.normalize(self.text_proj(t), dim=-1) if self.text_proj is not None else t
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        feats = self.base.backbone(x)
+        pooled = self.base.pool(self.base.forward_features(x))
         if self.normalize_after_dropout:  # released: Dropout -> L2-normalise -> Linear, one feature for all uses
-            f = F.normalize(self.base.drop(feats), dim=-1)
-            return self.base.classifier(f), f
-        f = F.normalize(feats, dim=-1)
-        logits = self.base.classifier(self.base.drop(f if self.normalize_classifier_input else feats))
+            out = self.base.classify(pooled)
+            return out.logits, out.features
+        f = F.normalize(pooled, dim=-1)  # normalised before the head's dropout
+        logits = self.base.get_classifier()(self.base.head_input(f if self.normalize_classifier_input else pooled))
         return logits, f
 
     def text_scores(self, f: Tensor) -> Tensor:
@@ -229,42 +244,50 @@ class SITFERModel(nn.Module):
                  self.instance_scores(f, logits.shape[1]).softmax(-1))
         return sum(wk * p for wk, p in zip(w, parts)) / sum(w)
 
-    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | ModelOutput:
         logits, f = self.encode(x)
         if not self.training and self.eval_head == "fused":
             logits = self.fused_probs(logits, f).clamp_min(1e-12).log()
-        return (logits, f) if return_features else logits
+        return ModelOutput(logits, f, logits.new_zeros(())) if return_features else logits
+
+
+@dataclass
+class SITFERArgs(MethodArgs):
+    threshold: Probability = arg(0.75, "fixed confidence threshold of the fused pseudo-labels (main.py)")
+    lambda_s: NonNegative = arg(0.4, "weight of the labeled CE (main.py)")
+    lambda_t: NonNegative = arg(0.4, "weight of the text co-supervision (main.py)")
+    lambda_u: NonNegative = arg(0.2, "weight of the unlabeled CE (main.py)")
+    warmup_frac: Probability = arg(0.1875, "no instance scores for the first 15 of 80 epochs (main.py)")
+    fusion: Literal["logits", "probs"] = arg("logits", "'logits': the code's weighted logits; 'probs': the paper")
+    fusion_weights: tuple[NonNegative, NonNegative, NonNegative] = arg(
+        (0.3, 0.2, 0.5), "semantic, text, instance weights after the warm-up (main.py)")
+    warmup_weights: tuple[NonNegative, NonNegative] = arg((0.6, 0.4), "semantic, text weights in the warm-up")
+    text_temperature: Positive = arg(1.0, "the code has none (1)")
+    instance_temperature: Positive = arg(1.0, "the code has none (1)")
+    eval_head: Literal["fused", "classifier"] = arg("fused", "the code evaluates the fused probabilities")
+    normalize_classifier_input: bool = arg(True, "the classifier sees the L2-normalised feature")
+    text_encoder: Literal[TEXT_ENCODERS] = arg(
+        "random", "'random_transformer' is the released code's never-trained encoder (FERBench's default: random)")
+    text_encoder_path: str | None = arg(None, "a local model folder (clip, sentence-transformers)")
+    text_projection: Literal["fixed", "learned"] = arg("fixed", "embeddings of another width: a seeded map, or learned")
+    text_seed: int | None = arg(None, "seed of the anchors; null: drawn from the run's generator")
+    prompt: str = arg("This is a face image of {}", "the code's prompt")
+    class_words: list[str] | None = arg(None, "null: the code's words, in FERBench's class order")
+    class_prompts: list[str] | None = arg(None, "explicit prompts instead of `prompt` and `class_words`")
 
 
 @register_method("sitfer")
 class SITFER(Method):
     views = ("weak", "strong")
-    defaults = {"threshold": 0.75, "lambda_s": 0.4, "lambda_t": 0.4, "lambda_u": 0.2, "warmup_frac": 0.1875,
-                "fusion": "logits", "fusion_weights": [0.3, 0.2, 0.5], "warmup_weights": [0.6, 0.4],
-                "text_temperature": 1.0, "instance_temperature": 1.0, "eval_head": "fused",
-                "normalize_classifier_input": True, "text_encoder": "random", "text_encoder_path": None,
-                "text_projection": "fixed", "text_seed": None, "prompt": "This is a face image of {}",
-                "class_words": None, "class_prompts": None}
-    argument_types = {"text_encoder_path": str | None, "text_seed": int | None, "class_words": list[str] | None,
-                      "class_prompts": list[str] | None}
-    argument_ranges = {"threshold": "[0, 1]", "lambda_s": "[0, inf)", "lambda_t": "[0, inf)", "lambda_u": "[0, inf)",
-                       "warmup_frac": "[0, 1]", "fusion_weights": "[0, inf)", "warmup_weights": "[0, inf)",
-                       "text_temperature": "(0, inf)", "instance_temperature": "(0, inf)"}
+    Args = SITFERArgs
     reference = ("Ding et al. 2025; PatrickStarL/SIT-FER main.py (text anchors from a never-trained transformer: "
                  "text_encoder='random_transformer'; fusion 0.6/0.4 then 0.3/0.2/0.5 after epoch 15 of 80, tau 0.75, "
                  "0.4/0.4/0.2, fused eval head)")
 
-    def __init__(self, num_classes: int, **hparams: Any) -> None:
-        super().__init__(num_classes, **hparams)
-        h = self.hparams
-        self.choice("fusion", ("logits", "probs"))
-        self.choice("eval_head", ("fused", "classifier"))
-        self.choice("text_projection", ("fixed", "learned"))
-        self.choice("normalize_classifier_input", (True, False))
-        encoder = self.choice("text_encoder", TEXT_ENCODERS)
-        if len(h["fusion_weights"]) != 3 or len(h["warmup_weights"]) != 2:
-            raise FERBenchError("method 'sitfer': fusion_weights needs 3 numbers (semantic, text, instance), "
-                                "warmup_weights 2 (semantic, text)")
+    def __init__(self, num_classes: int, **arguments: Any) -> None:
+        super().__init__(num_classes, **arguments)
+        a = self.args
+        encoder = a.text_encoder
         self.prompts = self._prompts(num_classes)
         self.text_vocab: list[str] = []
         if encoder == "random_transformer":  # the code's seven words, then any other class word
@@ -272,7 +295,7 @@ class SITFER(Method):
             self.text_vocab = list(RELEASED_VOCAB) + [w for w in words if w not in RELEASED_VOCAB]
             tokenize_vocabulary_words(self.prompts, self.text_vocab)  # a prompt without a vocabulary word fails now
         if encoder not in ("random", "random_transformer"):
-            path = h["text_encoder_path"]
+            path = a.text_encoder_path
             if not path or not Path(path).is_dir():
                 raise FERBenchError(f"method 'sitfer': text_encoder={encoder!r} loads from a local directory only; "
                                     f"text_encoder_path={path!r} is not a directory")
@@ -282,20 +305,20 @@ class SITFER(Method):
         self._info: dict[str, Any] = {}
 
     def _words(self, num_classes: int) -> list[str]:
-        h = self.hparams
-        return list(h["class_words"]) if h["class_words"] is not None else list(CLASS_WORDS[:num_classes])
+        a = self.args
+        return list(a.class_words) if a.class_words is not None else list(CLASS_WORDS[:num_classes])
 
     def _prompts(self, num_classes: int) -> list[str]:
-        h = self.hparams
-        if h["class_prompts"] is not None:
-            prompts = [str(p) for p in h["class_prompts"]]
+        a = self.args
+        if a.class_prompts is not None:
+            prompts = [str(p) for p in a.class_prompts]
         else:
             words = self._words(num_classes)
             if len(words) != num_classes:
                 raise FERBenchError(f"method 'sitfer': class_words has {len(words)} words for {num_classes} classes")
-            if "{}" not in str(h["prompt"]):
-                raise FERBenchError(f"method 'sitfer': prompt {h['prompt']!r} needs a '{{}}' for the class word")
-            prompts = [str(h["prompt"]).format(w) for w in words]
+            if "{}" not in a.prompt:
+                raise FERBenchError(f"method 'sitfer': prompt {a.prompt!r} needs a '{{}}' for the class word")
+            prompts = [a.prompt.format(w) for w in words]
         if len(prompts) != num_classes:
             raise FERBenchError(f"method 'sitfer': class_prompts has {len(prompts)} prompts for {num_classes} classes")
         return prompts
@@ -307,39 +330,38 @@ class SITFER(Method):
         return dict(self._info)
 
     def build_model(self, model: nn.Module) -> nn.Module:
-        h = self.hparams
+        a = self.args
         dim = int(model.num_features)
-        if getattr(model, "head", "linear") == "normalized" and not h["normalize_classifier_input"]:
+        if model.head_type == "normalized" and not a.normalize_classifier_input:
             raise FERBenchError("method 'sitfer': normalize_classifier_input=false contradicts model.head="
                                 "'normalized' (whose classifier sees the L2-normalised feature)")
-        gen = torch.Generator().manual_seed(int(h["text_seed"])) if h["text_seed"] is not None else None
+        gen = torch.Generator().manual_seed(a.text_seed) if a.text_seed is not None else None
         extra: dict[str, Any] = {}
-        if h["text_encoder"] == "random":
+        if a.text_encoder == "random":
             emb = F.normalize(torch.randn(self.num_classes, dim, generator=gen), dim=-1)
-        elif h["text_encoder"] == "random_transformer":
+        elif a.text_encoder == "random_transformer":
             # null text_seed: one draw from the run's generator, recorded so the anchors can be rebuilt
-            seed = int(h["text_seed"]) if h["text_seed"] is not None else int(torch.randint(0, 2**31 - 1, ()))
+            seed = a.text_seed if a.text_seed is not None else int(torch.randint(0, 2**31 - 1, ()))
             emb = random_transformer_anchors(self.prompts, self.text_vocab, seed)
             extra = {"text_seed": seed, "text_vocabulary": self.text_vocab}
         else:
             try:
-                emb = encode_prompts(h["text_encoder"], h["text_encoder_path"], self.prompts)
+                emb = encode_prompts(a.text_encoder, a.text_encoder_path, self.prompts)
             except FERBenchError:
                 raise
             except Exception as e:  # a broken or foreign model folder: say which and why, in one line
-                raise FERBenchError(f"method 'sitfer': could not load {h['text_encoder']} text encoder from "
-                                    f"{h['text_encoder_path']}: {type(e).__name__}: {e}") from e
-        head = SITFERModel(model, emb, h["text_projection"], max(self.num_labeled, 1),
-                           bool(h["normalize_classifier_input"]), h["eval_head"], tuple(h["fusion_weights"]),
-                           float(h["text_temperature"]), float(h["instance_temperature"]), gen)
+                raise FERBenchError(f"method 'sitfer': could not load {a.text_encoder} text encoder from "
+                                    f"{a.text_encoder_path}: {type(e).__name__}: {e}") from e
+        head = SITFERModel(model, emb, a.text_projection, max(self.num_labeled, 1), a.normalize_classifier_input,
+                           a.eval_head, a.fusion_weights, a.text_temperature, a.instance_temperature, gen)
         projected = emb.shape[1] != dim
         self._info = {
-            "text_encoder": h["text_encoder"],
-            "text_encoder_path": h["text_encoder_path"],
+            "text_encoder": a.text_encoder,
+            "text_encoder_path": a.text_encoder_path,
             "text_dim": int(emb.shape[1]),
             "image_feature_dim": dim,
-            "text_projection": (h["text_projection"] if projected else "none"),
-            "prompts": self.prompts if h["text_encoder"] != "random" else None,
+            "text_projection": (a.text_projection if projected else "none"),
+            "prompts": self.prompts if a.text_encoder != "random" else None,
             "feature": ("L2-normalised after dropout (released head)" if head.normalize_after_dropout
                         else "L2-normalised before dropout"),
             **extra,
@@ -349,26 +371,26 @@ class SITFER(Method):
 
     def pseudo_distribution(self, head: SITFERModel, logits_u: Tensor, f_u: Tensor, with_instance: bool) -> Tensor:
         """p^ on the weak view (no gradient): the fused semantic, text and (after warm-up) instance scores."""
-        h = self.hparams
+        a = self.args
         with torch.no_grad():
             scores = [logits_u.detach().float(), head.text_scores(f_u.detach())]
-            weights = list(h["warmup_weights"])
+            weights = list(a.warmup_weights)
             if with_instance:
                 scores.append(head.instance_scores(f_u.detach(), self.num_classes))
-                weights = list(h["fusion_weights"])
-            if h["fusion"] == "logits":
+                weights = list(a.fusion_weights)
+            if a.fusion == "logits":
                 return sum(w * s for w, s in zip(weights, scores)).softmax(-1)
             return sum(w * s.softmax(-1) for w, s in zip(weights, scores)) / sum(weights)
 
     def consistency_loss(self, logits_s: Tensor, probs: Tensor) -> tuple[Tensor, Tensor]:
         """(L_u, mask): CE on the strong view against y^, averaged over the samples with max p^ > threshold."""
         max_p, pseudo = probs.max(dim=-1)
-        mask = max_p > self.hparams["threshold"]
+        mask = max_p > self.args.threshold
         ce = F.cross_entropy(logits_s.float(), pseudo, reduction="none")  # the mean over the masked-in samples,
         return (ce * mask).sum() / mask.sum().clamp(min=1), mask  # 0 with a graph when none: no host read
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
-        h = self.hparams
+        a = self.args
         head = unwrap_model(model)
         x, y, pos = batch.labeled["weak"], batch.labeled["y"], batch.labeled["pos"]
         logits_x, logits_u, logits_s, f_x, f_u, _ = joint_forward(model, x, batch.unlabeled["weak"],
@@ -377,10 +399,10 @@ class SITFER(Method):
         head.update_bank(ctx.gather(f_x.detach().float()), ctx.gather(y), ctx.gather(pos))
         loss_s = F.cross_entropy(logits_x, y)
         loss_t = F.cross_entropy(head.text_scores(f_x), y)
-        with_instance = ctx.step >= h["warmup_frac"] * ctx.total_steps
+        with_instance = ctx.step >= a.warmup_frac * ctx.total_steps
         probs = self.pseudo_distribution(head, logits_u, f_u, with_instance)
         loss_u, mask = self.consistency_loss(logits_s, probs)
-        loss = h["lambda_s"] * loss_s + h["lambda_t"] * loss_t + h["lambda_u"] * loss_u
+        loss = a.lambda_s * loss_s + a.lambda_t * loss_t + a.lambda_u * loss_u
         return StepOutput(loss, {"loss_x": loss_s.detach(), "loss_t": loss_t.detach(), "loss_u": loss_u.detach(),
                                  "mask_rate": mask.float().mean().detach(), "instance_on": float(with_instance),
                                  "bank_filled": (head.bank_labels >= 0).float().mean().detach()})

@@ -14,15 +14,22 @@ As in USB `semilearn/algorithms/softmatch` (reference/methods.md §7):
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from bench.method import (
     Batch,
+    Decay,
     Method,
+    MethodArgs,
+    NonNegative,
+    Positive,
     StepContext,
     StepOutput,
+    arg,
     cross_entropy_masked_mean,
     this_process_only,
     weak_strong_forward,
@@ -30,45 +37,40 @@ from bench.method import (
 from bench.registry import register_method
 
 
+@dataclass
+class SoftMatchArgs(MethodArgs):
+    lambda_u: NonNegative = arg(1.0, "USB softmatch ulb_loss_ratio")
+    ema_p: Decay = arg(0.999, "USB softmatch ema_p")
+    n_sigma: Positive = arg(2.0, "USB softmatch n_sigma")
+    dist_align: bool = arg(True, "USB softmatch dist_align (uniform target)")
+    dist_init: Literal["uniform", "first_batch"] = arg(
+        "uniform", "FERBench's start 1/C; 'first_batch' is USB's DistAlignEMAHook start")
+
+
 @register_method("softmatch")
 class SoftMatch(Method):
     views = ("weak", "strong")
-    defaults = {"lambda_u": 1.0, "ema_p": 0.999, "n_sigma": 2.0, "dist_align": True, "dist_init": "uniform"}
-    argument_ranges = {"lambda_u": "[0, inf)", "ema_p": "[0, 1)", "n_sigma": "(0, inf)"}
+    Args = SoftMatchArgs
     reference = ("Chen et al. 2023; USB semilearn/algorithms/softmatch (ema 0.999, n_sigma 2, uniform alignment; "
                  "dist_init='first_batch' for its DistAlignEMAHook start)")
 
-    def __init__(self, num_classes: int, **hparams: object) -> None:
-        super().__init__(num_classes, **hparams)
-        self.choice("dist_init", ("uniform", "first_batch"))
-        self.p_model = torch.full((num_classes,), 1.0 / num_classes)
-        self.p_model_updated = torch.tensor(False)  # an update has run ("first_batch" replaces the start)
-        self.mu_t = torch.tensor(1.0 / num_classes)
-        self.var_t = torch.tensor(1.0)
-
-    def to(self, device: torch.device) -> SoftMatch:
-        self.p_model, self.mu_t, self.var_t, self.p_model_updated = (
-            t.to(device) for t in (self.p_model, self.mu_t, self.var_t, self.p_model_updated))
-        return self
-
-    def state_dict(self) -> dict:
-        return {"p_model": self.p_model.cpu(), "mu_t": self.mu_t.cpu(), "var_t": self.var_t.cpu(),
-                "p_model_updated": self.p_model_updated.cpu()}
-
-    def load_state_dict(self, state: dict) -> None:
-        device = self.p_model.device
-        self.p_model, self.mu_t, self.var_t = (state[k].to(device) for k in ("p_model", "mu_t", "var_t"))
-        # checkpoints from before the flag exist only after an update (a checkpoint follows a step)
-        self.p_model_updated = state.get("p_model_updated", torch.tensor(True)).to(device)
+    def __init__(self, num_classes: int, **arguments: object) -> None:
+        super().__init__(num_classes, **arguments)
+        self.add_state("p_model", torch.full((num_classes,), 1.0 / num_classes))
+        # an update has run ("first_batch" replaces the start); checkpoints from before this flag exist only after
+        # an update (a checkpoint follows a step)
+        self.add_state("p_model_updated", torch.tensor(False), if_missing=torch.tensor(True))
+        self.add_state("mu_t", torch.tensor(1.0 / num_classes))
+        self.add_state("var_t", torch.tensor(1.0))
 
     def weights(self, probs: Tensor, gather: Callable[[Tensor], Tensor] = this_process_only) -> Tensor:
         """Align (updating p^_model), update the Gaussian's EMAs, and weight each sample; the EMAs move with every
         process's batch (`gather`, as USB's hooks do under DDP)."""
-        m = self.hparams["ema_p"]
-        if self.hparams["dist_align"]:
+        m = self.args.ema_p
+        if self.args.dist_align:
             batch_mean = gather(probs).mean(dim=0)
             moved = m * self.p_model + (1 - m) * batch_mean
-            if self.hparams["dist_init"] == "first_batch":  # a flag on the device, not a host branch
+            if self.args.dist_init == "first_batch":  # a flag on the device, not a host branch
                 moved = torch.where(self.p_model_updated, moved, batch_mean)
             self.p_model = moved
             self.p_model_updated = torch.ones_like(self.p_model_updated)
@@ -79,11 +81,11 @@ class SoftMatch(Method):
         self.mu_t = m * self.mu_t + (1 - m) * all_max.mean()
         self.var_t = m * self.var_t + (1 - m) * all_max.var(unbiased=True)
         gap = torch.clamp(max_probs - self.mu_t, max=0.0)
-        return torch.exp(-(gap**2) / (2 * self.var_t / self.hparams["n_sigma"] ** 2))
+        return torch.exp(-(gap**2) / (2 * self.var_t / self.args.n_sigma ** 2))
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         loss_x, probs, logits_us = weak_strong_forward(model, batch)
         w = self.weights(probs, ctx.gather)
         loss_u = cross_entropy_masked_mean(logits_us.float(), probs.argmax(-1), w)
-        loss = loss_x + self.hparams["lambda_u"] * loss_u
+        loss = loss_x + self.args.lambda_u * loss_u
         return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "mask_rate": w.mean().detach()})

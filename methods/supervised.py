@@ -11,7 +11,6 @@ from bench.registry import register_method
 @register_method("supervised")
 class Supervised(Method):
     views = ()
-    defaults: dict = {}
     reference = "CE on the labeled subset; same aug/optimiser/iterations/EMA as the SSL methods [USB supervised]"
 
     def training_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:

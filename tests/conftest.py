@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from torch import Tensor, nn
 
+from bench.method import ModelOutput
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
@@ -64,12 +66,26 @@ def tiny_overrides(cache: Path, out: Path, **extra: object) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
+class InputLogits(nn.Module):
+    """A model in the methods' contract whose logits (and features) are its input: losses by hand."""
+
+    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | ModelOutput:
+        return ModelOutput(x, x, x.new_zeros(())) if return_features else x
+
+
 class IdentityBackbone(nn.Module):
-    """A backbone whose features are its input, so heads can be checked on hand-written features."""
+    """A backbone whose features are its input, so heads can be checked on hand-written features (timm's model
+    shape: `forward_features`, then `forward_head` pooling them, both the identity here)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.num_features = dim
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward_features(self, x: Tensor) -> Tensor:
         return x
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))

@@ -85,14 +85,10 @@ def test_a_method_state_that_differs_between_processes_stops_the_run(shared_cach
         "class LocalCounts(Supervised):\n"
         "    def __init__(self, num_classes, **h):\n"
         "        super().__init__(num_classes, **h)\n"
-        "        self.seen = torch.zeros(num_classes)\n\n"
+        "        self.add_state('seen', torch.zeros(num_classes))  # declared the same on every process, but\n\n"
         "    def training_step(self, model, batch, ctx):\n"
-        "        self.seen += torch.bincount(batch.labeled['y'].cpu(), minlength=self.num_classes)  # this process's\n"
-        "        return super().training_step(model, batch, ctx)\n\n"
-        "    def state_dict(self):\n"
-        "        return {'seen': self.seen.clone()}\n\n"
-        "    def load_state_dict(self, state):\n"
-        "        self.seen = state['seen']\n")
+        "        self.seen = self.seen + torch.bincount(batch.labeled['y'], minlength=self.num_classes)  # its own\n"
+        "        return super().training_step(model, batch, ctx)\n")
     (plugin / "sitecustomize.py").write_text("import localcounts  # noqa: F401\n")
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
@@ -104,6 +100,48 @@ def test_a_method_state_that_differs_between_processes_stops_the_run(shared_cach
     assert res.returncode != 0
     assert "the state of method 'localcounts' is not the same on the 2 processes at iteration 4" in res.stderr
     assert not (tmp_path / "out" / "records").exists()
+
+
+def test_a_summed_state_is_saved_as_the_total_and_resumed_on_the_first_process(shared_cache: Path,
+                                                                               tmp_path: Path) -> None:
+    """A state declared reduce='sum' (what each process saw) may differ between processes; a checkpoint keeps the sum
+    over them, restored on the first process and as zeros on the others, so the run's total carries on."""
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "sumcounts.py").write_text(
+        "import torch\n"
+        "from bench.registry import register_method\n"
+        "from methods.supervised import Supervised\n\n\n"
+        "@register_method('sumcounts')\n"
+        "class SumCounts(Supervised):\n"
+        "    def __init__(self, num_classes, **h):\n"
+        "        super().__init__(num_classes, **h)\n"
+        "        self.add_state('seen', torch.zeros(()), reduce='sum')\n\n"
+        "    def training_step(self, model, batch, ctx):\n"
+        "        self.seen = self.seen + len(batch.labeled['y'])  # this process's images\n"
+        "        return super().training_step(model, batch, ctx)\n\n"
+        "    def info(self):\n"
+        "        return {'seen_here': float(self.seen)}\n")
+    (plugin / "sitecustomize.py").write_text("import sumcounts  # noqa: F401\n")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(plugin), os.environ.get("PYTHONPATH", "")])}
+
+    def launch(out: Path, *extra: str) -> None:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()),
+               "-m", "bench.train", "--quiet", *tiny_overrides(shared_cache, out, method="sumcounts"), *extra]
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        assert res.returncode == 0, res.stderr[-3000:]
+
+    launch(tmp_path / "full")
+    launch(tmp_path / "cut", "train.stop_after=6")
+    launch(tmp_path / "cut")
+    full, cut = (json.loads(next((tmp_path / d / "records").glob("*.json")).read_text()) for d in ("full", "cut"))
+    # 4 labeled images per process and step (B = 8 over 2): the first process counted 12 x 4 on its own; resumed,
+    # it holds the total at 6 (6 x 8) and adds its own 6 x 4
+    assert full["method_info"] == {"seen_here": 48.0} and cut["method_info"] == {"seen_here": 72.0}
+    assert cut["distributed"]["method_state_checks"] == 3  # checkpoints at 4, 6 and 8: no disagreement raised
 
 
 def test_deepspeed_zero2_launch_on_cpu_and_exact_resume(shared_cache: Path, tmp_path: Path) -> None:

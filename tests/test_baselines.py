@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
+from conftest import InputLogits
 from torch import nn
 
 from bench.errors import FERBenchError
-from bench.method import Batch, SetupInfo, StepContext
+from bench.method import Batch, ModelOutput, SetupInfo, StepContext
 from bench.registry import create_method
 
 L = math.log
@@ -145,7 +146,7 @@ def test_meanteacher_ramped_consistency_with_student_gradient() -> None:
     teacher_view = torch.tensor([[L(3), 0.0]])  # softmax [.75, .25]
     batch = Batch(labeled={"weak": x, "y": torch.tensor([0])},
                   unlabeled={"weak": teacher_view, "weak2": student_view, "idx": torch.tensor([0])})
-    out = mt.training_step(nn.Identity(), batch, StepContext(20, 100, 2, ema_model=nn.Identity()))
+    out = mt.training_step(InputLogits(), batch, StepContext(20, 100, 2, ema_model=InputLogits()))
     # MSE over classes: ((.5-.75)^2 + (.5-.25)^2) / 2 = 0.0625; weight 50 * 0.5
     assert out.loss.item() == pytest.approx(L(4 / 3) + 25 * 0.0625, rel=1e-6)
     out.loss.backward()
@@ -159,8 +160,9 @@ class _BNNet(nn.Module):
         super().__init__()
         self.body = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Dropout(p), nn.Linear(4, 2))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | ModelOutput:
+        y = self.body(x)
+        return ModelOutput(y, y, y.new_zeros(())) if return_features else y
 
 
 def _bn_stats(model: nn.Module) -> list[torch.Tensor]:

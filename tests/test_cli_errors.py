@@ -106,4 +106,8 @@ def test_methods_lists_every_plugin(capsys) -> None:
                  "meanteacher", "adacm"):
         assert f" {name} " in out
     assert "weak, weak2, strong" in out  # Ada-CM's views
-    assert "threshold [0, 1]" in out  # the ranges methods declare next to their defaults
+    assert "threshold=0.95" in out  # FixMatch's default
+    assert main(["methods", "adacm"]) == 0  # one method: each argument's type, range, default and note
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if "initial_threshold" in ln]
+    assert len(lines) == 1 and "a number in [0, 1]" in lines[0] and "0.8" in lines[0] and "floor" in lines[0]
+    assert main(["methods", "nope"]) == 2

@@ -126,7 +126,7 @@ def test_prepared_images_are_memory_mapped_and_a_run_reads_them_without_a_copy(t
     from bench.config import build_config
     from bench.data.cache import decode_image, images_file, load_prepared, prepare_dataset
     from bench.engine.image_store import ImageStore, take
-    from bench.engine.trainer import prepare_run_data
+    from bench.engine.run_data import prepare_run_data
     from bench.registry import get_method_class
 
     basic = write_rafdb_replica(tmp_path / "raf", [1, 2, 3, 4, 5, 6, 7] * 2, [1, 2, 3], size=32, originals=False)

@@ -12,6 +12,7 @@ from torch import nn
 from bench.config import ModelConfig
 from bench.engine.model import FERModel, build_model
 from bench.errors import FERBenchError
+from bench.method import describe_arguments
 from bench.registry import create_method, get_method_class
 from methods.dtasnl import drop_region
 
@@ -73,14 +74,15 @@ def test_region_dropout_zeroes_one_grid_cell() -> None:
 
 def test_head_wraps_any_timm_backbone_and_is_reconstructed_everywhere() -> None:
     cls = get_method_class("dtasnl")
-    assert set(cls.reconstructed) == set(cls.defaults) and cls.requires_ema
+    arguments = describe_arguments(cls.Args)
+    assert len(arguments) == 16 and all(a.reconstructed for a in arguments) and cls.requires_ema
     dta = create_method("dtasnl", num_classes=7)
     assert dta.labeled_sampling == "class_balanced"
     torch.manual_seed(0)
     model = dta.build_model(build_model(ModelConfig(backbone="ferbench_cnn_tiny"), 7))
     x = torch.randn(3, 3, 32, 32)
-    logits, feats = model.eval()(x, return_features=True)
-    assert logits.shape == (3, 7) and feats.shape == (3, 64)
+    logits, feats, aux = model.eval()(x, return_features=True)
+    assert logits.shape == (3, 7) and feats.shape == (3, 64) and aux.item() == 0.0
     assert model.head.attention is not None and model.head.proj.in_features == 64 * 5  # global + 2x2 local
     resnet = dta.build_model(FERModel(__import__("timm").create_model("resnet10t", num_classes=0), 7))
     assert resnet(torch.randn(2, 3, 64, 64)).shape == (2, 7)

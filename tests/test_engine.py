@@ -186,3 +186,26 @@ def test_training_steps_read_nothing_on_the_host(shared_cache: Path, tmp_path: P
                                                    **{"train.iterations": 4})]) == 0
     assert reads == []
     assert _record(tmp_path)["curves"][-1]["loss"] > 0  # the logged values still arrive, read at log steps
+
+
+def test_a_checkpoint_written_before_the_stage_redesign_resumes_exactly(shared_cache: Path, tmp_path: Path) -> None:
+    """tests/data/softmatch_checkpoint_before_issue19.tgz is the checkpoint at iteration 6 of a tiny SoftMatch run
+    (dist_init=first_batch, `tiny_overrides`, train.stop_after=6) written by commit d34c891, before the method
+    state was declared (issue 19). Resumed by this code, the run ends exactly as an uninterrupted one does."""
+    import tarfile
+
+    args = [*tiny_overrides(shared_cache, tmp_path / "old", method="softmatch"), "method_args.dist_init=first_batch"]
+    cfg = build_config(overrides=args)
+    run_dir = tmp_path / "old" / "runs" / run_id(cfg)
+    run_dir.mkdir(parents=True)
+    with tarfile.open(Path(__file__).parent / "data" / "softmatch_checkpoint_before_issue19.tgz") as tar:
+        tar.extractall(run_dir, filter="data")
+    assert main(["run", "--quiet", *args]) == 0
+    resumed = json.loads(next((tmp_path / "old" / "records").glob("*.json")).read_text())
+    assert resumed["sessions"] == [{"start_step": 0, "steps": 6}, {"start_step": 6, "steps": 6}]
+    fresh_args = [*tiny_overrides(shared_cache, tmp_path / "new", method="softmatch"),
+                  "method_args.dist_init=first_batch"]
+    assert main(["run", "--quiet", *fresh_args]) == 0
+    fresh = json.loads(next((tmp_path / "new" / "records").glob("*.json")).read_text())
+    assert resumed["curves"] == fresh["curves"] and resumed["history"] == fresh["history"]
+    assert resumed["metrics"] == fresh["metrics"]

@@ -116,8 +116,12 @@ def test_config_value_errors(tmp_path: Path, capsys, override: str, expected: st
     ("adacm", "epoch_iters=10.5", "method 'adacm': method_args.epoch_iters=10.5: expected an integer in [1, inf)"),
     ("leaf", "topk=0", "method 'leaf': method_args.topk=0: expected an integer in [1, inf)"),
     ("sitfer", "text_seed=abc", "method 'sitfer': method_args.text_seed='abc': expected null or an integer"),
-    ("sitfer", "fusion_weights=[1, a, 2]", "method 'sitfer': method_args.fusion_weights=[1, 'a', 2]: expected a list, "
-                                           "each item a number in [0, inf)"),
+    ("sitfer", "fusion_weights=[1, a, 2]", "method 'sitfer': method_args.fusion_weights=[1, 'a', 2]: expected a list "
+                                           "of 3 values, each a number in [0, inf)"),
+    ("sitfer", "fusion_weights=[1, 2]", "method 'sitfer': method_args.fusion_weights=[1, 2]: expected a list of 3 "
+                                        "values, each a number in [0, inf)"),
+    ("softmatch", "dist_init=batch", "method 'softmatch': method_args.dist_init='batch': expected one of 'uniform', "
+                                     "'first_batch'"),
     ("dtasnl", "tau_neg=2", "method 'dtasnl': method_args.tau_neg=2: expected a number in [0, 1]"),
     ("frpretrain", "mask_ratio=1", "method 'frpretrain': method_args.mask_ratio=1: expected a number in (0, 1)"),
 ])
@@ -128,12 +132,13 @@ def test_method_argument_errors(tmp_path: Path, capsys, method: str, argument: s
 
 
 def test_every_method_default_satisfies_its_own_declared_types_and_ranges() -> None:
+    from bench.method import describe_arguments
     from bench.registry import create_method, get_method_class, method_names
 
     for name in method_names():
-        cls = get_method_class(name)
-        assert set(cls.argument_ranges) <= set(cls.defaults), name
-        create_method(name, 7, dict(cls.defaults))  # every default passed explicitly goes through the checks
+        defaults = {a.name: a.default for a in describe_arguments(get_method_class(name).Args)}
+        # every default passed explicitly (as a config file would give it) goes through the checks unchanged
+        assert create_method(name, 7, defaults).hparams == create_method(name, 7).hparams, name
 
 
 def test_a_good_value_is_canonicalised_and_recorded_as_before() -> None:

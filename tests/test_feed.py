@@ -93,11 +93,9 @@ def test_image_store_budget() -> None:
 def test_make_feed_picks_the_path() -> None:
     images, spec = _spec()
     cfg = RunConfig()
-    args = (images, spec.labels, spec.views, spec.labeled, spec.unlabeled, spec.labeled_views,
-            spec.unlabeled_views, spec.labeled_position, spec.pool_position, CPU)
-    assert isinstance(make_feed(cfg, *args), BatchFeed)
+    assert isinstance(make_feed(cfg, images, spec, CPU), BatchFeed)
     cfg.data.augment_on, cfg.data.workers = "cpu", 1
-    feed = make_feed(cfg, *args)
+    feed = make_feed(cfg, images, spec, CPU)
     assert isinstance(feed, HostFeed) and feed.workers == 1 and feed.end_step == cfg.train.iterations
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from torch import nn
+from conftest import InputLogits
 
 from bench.method import Batch, StepContext
 from bench.registry import create_method
@@ -38,7 +38,7 @@ def test_training_step_total_loss() -> None:
     x = torch.tensor([[L(2), L(1), L(1)]])  # probs [.5, .25, .25]; CE(target 0) = ln 2
     batch = Batch(labeled={"weak": x, "y": torch.tensor([0])},
                   unlabeled={"weak": WEAK, "strong": STRONG, "idx": torch.arange(3)})
-    out = fm.training_step(nn.Identity(), batch, StepContext(step=0, total_steps=1, num_classes=3))
+    out = fm.training_step(InputLogits(), batch, StepContext(step=0, total_steps=1, num_classes=3))
     assert out.loss.item() == pytest.approx(L(2) + 2.0 * (L(3) + L(2)) / 3, rel=1e-6)
     assert float(out.logs["mask_rate"]) == pytest.approx(2 / 3)
     assert float(out.logs["loss_x"]) == pytest.approx(L(2), rel=1e-6)

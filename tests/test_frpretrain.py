@@ -286,7 +286,7 @@ def test_cli_pretrain_data_flag_reaches_the_method(shared_cache: Path, tmp_path:
 
 
 def test_the_ssfer_preset_gives_each_stage_the_reference_schedule() -> None:
-    from bench.engine.trainer import stage_config
+    from bench.engine.stage import stage_config
 
     cfg = build_config(overrides=["method=frpretrain", "preset=ssfer"])
     validate(cfg)
@@ -305,7 +305,7 @@ def test_the_ssfer_preset_gives_each_stage_the_reference_schedule() -> None:
 
 
 def test_halfcosine_schedule_decays_to_min_lr_then_stays() -> None:
-    from bench.engine.trainer import lr_factor
+    from bench.engine.optim import lr_factor
 
     cfg = build_config(overrides=["optim.schedule=halfcosine", "optim.lr=1.0", "optim.min_lr=0.1",
                                   "optim.decay_iters=10", "optim.warmup_iters=2", "train.iterations=20"])

@@ -31,6 +31,7 @@ def make_record(method, seed, acc, *, dataset="synthfer", protocol="fraction", b
         "split": {"manifest_sha256": manifest_sha(protocol, budget, seed),
                   "n_labeled": 10, "n_unlabeled": 90, "per_class_labeled": [5, 5]},
         "config": {"method": {"name": method}},
+        "method_hparams": {},
         "backbone": "resnet18",
         "image_size": 64,
         "world_size": 1,

@@ -5,6 +5,7 @@ positions), `info` (facts in the record), `reconstructed` (shown by `ferbench me
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from bench.config import build_config
 from bench.engine.streams import ClassBalancedStream, labeled_stream
 from bench.engine.trainer import validate
 from bench.errors import FERBenchError
-from bench.method import Batch, Method, StepContext, StepOutput
+from bench.method import Batch, Method, MethodArgs, StepContext, StepOutput
 from bench.registry import register_method
 
 
@@ -50,17 +51,22 @@ class _Scaled(nn.Module):
         self.scale = nn.Parameter(torch.ones(()))
 
     def forward(self, x: torch.Tensor, return_features: bool = False):
-        logits, feats = self.base(x, return_features=True)
-        return (self.scale * logits, feats) if return_features else self.scale * logits
+        out = self.base(x, return_features=True)
+        return out._replace(logits=self.scale * out.logits) if return_features else self.scale * out.logits
+
+
+@dataclass
+class _ProbeArgs(MethodArgs):
+    sampling: str = "class_balanced"  # deliberately unchecked here: the engine's own check is under test
 
 
 class _HookProbe(Method):
-    defaults = {"sampling": "class_balanced"}
+    Args = _ProbeArgs
     seen_positions: list[int] = []
 
-    def __init__(self, num_classes: int, **hparams) -> None:
-        super().__init__(num_classes, **hparams)
-        self.labeled_sampling = self.hparams["sampling"]
+    def __init__(self, num_classes: int, **arguments) -> None:
+        super().__init__(num_classes, **arguments)
+        self.labeled_sampling = self.args.sampling
 
     def build_model(self, model: nn.Module) -> nn.Module:
         return _Scaled(model)

@@ -12,14 +12,14 @@ import torch
 from conftest import IdentityBackbone, tiny_overrides
 from torch import nn
 
+from bench.bundles import get_recipe, recipe_names
 from bench.cli import main
 from bench.config import build_config, run_id
 from bench.data.replicas import write_rafdb_replica
 from bench.engine.ema import WalkingEma
 from bench.engine.model import FERModel
 from bench.errors import FERBenchError
-from bench.method import forward_parts, joint_forward, set_forward_batching
-from bench.recipe import get_recipe, recipe_names
+from bench.method import ModelOutput, forward_parts, joint_forward, set_forward_batching
 from methods.leaf import NoisyTopKMoE
 
 
@@ -72,18 +72,20 @@ def test_normalized_head_is_dropout_then_l2_then_linear() -> None:
         model.classifier.bias.zero_()
     x = torch.tensor([[3.0, 4.0]])
     model.eval()
-    logits, feats = model(x, return_features=True)
+    logits, feats, _ = model(x, return_features=True)
     assert feats.flatten().tolist() == pytest.approx([0.6, 0.8])
     assert logits.flatten().tolist() == pytest.approx([0.6, 1.6])
     model.train()  # dropout zeroes units before normalising: find a draw that keeps exactly one of the two
     for seed in range(100):
         torch.manual_seed(seed)
-        _, feats = model(x, return_features=True)
+        feats = model(x, return_features=True).features
         if (feats != 0).sum() == 1:
             break
     assert sorted(feats.abs().flatten().tolist()) == [0.0, 1.0]  # one unit left, normalised to 1
     linear = FERModel(IdentityBackbone(2), 2, head="linear").eval()
-    assert linear(x, return_features=True)[1].tolist() == [[3.0, 4.0]]  # the harness: the raw feature
+    assert linear(x, return_features=True).features.tolist() == [[3.0, 4.0]]  # the harness: the raw feature
+    assert model.forward_head(x, pre_logits=True).shape == (1, 2)  # timm's meaning: the classifier's input
+    assert torch.equal(model.eval().forward_head(x), model(x))
 
 
 class _BNNet(nn.Module):
@@ -91,9 +93,9 @@ class _BNNet(nn.Module):
         super().__init__()
         self.bn = nn.BatchNorm1d(1, affine=False)
 
-    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor | ModelOutput:
         y = self.bn(x)
-        return (y, y * 2) if return_features else y
+        return ModelOutput(y, y * 2, y.new_zeros(())) if return_features else y
 
 
 def test_separate_forwards_normalise_each_part_with_its_own_statistics() -> None:
@@ -109,16 +111,16 @@ def test_separate_forwards_normalise_each_part_with_its_own_statistics() -> None
     assert sep_a.flatten().tolist() == pytest.approx([-1.0, 1.0], abs=1e-4)  # each part standardised alone
     assert sep_b.flatten().tolist() == pytest.approx([-1.0, 1.0], abs=1e-4)
     assert f_b.flatten().tolist() == pytest.approx([-2.0, 2.0], abs=1e-3)
-    # a non-batch output (a loss) belongs to its forward: summed over parts it means the same in both modes
+    # the auxiliary loss belongs to its forward: summed over parts it means the same in both modes
     class WithLoss(nn.Module):
-        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            return x * 2, x.sum()
+        def forward(self, x: torch.Tensor, return_features: bool = False) -> ModelOutput:
+            return ModelOutput(x * 2, x, x.sum())
 
     loss_net = WithLoss()
     joint_parts = forward_parts(loss_net, a, b)
-    assert [p[1].item() for p in joint_parts] == [42.0, 0.0]
+    assert [p.aux.item() for p in joint_parts] == [42.0, 0.0]
     set_forward_batching(loss_net, "separate")
-    assert [p[1].item() for p in forward_parts(loss_net, a, b)] == [2.0, 40.0]
+    assert [p.aux.item() for p in forward_parts(loss_net, a, b)] == [2.0, 40.0]
 
 
 class _Shared(nn.Module):

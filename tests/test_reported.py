@@ -237,8 +237,8 @@ def test_a_malformed_record_recipe_names_the_run_and_field(tmp_path):
 
 
 def test_the_shipped_reported_file_holds_the_published_numbers_in_ferbench_terms():
+    from bench.bundles import recipe_names
     from bench.data.datasets import get_dataset
-    from bench.recipe import recipe_names
     from bench.registry import method_names
 
     entries = load_reported()

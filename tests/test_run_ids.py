@@ -42,3 +42,37 @@ def test_default_config_recipes_presets_and_run_config_keep_their_run_ids() -> N
     assert {p: run_id(build_config(overrides=[f"preset={p}"])) for p in PINNED["presets"]} == PINNED["presets"]
     path = "bench/configs/frpretrain_synthfer.yaml"
     assert [run_id(build_config([REPO / path]))] == PINNED["sweeps"][path]
+
+
+def test_every_config_field_declares_whether_it_is_part_of_the_run_id() -> None:
+    """A new field must say how it takes part in the run id (bench.config: hashed, hashed_when_set, unhashed)."""
+    import dataclasses
+
+    from bench.config import RUN_ID, RunConfig, _sections
+
+    def walk(cls: type) -> list[tuple[str, str | None]]:
+        out = [(f"{cls.__name__}.{f.name}", f.metadata.get(RUN_ID)) for f in dataclasses.fields(cls)]
+        return out + [x for sub in _sections(cls).values() for x in walk(sub)]
+
+    declared = walk(RunConfig)
+    assert len(declared) > 60 and all(how in ("hashed", "hashed_when_set", "unhashed") for _, how in declared)
+    unhashed = {name for name, how in declared if how == "unhashed"}
+    assert unhashed == {"RunConfig.output_dir", "DataConfig.root", "DataConfig.cache_dir", "DataConfig.augment_on",
+                        "DataConfig.device_cache_gb", "DataConfig.workers", "TrainConfig.log_every",
+                        "TrainConfig.checkpoint_every", "TrainConfig.channels_last", "TrainConfig.compile",
+                        "TrainConfig.fused_optimizer", "TrainConfig.stop_after"}
+
+
+def test_a_new_field_at_its_default_leaves_run_ids_alone_and_changes_them_when_set() -> None:
+    """`hashed_when_set`: how fields added after results were published keep every earlier id."""
+    cfg = build_config()
+    base = run_id(cfg)
+    cfg.augment.channels = "bgr"
+    assert run_id(cfg) != base
+    cfg.augment.channels = "rgb"
+    cfg.train.log_every, cfg.output_dir = 1, "elsewhere"  # unhashed: watch settings and paths
+    assert run_id(cfg) == base
+    cfg.stages = {"finetune": {"train": {"log_every": 5, "forward": "joint"}}}  # inside stages too
+    assert run_id(cfg) == base
+    cfg.stages = {"finetune": {"train": {"iterations": 5}}}
+    assert run_id(cfg) != base

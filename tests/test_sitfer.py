@@ -239,7 +239,7 @@ def test_normalized_head_normalises_after_dropout() -> None:
         sit.setup(SetupInfo(num_classes=3, num_labeled=5, num_unlabeled=10, total_steps=10))
         head = sit.build_model(base).train()
         torch.manual_seed(0)
-        logits, f = head(x, return_features=True)
+        logits, f, _ = head(x, return_features=True)
         if head_kind == "normalized":
             assert sit.info()["feature"].startswith("L2-normalised after dropout")
             assert ((f[:, None] - allowed[None]).abs().amax(-1) < 1e-6).any(-1).all()  # every row is one of them
@@ -257,7 +257,7 @@ def test_normalized_head_normalises_after_dropout() -> None:
 
 
 def test_bad_text_encoder_arguments_fail_clearly(tmp_path: Path) -> None:
-    with pytest.raises(FERBenchError, match="text_encoder='bert'; expected one of 'random', 'random_transformer', "):
+    with pytest.raises(FERBenchError, match="text_encoder='bert': expected one of 'random', 'random_transformer'"):
         create_method("sitfer", num_classes=7, args={"text_encoder": "bert"})
     with pytest.raises(FERBenchError, match="loads from a local directory only; text_encoder_path=.*missing"):
         create_method("sitfer", num_classes=7,

@@ -16,7 +16,7 @@ device path draws from a CUDA generator: same distributions, a different random 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,14 +197,8 @@ class HostFeed:
         self._it = None  # dropping the iterator shuts its workers down
 
 
-def make_feed(cfg: RunConfig, images: Tensor, labels: Tensor, views: ViewMaker,
-              labeled: IndexStream | ClassBalancedStream, unlabeled: IndexStream | None,
-              labeled_views: Sequence[str], unlabeled_views: Sequence[str], labeled_position: np.ndarray,
-              pool_position: np.ndarray, device: torch.device, rank: int = 0, world: int = 1,
-              purpose: str = "augment") -> BatchFeed | HostFeed:
+def make_feed(cfg: RunConfig, images: Tensor, spec: FeedSpec, device: torch.device) -> BatchFeed | HostFeed:
     """The feed `cfg.data.augment_on` asks for; `images` (N, C, H, W) uint8 in host memory."""
-    spec = FeedSpec(labels, views, labeled, unlabeled, tuple(labeled_views), tuple(unlabeled_views),
-                    labeled_position, pool_position, cfg.seed, rank, world, cfg.train.channels_last, purpose)
     t = cfg.train
     end = min(t.iterations, t.stop_after) if t.stop_after else t.iterations
     if cfg.data.augment_on == "cpu":

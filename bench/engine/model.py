@@ -19,10 +19,11 @@ from torch import Tensor, nn
 from bench.config import ModelConfig
 from bench.engine.pretrained import fitting_checkpoint, load_pretrained
 from bench.errors import FERBenchError
+from bench.method import ModelOutput
 
 
 class SmallCNN(nn.Module):
-    """A compact VGG-style CNN for CPU runs at 32-64 px (tests, the synthfer demo)."""
+    """A compact VGG-style CNN for CPU runs at 32-64 px (tests, the synthfer demo), in timm's model shape."""
 
     def __init__(self, widths: tuple[int, ...] = (32, 64, 128), num_classes: int = 0, drop_rate: float = 0.0,
                  in_chans: int = 3) -> None:
@@ -46,8 +47,13 @@ class SmallCNN(nn.Module):
         """The last feature map (N, C, h, w), as timm models' `forward_features`."""
         return self.features(x)
 
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        """Pooled, dropped out, then the classifier (none when `pre_logits`), as timm models' `forward_head`."""
+        x = self.drop(self.pool(x).flatten(1))
+        return x if pre_logits else self.head(x)
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.drop(self.pool(self.forward_features(x)).flatten(1)))
+        return self.forward_head(self.forward_features(x))
 
 
 def _model_kwargs(kwargs: dict[str, object]) -> dict[str, object]:
@@ -77,65 +83,84 @@ def ferbench_vit_tiny(pretrained: bool = False, **kwargs: object) -> nn.Module:
 
 
 class FERModel(nn.Module):
-    """Backbone (timm, no classifier, globally pooled) -> features -> dropout -> linear classifier.
+    """A timm backbone (no classifier) and FERBench's head, in timm's model shape.
 
-    head="linear": the features returned are the backbone's (before dropout).
-    head="normalized": the Ada-CM lineage's head (Ada-CM/SIT-FER `models/backbone.py`): pooled features ->
-    Dropout -> L2-normalise -> Linear; the features returned are the normalised ones the classifier sees.
+    forward_features(x)          the backbone's unpooled features (timm's meaning: a map, or tokens)
+    pool(f)                      the backbone's pooled features (N, D) of `forward_features`' output
+    head_input(p)                what the classifier sees of pooled features p: dropout, then, with
+                                 head="normalized" (the Ada-CM lineage's head, Ada-CM/SIT-FER `models/backbone.py`),
+                                 L2 normalisation
+    forward_head(f, pre_logits)  pool, head_input, classifier (timm's meaning; `pre_logits`: the classifier's input)
+    classify(p)                  a `ModelOutput` of pooled features p, for wrappers that pool their own way
+    get_classifier()             the linear classifier (timm)
+    feature_map(x)               the last feature map as (N, C, H, W) whatever the backbone's layout, for spatial heads
+    forward(x, return_features)  logits, or a `ModelOutput`: logits, features (the backbone's pooled features with
+                                 head="linear", the normalised ones the classifier sees with head="normalized"), aux 0
+    Wrappers (a method's `build_model`) compose these rather than the attributes, so the head order lives here.
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int, drop_rate: float = 0.0, head: str = "linear") -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone = backbone  # the timm trunk (FR-pretraining's MAE stage trains it directly)
         self.num_features = int(backbone.num_features)
         self.drop = nn.Dropout(drop_rate)
-        self.head = head
+        self.head_type = head
         self.classifier = nn.Linear(self.num_features, num_classes)
         self.pretrained: dict | None = None  # what `build_model` loaded from model.pretrained_file, for the record
 
-    def embed(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(the classifier's input, the features `forward` returns) for images `x`."""
-        feats = self.backbone(x)
-        if self.head == "normalized":
-            z = nn.functional.normalize(self.drop(feats), dim=-1)
-            return z, z
-        return self.drop(feats), feats
+    def forward_features(self, x: Tensor) -> Tensor:
+        return self.backbone.forward_features(x)
 
-    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        z, feats = self.embed(x)
+    def pool(self, x: Tensor) -> Tensor:
+        return self.backbone.forward_head(x)
+
+    def head_input(self, pooled: Tensor) -> Tensor:
+        z = self.drop(pooled)
+        return nn.functional.normalize(z, dim=-1) if self.head_type == "normalized" else z
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        z = self.head_input(self.pool(x))
+        return z if pre_logits else self.classifier(z)
+
+    def classify(self, pooled: Tensor) -> ModelOutput:
+        z = self.head_input(pooled)
         logits = self.classifier(z)
-        return (logits, feats) if return_features else logits
+        return ModelOutput(logits, z if self.head_type == "normalized" else pooled, logits.new_zeros(()))
 
+    def get_classifier(self) -> nn.Module:
+        return self.classifier
 
-def feature_map(backbone: nn.Module, x: Tensor) -> Tensor:
-    """A timm backbone's last feature map (`forward_features`) as (N, C, H, W), for spatial heads.
+    def feature_map(self, x: Tensor) -> Tensor:
+        """The last feature map as (N, C, H, W), for spatial heads: NHWC models (timm's `output_fmt`, e.g. Swin)
+        are permuted; token models (ViT) lose their prefix tokens and have their patch tokens laid back on the
+        square grid."""
+        fmap = self.forward_features(x)
+        bb = self.backbone
+        if fmap.ndim == 4:
+            return fmap.permute(0, 3, 1, 2) if "NHWC" in str(getattr(bb, "output_fmt", "NCHW")) else fmap
+        if fmap.ndim == 3:
+            tokens = fmap[:, int(getattr(bb, "num_prefix_tokens", 0)):]
+            side = int(round(tokens.shape[1] ** 0.5))
+            if side * side == tokens.shape[1]:
+                return tokens.transpose(1, 2).reshape(len(x), tokens.shape[2], side, side)
+        raise FERBenchError(f"backbone {type(bb).__name__}: forward_features gave shape {tuple(fmap.shape)}; "
+                            "expected a (N, C, H, W) map or square-grid tokens")
 
-    NHWC models (timm's `output_fmt`, e.g. Swin) are permuted; token models (ViT) lose their prefix
-    tokens and have their patch tokens laid back on the square grid.
-    """
-    fmap = backbone.forward_features(x)
-    if fmap.ndim == 4:
-        return fmap.permute(0, 3, 1, 2) if "NHWC" in str(getattr(backbone, "output_fmt", "NCHW")) else fmap
-    if fmap.ndim == 3:
-        tokens = fmap[:, int(getattr(backbone, "num_prefix_tokens", 0)):]
-        side = int(round(tokens.shape[1] ** 0.5))
-        if side * side == tokens.shape[1]:
-            return tokens.transpose(1, 2).reshape(len(x), tokens.shape[2], side, side)
-    raise FERBenchError(f"backbone {type(backbone).__name__}: forward_features gave shape {tuple(fmap.shape)}; "
-                        "expected a (N, C, H, W) map or square-grid tokens")
+    @torch.no_grad()
+    def feature_map_channels(self) -> int:
+        """Channels of `feature_map` (not always `num_features`: some timm models add a head after the map),
+        found by one forward of a blank image at the model's default input size, in eval mode."""
+        size = tuple((getattr(self.backbone, "pretrained_cfg", None) or {}).get("input_size", (3, 64, 64)))
+        was_training = self.backbone.training
+        self.backbone.eval()
+        try:
+            return int(self.feature_map(torch.zeros(1, *size)).shape[1])
+        finally:
+            self.backbone.train(was_training)
 
-
-@torch.no_grad()
-def feature_map_channels(backbone: nn.Module) -> int:
-    """Channels of `feature_map` (not always `num_features`: some timm models add a head after the map),
-    found by one forward of a blank image at the model's default input size, in eval mode."""
-    size = tuple((getattr(backbone, "pretrained_cfg", None) or {}).get("input_size", (3, 64, 64)))
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        return int(feature_map(backbone, torch.zeros(1, *size)).shape[1])
-    finally:
-        backbone.train(was_training)
+    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | ModelOutput:
+        out = self.classify(self.pool(self.forward_features(x)))
+        return out if return_features else out.logits
 
 
 def _create_backbone(cfg: ModelConfig) -> nn.Module:

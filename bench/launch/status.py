@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.launch.executor import LIVE_STATES, read_jobs, slurm_states
+from bench.results.record import scan_records
 
 STATES = ("done", "running", "requeued", "pending", "failed")
 
@@ -34,7 +35,8 @@ def _last_line(path: str | None) -> str | None:
 
 def sweep_status(output_dir: str | Path) -> list[RunStatus]:
     out = Path(output_dir)
-    records = {p.stem for p in (out / "records").glob("*.json")}
+    records = {rec["run_id"] for _, rec in scan_records(out / "records").files} if (out / "records").is_dir() \
+        else set()
     statuses = {}
     for p in (out / "status").glob("*.json"):
         statuses[p.stem] = json.loads(p.read_text())

@@ -1,54 +1,137 @@
-"""Run records: one JSON file per run, written atomically, named by its run id.
+"""Run records: one JSON file per run, written atomically, named by its run id; their schema (`Record`) is the one
+the trainer writes and every reader (leaderboards, exports, `ferbench status`) reads through `read_record`.
 
-Schema ("ferbench.record/1"); accuracies are fractions in [0, 1]:
-
-    {
-      "schema": "ferbench.record/1",
-      "run_id": str,                       # "<method>_<dataset>_<protocol><budget>_s<seed>_<hash10>"
-      "method": str, "dataset": str, "protocol": str, "budget": float,
-      "seed": int, "split_seed": int,
-      "class_names": [str, ...],           # index = label index used in metrics
-      "split": {"manifest_sha256": str, "n_labeled": int, "n_unlabeled": int,
-                "per_class_labeled": [int, ...]},
-      "config": {...},                     # the resolved run config (bench.config)
-      "method_hparams": {...}, "method_info": {...},  # arguments; facts such as the text encoder loaded
-      "preset": str | null,
-      "backbone": str, "image_size": int,
-      "world_size": int, "iterations": int,
-      "global_batch": {"labeled": int, "unlabeled": int},
-      "metrics": {
-        "final": {"accuracy": float, "mean_class_accuracy": float, "macro_f1": float,
-                  "per_class_recall": [float, ...], "confusion_matrix": [[int, ...], ...]},
-        "last5_median_accuracy": float,
-        "best_accuracy": float, "best_step": int,   # best-on-test: secondary, flagged
-        "n_test": int
-      },
-      "history": [{"step": int, "accuracy": float, "mean_class_accuracy": float,
-                   "macro_f1": float}, ...],       # every evaluation
-      "curves": [{"step": int, "loss": float, "mask_rate": float | absent, ...}, ...],
-      "stages": [...],                     # optional, per-stage metrics for multi-stage methods
-      "predictions": {"file": str, "sha256": str, "n": int, "test_ids_sha256": str},
-                                           # per-test-image targets and predictions of the final model,
-                                           # `<run_id>.<sha12>.predictions.npy` next to the record
-      "pretrained": {...} | null,          # what model.pretrained_file loaded (bench/engine/pretrained.py)
-      "wall_time_s": float, "images_per_s": float,
-      "versions": {"ferbench": str, "torch": str, ...}, "git_commit": str | null,
-      "host": {"platform": str, "cpus": int, "device": str},
-      "created_utc": str
-    }
+Accuracies are fractions in [0, 1]. Keys added after the first records were written are `NotRequired`: a record
+written before them still reads. A record of a newer schema version than this code knows is not read (the
+readers say how many they skipped and why).
 """
 
-from __future__ import annotations
 
+# no `from __future__ import annotations`: TypedDict reads NotRequired from evaluated annotations only
 import json
 import os
+import re
 import tempfile
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from bench.errors import FERBenchError
 
 SCHEMA = "ferbench.record/1"
+_SCHEMA = re.compile(r"^ferbench\.record/(\d+)$")
+SCHEMA_VERSION = 1
+
+
+class SplitInfo(TypedDict):
+    manifest_sha256: str
+    manifest_file: NotRequired[str | None]
+    n_labeled: int
+    n_unlabeled: int
+    per_class_labeled: list[int]
+
+
+class FinalMetrics(TypedDict):
+    accuracy: float
+    mean_class_accuracy: float
+    macro_f1: float
+    per_class_recall: list[float]
+    confusion_matrix: list[list[int]]
+
+
+class Metrics(TypedDict):
+    final: FinalMetrics
+    last5_median_accuracy: float
+    best_accuracy: float  # best-on-test: secondary, flagged
+    best_step: int
+    n_test: int
+
+
+class Predictions(TypedDict):
+    """Per-test-image targets and predictions of the final model, `<run_id>.<sha12>.predictions.npy` beside the
+    record."""
+
+    file: str
+    sha256: str
+    n: int
+    test_ids_sha256: str
+
+
+class Record(TypedDict):
+    schema: str  # "ferbench.record/1"
+    run_id: str  # "<method>[-<recipe>]_<dataset>_<protocol><budget>_s<seed>_<hash10>"
+    method: str
+    recipe: NotRequired[str]  # the protocol: "harness" or a reference recipe (absent: harness)
+    dataset: str  # with a non-default label protocol in its name (ferplus-argmax7)
+    label_protocol: NotRequired[str | None]
+    protocol: str
+    budget: float
+    seed: int
+    split_seed: int
+    class_names: list[str]  # index = label index used in metrics
+    native_codes: NotRequired[dict[str, int] | None]  # canonical class -> the dataset's own label code
+    split: SplitInfo
+    config: dict[str, Any]  # the resolved run config (bench.config)
+    method_hparams: dict[str, Any]  # every argument of the method
+    method_info: NotRequired[dict[str, Any]]  # facts such as the text encoder loaded
+    preset: NotRequired[str | None]
+    backbone: str
+    pretrained_file: NotRequired[str | None]
+    pretrained: NotRequired[dict[str, Any] | None]  # what model.pretrained_file loaded (bench/engine/pretrained.py)
+    image_size: int
+    world_size: int
+    iterations: int  # all stages together
+    global_batch: dict[str, int]  # {"labeled": B, "unlabeled": mu * B} of the stage the metrics come from
+    metrics: Metrics
+    history: list[dict[str, float]]  # every evaluation: step, accuracy, mean_class_accuracy, macro_f1
+    curves: list[dict[str, float]]  # every log step: step, loss, lr, the method's logs
+    stages: NotRequired[list[dict[str, Any]]]  # multi-stage methods: each stage's summary
+    sessions: NotRequired[list[dict[str, int]]]  # each process lifetime: its start step and the steps it ran
+    distributed: NotRequired[dict[str, Any]]  # type, backend, zero_stage, method_state_checks
+    performance: NotRequired[dict[str, Any]]  # how the run was made fast (bench/engine/performance.py)
+    predictions: NotRequired[Predictions]
+    wall_time_s: float
+    train_time_s: NotRequired[float]
+    images_per_s: float
+    versions: dict[str, str | None]
+    git_commit: str | None
+    host: dict[str, Any]
+    created_utc: str
+
+
+class FutureRecord(FERBenchError):
+    """A record of a newer schema version than this code reads."""
+
+
+def schema_version(data: Any) -> int | None:
+    """The record schema version of a parsed JSON file, or None when it is not a run record."""
+    m = _SCHEMA.match(str(data.get("schema", ""))) if isinstance(data, dict) else None
+    return int(m.group(1)) if m else None
+
+
+def _missing(data: dict[str, Any], schema: type, where: str) -> list[str]:
+    """The required keys of TypedDict `schema` (and of the TypedDicts inside it) that `data` lacks."""
+    out = [f"{where}{key}" for key in sorted(schema.__required_keys__) if key not in data]
+    for key, hint in typing.get_type_hints(schema).items():
+        if typing.is_typeddict(hint) and isinstance(data.get(key), dict):
+            out += _missing(data[key], hint, f"{where}{key}.")
+    return out
+
+
+def read_record(data: Any, path: Path | str) -> Record:
+    """`data` (a parsed record file) as a `Record`: every required key present (one line naming the file and the
+    first missing key otherwise); a newer schema raises `FutureRecord`."""
+    version = schema_version(data)
+    if version is None:
+        raise FERBenchError(f"{path}: not a run record (no 'schema': '{SCHEMA}')")
+    if version > SCHEMA_VERSION:
+        raise FutureRecord(f"{path}: a record of schema {data['schema']}, newer than this code's {SCHEMA}")
+    missing = _missing(data, Record, "")
+    if missing:
+        raise FERBenchError(f"{path}: not a complete run record: no {missing[0]}"
+                            + (f" (and {len(missing) - 1} more keys)" if len(missing) > 1 else ""))
+    return data
 
 
 def write_json_atomic(path: str | Path, payload: Any, overwrite: bool = True) -> bool:
@@ -136,19 +219,45 @@ def record_path(records_dir: str | Path, run_id: str) -> Path:
     return Path(records_dir) / f"{run_id}.json"
 
 
-def load_records(records_dir: str | Path) -> list[dict]:
-    """All run records under `records_dir` (recursively), sorted by run id."""
-    return [rec for _, rec in load_record_files(records_dir)]
+@dataclass
+class RecordScan:
+    """What a records folder holds: its run records, and the records of a newer schema that were not read."""
+
+    files: list[tuple[Path, Record]] = field(default_factory=list)  # (path, record), sorted by run id
+    future: list[Path] = field(default_factory=list)
+
+    def skipped_note(self) -> str | None:
+        """One line on what was not read, or None."""
+        if not self.future:
+            return None
+        return (f"skipped {len(self.future)} record(s) of a newer schema than this FERBench reads ({SCHEMA}), e.g. "
+                f"{self.future[0]}; upgrade FERBench to include them")
 
 
-def load_record_files(records_dir: str | Path) -> list[tuple[Path, dict]]:
-    """(path, record) of every run record under `records_dir` (recursively), sorted by run id."""
-    out = []
+def scan_records(records_dir: str | Path) -> RecordScan:
+    """Every run record under `records_dir` (recursively). JSON files that are not run records are passed over; a
+    file that is not JSON, or a record missing a required key, is one line naming it."""
+    scan = RecordScan()
     for p in sorted(Path(records_dir).rglob("*.json")):
         try:
             data = json.loads(p.read_text())
         except json.JSONDecodeError as e:
             raise FERBenchError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}); expected a run record") from e
-        if isinstance(data, dict) and data.get("schema") == SCHEMA:
-            out.append((p, data))
-    return sorted(out, key=lambda pr: pr[1]["run_id"])
+        if schema_version(data) is None:
+            continue
+        try:
+            scan.files.append((p, read_record(data, p)))
+        except FutureRecord:
+            scan.future.append(p)
+    scan.files.sort(key=lambda pr: pr[1]["run_id"])
+    return scan
+
+
+def load_records(records_dir: str | Path) -> list[Record]:
+    """All run records under `records_dir` (recursively), sorted by run id."""
+    return [rec for _, rec in scan_records(records_dir).files]
+
+
+def load_record_files(records_dir: str | Path) -> list[tuple[Path, Record]]:
+    """(path, record) of every run record under `records_dir` (recursively), sorted by run id."""
+    return scan_records(records_dir).files
