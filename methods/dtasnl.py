@@ -110,8 +110,8 @@ class LocalAttentionHead(nn.Module):
 
 
 class DTASNLModel(nn.Module):
-    """FERModel whose global pooling is replaced by the local-attention head, then the model's dropout and
-    classifier."""
+    """FERModel whose global pooling is replaced by the local-attention head; the model's head follows as it would
+    the pooling (`FERModel.classify`: dropout, the L2 normalisation with `model.head=normalized`, the classifier)."""
 
     def __init__(self, base: nn.Module, head: LocalAttentionHead) -> None:
         super().__init__()
@@ -120,9 +120,8 @@ class DTASNLModel(nn.Module):
         self.head = head
 
     def forward(self, x: Tensor, return_features: bool = False) -> Tensor | ModelOutput:
-        feats = self.head(self.base.feature_map(x))
-        logits = self.base.get_classifier()(self.base.drop(feats))
-        return ModelOutput(logits, feats, logits.new_zeros(())) if return_features else logits
+        out = self.base.classify(self.head(self.base.feature_map(x)))
+        return out if return_features else out.logits
 
 
 def _reconstructed(default: Any, note: str) -> Any:

@@ -91,3 +91,21 @@ def test_head_wraps_any_timm_backbone_and_is_reconstructed_everywhere() -> None:
     with pytest.raises(FERBenchError, match="tau_min"):
         create_method("dtasnl", num_classes=7, args={"tau_min": 0.9, "tau_max": 0.5})
     assert isinstance(model.base.classifier, nn.Linear)
+
+
+def test_the_local_attention_head_feeds_the_models_own_head() -> None:
+    """Under `model.head=normalized` (the Ada-CM recipe DTA-SNL's paper sweep runs on) the classifier sees the
+    L2-normalised pooled feature after dropout, as every other method's; under the harness's linear head, the
+    pooled feature after dropout."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 3, 32, 32)
+    for head_type in ("linear", "normalized"):
+        base = build_model(ModelConfig(backbone="ferbench_cnn_tiny", head=head_type), 7)
+        model = create_method("dtasnl", num_classes=7).build_model(base).eval()
+        pooled = model.head(base.feature_map(x))
+        logits, feats, _ = model(x, return_features=True)
+        seen = nn.functional.normalize(pooled, dim=-1) if head_type == "normalized" else pooled
+        assert torch.allclose(logits, base.get_classifier()(seen), atol=1e-6)
+        assert torch.allclose(feats, seen, atol=1e-6)
+        if head_type == "normalized":
+            assert torch.allclose(feats.norm(dim=-1), torch.ones(3), atol=1e-6)
