@@ -248,6 +248,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from bench.launch.orchestrate import SweepRequest, run_sweep
 
+    if args.wait and args.executor == "inline":
+        raise FERBenchError("--wait waits for submitted jobs: it needs --executor slurm or local (an inline sweep "
+                            "runs in this process and returns when it is done)")
     cluster = {"partition": args.partition, "time_min": args.time_min, "cpus_per_task": args.cpus_per_task,
                "gpus_per_node": args.gpus_per_node, "mem_gb": args.mem_gb,
                "array_parallelism": args.array_parallelism}
@@ -259,8 +262,8 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from bench.results.render import render_records
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    render_records(Path(args.records_dir), Path(args.output), args.baseline, formats, args.interval,
-                   Path(args.reported) if args.reported else None)
+    render_records(Path(args.records_dir), Path(args.output), args.baseline or "supervised", formats, args.interval,
+                   Path(args.reported) if args.reported else None, baseline_given=args.baseline is not None)
     return 0
 
 
@@ -431,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb = sub.add_parser("leaderboard", help="render markdown + PNG leaderboards (and LaTeX, CSV) from run records")
     lb.add_argument("records_dir")
     lb.add_argument("-o", "--output", default="leaderboards")
-    lb.add_argument("--baseline", default="supervised")
+    lb.add_argument("--baseline", default=None, help="the method each Δ is against (default: supervised, when it "
+                                                         "ran)")
     lb.add_argument("--format", default="md", help="comma-separated: md, tex, csv (e.g. md,tex,csv)")
     lb.add_argument("--interval", default="combined", choices=("combined", "seeds"),
                     help="accuracy interval shown: over seeds and test images (default), or the seed-only t-CI")
@@ -461,6 +465,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except FERBenchError as e:
         print(f"ferbench: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a file-size limit, a folder that cannot be written: one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"ferbench: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ferbench: interrupted", file=sys.stderr)

@@ -44,6 +44,9 @@ WEAK_CROPS = ("pad", "resized")
 HEADS = ("linear", "normalized")
 FORWARD_BATCHING = ("joint", "separate")
 EMA_WALKS = ("tensors", "state_dict")
+EMA_WARMUPS = ("copy", "none")
+EMA_BUFFERS = ("average", "copy")
+PAD_ROUNDINGS = ("nearest", "floor")
 AUGMENT_OPS = ("harness", "pil")
 PAD_MODES = ("reflect", "zeros")
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -146,6 +149,9 @@ class AugmentConfig:
     ops: Literal[AUGMENT_OPS] = hashed_when_set("harness")
     # the weak crop's padding: reflect (USB) | zeros (torchvision's default)
     pad_mode: Literal[PAD_MODES] = hashed_when_set("reflect")
+    # the padding in pixels from pad_frac * side: "nearest" (the Ada-CM lineage's 8 px at 224 = 8/224 of the side)
+    # or "floor" (USB's int(side * (1 - crop_ratio)): 5 px at 44, where "nearest" gives 6)
+    pad_rounding: Literal[PAD_ROUNDINGS] = hashed_when_set("nearest")
     # Resize every view (evaluation's too) to this side after RandAugment and Cutout and before the weak crop, as
     # the Ada-CM lineage's Resize(224) of its 100x100 faces; None: views keep the stored data.image_size.
     resize_to: Annotated[int, Interval("[8, inf)")] | None = hashed_when_set(None)
@@ -182,6 +188,13 @@ class TrainConfig:
     # The Ada-CM lineage's "customised weight decay": after each EMA update, every float state_dict() entry of the
     # student is multiplied by (1 - student_decay * lr) (the code's 0.02); 0 = off.
     student_decay: NonNegative = hashed_when_set(0.0)
+    # The EMA's first updates: "copy" = the student itself at the first two (timm's ModelEmaV3 rule, the harness's
+    # choice); "none" = ema_decay from the first update on (the official codes: Ada-CM/LEAF's WeightEMA, USB's EMA,
+    # SSFER's timm ModelEma).
+    ema_warmup: Literal[EMA_WARMUPS] = hashed_when_set("copy")
+    # The EMA model's float buffers (BatchNorm running statistics): "average" them like the weights (timm, the
+    # lineage's WeightEMA) or "copy" the student's at every update (USB: only parameters have a shadow).
+    ema_buffers: Literal[EMA_BUFFERS] = hashed_when_set("average")
 
 
 @dataclass
@@ -262,8 +275,9 @@ def _stage_identity(stages: Any) -> Any:
     return out
 
 
-def run_id(cfg: RunConfig) -> str:
-    """Readable prefix + a hash of the resolved config: the fields that declare themselves part of the run id."""
+def config_hash(cfg: RunConfig) -> str:
+    """sha256 of the resolved config: the fields that declare themselves part of the run id, with the dataset's
+    defaults spelled out (run ids carry its first 10 hex digits)."""
     resolved = _identity(RunConfig, cfg.to_dict())
     if cfg.data.name == "synthfer":  # the generator's defaults and version decide the data: hash them too
         from bench.data.synthfer import resolved_params
@@ -274,8 +288,15 @@ def run_id(cfg: RunConfig) -> str:
     spec = get_dataset(cfg.data.name)  # defaults spelled out or left implicit name the same run
     resolved["data"]["label_protocol"] = spec.protocol(cfg.data.label_protocol)
     resolved["data"]["options"] = spec.resolve_options(cfg.data.options)
-    payload = json.dumps(resolved, sort_keys=True, default=str)
-    digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_id(cfg: RunConfig) -> str:
+    """Readable prefix + a hash of the resolved config (`config_hash`)."""
+    from bench.data.datasets import get_dataset
+
+    spec = get_dataset(cfg.data.name)
+    digest = config_hash(cfg)[:10]
     budget = f"{cfg.data.budget:g}"
     method = cfg.method if cfg.recipe == "harness" else f"{cfg.method}-{cfg.recipe}"  # a recipe names its runs
     return f"{method}_{spec.key(cfg.data.label_protocol)}_{cfg.data.protocol}{budget}_s{cfg.seed}_{digest}"
@@ -354,6 +375,9 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
         if "=" not in item:
             raise FERBenchError(f"override {item!r}: expected KEY=VALUE, e.g. train.iterations=500")
         key, value = item.split("=", 1)
+        if not key.strip() or any(not part for part in key.strip().split(".")):
+            raise FERBenchError(f"override {item!r}: no config key before '='; expected KEY=VALUE, e.g. "
+                                "train.iterations=500")
         if key.strip() == "preset":
             apply_preset(cfg, parse_yaml(value, f"override {item!r}"))
             continue

@@ -111,3 +111,108 @@ def test_methods_lists_every_plugin(capsys) -> None:
     lines = [ln for ln in capsys.readouterr().out.splitlines() if "initial_threshold" in ln]
     assert len(lines) == 1 and "a number in [0, 1]" in lines[0] and "0.8" in lines[0] and "floor" in lines[0]
     assert main(["methods", "nope"]) == 2
+
+
+# ---- one line for every mistake, and no silent acceptance (issue 20) --------------------------------------------
+
+
+def _write_spec(path: Path, **keys: object) -> Path:
+    import yaml
+
+    spec = {"name": "s", "output_dir": str(path.parent / "out"), "methods": ["supervised"], "budgets": [0.1],
+            "seeds": [0], **keys}
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ({"methods": []}, "sweep spec has no methods: it would run nothing"),
+    ({"seeds": []}, "sweep spec has no seeds: it would run nothing"),
+    ({"seeds": [0, 0]}, "cell supervised budget=0.1 seed=0 is the same run as cell supervised budget=0.1 seed=0"),
+    ({"methods": ["supervised", "supervised"]}, "is the same run as cell supervised budget=0.1 seed=0"),
+    ({"methods": [{"name": "supervised", "config": {"output_dir": "elsewhere"}}]},
+     "entry 'supervised' sets output_dir in its config; a sweep keeps all it writes in one folder"),
+    ({"base": {"output_dir": "elsewhere"}}, "base sets output_dir; a sweep keeps all it writes in one folder"),
+])
+def test_sweep_spec_mistakes_are_one_line(tmp_path: Path, capsys, keys: dict, expected: str) -> None:
+    spec = _write_spec(tmp_path / "spec.yaml", **keys)
+    assert main(["sweep", str(spec), "--dry-run"]) == 2
+    _assert_one_line(capsys.readouterr().err, expected)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_sweep_extends_cycle_is_one_line(tmp_path: Path, capsys) -> None:
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    _write_spec(a, extends="b.yaml")
+    _write_spec(b, extends="a.yaml")
+    assert main(["sweep", str(a), "--dry-run"]) == 2
+    _assert_one_line(capsys.readouterr().err, f"`extends` forms a cycle ({a} -> {b} -> {a})")
+    _write_spec(a, extends="a.yaml")
+    assert main(["sweep", str(a), "--dry-run"]) == 2
+    _assert_one_line(capsys.readouterr().err, f"`extends` forms a cycle ({a} -> {a})")
+
+
+def test_sweep_command_line_mistakes_are_one_line(tmp_path: Path, capsys) -> None:
+    spec = _write_spec(tmp_path / "spec.yaml", methods=["supervised", "fixmatch"])
+    assert main(["sweep", str(spec), "--wait"]) == 2
+    _assert_one_line(capsys.readouterr().err, "--wait waits for submitted jobs: it needs --executor slurm or local")
+    assert main(["sweep", str(spec), "--dry-run", "fixmatch:=3"]) == 2
+    _assert_one_line(capsys.readouterr().err, "override 'fixmatch:=3': no config key after 'fixmatch:'")
+    assert main(["sweep", str(spec), "--dry-run", "=3"]) == 2
+    _assert_one_line(capsys.readouterr().err, "override '=3': no config key before '='")
+    assert not (tmp_path / "out").exists()
+
+
+def test_leaderboard_mistakes_are_one_line(tmp_path: Path, capsys) -> None:
+    import json
+
+    from test_leaderboard import make_record
+
+    records = tmp_path / "records"
+    records.mkdir()
+    for seed in (0, 1):
+        rec = make_record("supervised", seed, 0.6)
+        (records / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    taken = tmp_path / "taken.md"
+    taken.write_text("mine")
+    assert main(["leaderboard", str(records), "-o", str(taken)]) == 2
+    _assert_one_line(capsys.readouterr().err, f"{taken}: exists and is not a folder")
+    assert taken.read_text() == "mine"
+    assert main(["leaderboard", str(records), "-o", str(tmp_path / "lb"), "--baseline", "fixmatch"]) == 2
+    _assert_one_line(capsys.readouterr().err, "--baseline fixmatch: no record of that method in")
+    assert main(["leaderboard", str(records), "-o", str(tmp_path / "lb"), "--reported", str(tmp_path / "no.yaml")]) == 2
+    _assert_one_line(capsys.readouterr().err, f"--reported {tmp_path / 'no.yaml'}: file not found")
+    broken = {k: v for k, v in make_record("fixmatch", 0, 0.7).items() if k != "run_id"}
+    (records / "broken.json").write_text(json.dumps(broken))
+    assert main(["leaderboard", str(records), "-o", str(tmp_path / "lb")]) == 2
+    _assert_one_line(capsys.readouterr().err, f"{records / 'broken.json'}: not a complete run record: no run_id")
+    assert not (tmp_path / "lb").exists()
+
+
+def test_status_of_a_folder_with_a_truncated_status_file_is_one_line(tmp_path: Path, capsys) -> None:
+    (tmp_path / "status").mkdir()
+    (tmp_path / "status" / "fixmatch_x.json").write_text('{"state": "runn')
+    assert main(["status", str(tmp_path)]) == 2
+    _assert_one_line(capsys.readouterr().err, f"{tmp_path / 'status' / 'fixmatch_x.json'}: a truncated or damaged "
+                                              "status file")
+
+
+def test_a_pickle_that_is_not_a_checkpoint_is_one_line_without_torchs_warning(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "weights.pkl"
+    path.write_bytes(pickle.dumps({"a": [1, 2, 3]}, protocol=4))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}  # warnings shown, as a user sees them
+    res = subprocess.run([sys.executable, "-m", "bench.cli", "run", f"model.pretrained_file={path}",
+                          f"output_dir={tmp_path / 'out'}"], cwd=tmp_path, capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert res.returncode == 2
+    _assert_one_line(res.stderr, f"model.pretrained_file {path}: not a readable checkpoint")
+
+
+def test_a_training_command_prints_no_deepspeed_accelerator_line(shared_cache: Path, tmp_path: Path) -> None:
+    pytest.importorskip("deepspeed")  # the line came from importing DeepSpeed, which is only there when installed
+    res = _ferbench("run", "--quiet", *tiny_overrides(shared_cache, tmp_path / "out", method="supervised",
+                                                      **{"train.iterations": 2, "train.eval_every": 2}), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "Setting accelerator to CPU" not in res.stderr and "[WARNING]" not in res.stderr, res.stderr

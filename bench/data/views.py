@@ -565,8 +565,13 @@ class ViewMaker:
         """The weak pipeline proper: the configured crop, then a horizontal flip."""
         if self.cfg.crop == "resized":
             return horizontal_flip(random_resized_crop(x, gen, tuple(self.cfg.rrc_scale)), gen)
-        pad = int(round(self.cfg.pad_frac * x.shape[-1]))
+        pad = self.pad_width(x.shape[-1])
         return horizontal_flip(padded_random_crop(x, gen, pad, self.cfg.crop_prob, self.cfg.pad_mode), gen)
+
+    def pad_width(self, side: int) -> int:
+        """The weak crop's padding in pixels for images of `side` pixels (`pad_frac`, rounded by `pad_rounding`)."""
+        exact = self.cfg.pad_frac * side
+        return int(exact) if self.cfg.pad_rounding == "floor" else int(round(exact))
 
     def randaugment_cutout(self, x: Tensor, gen: torch.Generator) -> Tensor:
         x, _, _ = randaugment(x, gen, self.cfg.randaugment_n, self.cfg.ops)

@@ -1,5 +1,8 @@
 """The EMA model: timm's ModelEmaV3 (its checkpoints and decay), with the walk over the model's tensors named.
 
+Its first updates (`warmup`): timm's rule copies the student at the first two (decay 0 at steps 0 and 1, the
+harness's choice), or the decay holds from the first update (the official codes). Its float buffers (`buffers`):
+averaged like the weights, or the student's copied at every update (USB, whose EMA shadows parameters only).
 timm walks `state_dict()`, which lists a module registered under several names once per name. Here:
 - walk "tensors": each distinct parameter and buffer once (the harness), whatever the module's aliasing;
 - walk "state_dict": once per `state_dict()` entry, in order, as the Ada-CM lineage's `WeightEMA` (reference/
@@ -19,23 +22,28 @@ from torch import nn
 
 class WalkingEma(ModelEmaV3):
     def __init__(self, model: nn.Module, decay: float, device: torch.device | None = None,
-                 walk: str = "tensors", student_decay: float = 0.0) -> None:
+                 walk: str = "tensors", student_decay: float = 0.0, warmup: str = "copy",
+                 buffers: str = "average") -> None:
         super().__init__(model, decay=decay, device=device)
         self.walk = walk
         self.student_decay = student_decay  # Ada-CM's factor: the student is multiplied by 1 - factor * lr
+        self.warmup, self.buffers = warmup, buffers
         self._keep = 1.0
 
     def update(self, model: nn.Module, step: int | None = None, lr: float = 0.0) -> None:
         """timm's update; `lr` (a host float: the schedule is computed on the host) scales the customised decay."""
         self._keep = 1.0 - self.student_decay * lr
-        super().update(model, step=step)
+        super().update(model, step=step if self.warmup == "copy" else None)  # no step: timm's constant decay
 
     @torch.no_grad()
     def apply_update_(self, model: nn.Module, decay: float) -> None:
         pairs = list(zip(self.module.state_dict().values(), model.state_dict().values(), strict=True))
+        copied = {b.data_ptr() for b in model.buffers()} if self.buffers == "copy" else set()
         if self.walk == "state_dict":
             for ema_v, model_v in pairs:
-                if ema_v.dtype == torch.float32:
+                if model_v.data_ptr() in copied:
+                    ema_v.copy_(model_v)
+                elif ema_v.dtype == torch.float32:
                     ema_v.mul_(decay).add_(model_v.to(ema_v.device) * (1.0 - decay))
                     if self._keep != 1.0:
                         model_v.mul_(self._keep)
@@ -46,7 +54,9 @@ class WalkingEma(ModelEmaV3):
             if model_v.data_ptr() in seen and model_v.numel():
                 continue
             seen.add(model_v.data_ptr())
-            if ema_v.is_floating_point():
+            if model_v.data_ptr() in copied:
+                ema_v.copy_(model_v)
+            elif ema_v.is_floating_point():
                 ema_f.append(ema_v)
                 model_f.append(model_v.to(ema_v.device))
                 student_f.append(model_v)  # the student's own tensor, wherever the EMA lives

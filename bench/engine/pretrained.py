@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,9 @@ def read_checkpoint(path: str | Path, where: str) -> dict[str, Tensor]:
             obj: Any = load_file(str(p))
         else:
             # weights only; the released SSFER checkpoint also pickles its argparse Namespace
-            with torch.serialization.safe_globals([argparse.Namespace]):
+            with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+                # torch warns (two lines) about a pickle protocol it may not read before failing on a plain pickle
+                warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
                 try:
                     obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
                 except RuntimeError:  # files in torch's legacy format cannot be memory-mapped

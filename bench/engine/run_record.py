@@ -22,7 +22,7 @@ def scored_stage(run: RunSetup, results: list[StageResult]) -> StageResult:
 
 
 def build_record(run: RunSetup, results: list[StageResult], pretrained: dict[str, Any] | None,
-                 predictions: Predictions | None) -> Record:
+                 predictions: Predictions | None, artifacts: dict[str, dict[str, Any]] | None = None) -> Record:
     """The run's record. Its metrics are those of the last stage that evaluates a classifier; iterations, times
     and throughput are the stages' together; `pretrained`: what `model.pretrained_file` loaded."""
     last = scored_stage(run, results)
@@ -93,4 +93,6 @@ def build_record(run: RunSetup, results: list[StageResult], pretrained: dict[str
         record["stages"] = [r.summary for r in results]
     if predictions is not None:
         record["predictions"] = predictions
+    if artifacts is not None:
+        record["artifacts"] = artifacts
     return record

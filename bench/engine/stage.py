@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from bench.config import STAGE_SECTIONS, RunConfig, apply_mapping, check_config, config_from_dict
+from bench.config import STAGE_SECTIONS, RunConfig, apply_mapping, check_config, config_from_dict, config_hash
 from bench.data.views import ViewMaker
 from bench.engine import performance as perf
 from bench.engine.checkpoints import load_checkpoint, save_checkpoint
@@ -32,7 +32,16 @@ from bench.engine.optim import build_optimizer, build_scheduler
 from bench.engine.run_data import RunData, stage_run_data
 from bench.engine.streams import IndexStream, labeled_stream, step_seed
 from bench.errors import FERBenchError
-from bench.method import HookContext, Method, Stage, StepContext, StepOutput, set_forward_batching, this_process_only
+from bench.method import (
+    HookContext,
+    Method,
+    Stage,
+    StepContext,
+    StepOutput,
+    set_forward_batching,
+    this_process_only,
+    unwrap_model,
+)
 
 
 @dataclass
@@ -87,7 +96,7 @@ class LoopState:
     images_seen: int = 0
     #: one entry per process lifetime that trained this stage: the step it started at (0, or the step of the
     #: checkpoint it resumed from) and how many steps it executed, so a resume can be told from a restart
-    sessions: list[dict[str, int]] = field(default_factory=list)
+    sessions: list[dict[str, Any]] = field(default_factory=list)
     state_checks: int = 0  # checkpoints at which every process was found to hold the same method state
 
     def state_dict(self) -> dict[str, Any]:
@@ -152,6 +161,7 @@ class StageRun:
                  label: str | None = None) -> None:
         acc, cfg = run.accelerator, stage_config(run.cfg, stage)
         self.accelerator, self.cfg, self.stage, self.method = acc, cfg, stage, run.method
+        self.run_id, self.config_sha256 = run.run_id, config_hash(run.cfg)
         self.label = label or run.run_id
         self.data = stage_run_data(cfg, stage, run.data, acc)
         self.num_classes = self.data.data.num_classes
@@ -174,11 +184,12 @@ class StageRun:
         self.method.to(acc.device)
         self.ema: WalkingEma | None = None
         if cfg.train.ema_decay > 0:
-            self.ema = WalkingEma(acc.unwrap_model(self.model), decay=cfg.train.ema_decay, device=acc.device,
-                                  walk=cfg.train.ema_walk, student_decay=cfg.train.student_decay)
+            t = cfg.train
+            self.ema = WalkingEma(self.student, decay=t.ema_decay, device=acc.device, walk=t.ema_walk,
+                                  student_decay=t.student_decay, warmup=t.ema_warmup, buffers=t.ema_buffers)
             self.ema.module.eval()
         # after the EMA copy: only training compiles
-        perf.compile_model(acc.unwrap_model(self.model), cfg.train.compile if compile_mode is None else compile_mode)
+        perf.compile_model(self.student, cfg.train.compile if compile_mode is None else compile_mode)
         self.images_per_step = images_per_step(cfg, stage)
         self.cadence = Cadence.of(cfg, stage)
         self.state = LoopState()
@@ -208,9 +219,17 @@ class StageRun:
     # ---- the step ---------------------------------------------------------------------------------------------
 
     @property
+    def student(self) -> torch.nn.Module:
+        """The model being trained, out of its DDP or DeepSpeed wrapper (Accelerate's unwrapping, which imports
+        DeepSpeed and makes it print its accelerator line, only where DeepSpeed is in use)."""
+        if self.accelerator.state.deepspeed_plugin is not None:
+            return self.accelerator.unwrap_model(self.model)
+        return unwrap_model(self.model)
+
+    @property
     def eval_model(self) -> torch.nn.Module:
         """The model evaluated (and read by hooks): the EMA model when the stage keeps one."""
-        return self.ema.module if self.ema is not None else self.accelerator.unwrap_model(self.model)
+        return self.ema.module if self.ema is not None else self.student
 
     def context(self, step: int) -> StepContext:
         return StepContext(step=step, total_steps=self.cfg.train.iterations, num_classes=self.num_classes,
@@ -250,8 +269,8 @@ class StageRun:
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
             if acc.num_processes > 1:
-                share_buffers(acc.unwrap_model(self.model))
-            self.ema.update(acc.unwrap_model(self.model), step=ctx.step, lr=self.optimizer.param_groups[0]["lr"])
+                share_buffers(self.student)
+            self.ema.update(self.student, step=ctx.step, lr=self.optimizer.param_groups[0]["lr"])
         return out
 
     @torch.no_grad()
@@ -305,10 +324,18 @@ class StageRun:
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
 
+    @property
+    def identity(self) -> dict[str, str]:
+        """What a checkpoint of this stage says it belongs to."""
+        return {"run_id": self.run_id, "config_sha256": self.config_sha256, "stage": self.stage.name}
+
     def resume(self, directory: Path) -> None:
-        """Restore the newest complete checkpoint of `directory`, if any, and open this process's session."""
-        load_checkpoint(self.accelerator, directory)
+        """Restore the newest complete checkpoint of `directory`, if any (refusing another run's), and open this
+        process's session; a session resumed from a checkpoint that does not name its run says so."""
+        loaded = load_checkpoint(self.accelerator, directory, self.identity)
         self.state.sessions.append({"start_step": self.state.step, "steps": 0})
+        if loaded is not None and not loaded[1]:
+            self.state.sessions[-1]["unverified_checkpoint"] = True  # written before checkpoints named their run
         self._checked = self.state.step
         self._session_start = time.perf_counter()
 
@@ -321,7 +348,7 @@ class StageRun:
             self._totals = {s.name: self.accelerator.reduce(getattr(self.method, s.name).clone(), "sum")
                             for s in self.method.state_specs() if s.reduce == "sum"}
         self.close_session()
-        save_checkpoint(self.accelerator, directory, self.state.step)
+        save_checkpoint(self.accelerator, directory, self.state.step, self.identity)
         self._totals = {}
 
     def close_session(self) -> None:
@@ -358,7 +385,7 @@ class StageRun:
         session: resumed exactly at the end), summarised for the record."""
         if self.stage.evaluate and self.final_metrics is None:
             self.evaluate()
-        trained = self.accelerator.unwrap_model(self.model)
+        trained = self.student
         images_per_s = round(self.state.images_seen / max(self.state.train_time_s, 1e-9), 1)
         st = self.state
         summary = {

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +41,16 @@ from bench.engine.streams import LABELED_SAMPLING
 from bench.errors import FERBenchError
 from bench.method import Method, SetupInfo, Stage
 from bench.registry import create_method, get_method_class
-from bench.results.record import Record, record_path, write_json_atomic, write_predictions
+from bench.results.record import (
+    Record,
+    read_predictions,
+    read_record,
+    record_path,
+    save_torch_atomic,
+    sha256_file,
+    write_json_atomic,
+    write_predictions,
+)
 
 
 @dataclass
@@ -50,6 +61,10 @@ class RunPaths:
     @property
     def checkpoint(self) -> Path:
         return self.run_dir / "checkpoint"
+
+    @property
+    def final_model(self) -> Path:
+        return self.run_dir / "final_model.pt"
 
     def stage_dir(self, stage: Stage, multi: bool) -> Path:
         """Where a stage keeps its checkpoints (and, in a multi-stage run, its finished weights and summary)."""
@@ -176,7 +191,7 @@ def train(cfg: RunConfig, progress: Any = None,
     method_cls = validate(cfg)
     paths = run_paths(cfg)
     if paths.record.exists():
-        return json.loads(paths.record.read_text())
+        return finished_record(paths)
     accelerator = make_accelerator(cfg, paths.run_dir)
     run = set_up_run(cfg, accelerator, method_cls)
     slot = CheckpointSlot()
@@ -217,38 +232,86 @@ def _finished_stage(run: RunSetup, stage: Stage, model: torch.nn.Module, stage_d
 
 
 def _keep_finished_stage(accelerator: Accelerator, result: StageResult, stage_dir: Path) -> None:
-    """Hand-off: the finished stage's weights and summary, for the next stage and for a resumed run."""
+    """Hand-off: the finished stage's weights and summary, for the next stage and for a resumed run (the weights
+    first, the summary that marks the stage finished last)."""
     if accelerator.is_main_process:
-        stage_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(result.model.state_dict(), stage_dir / "model.pt")
-        write_json_atomic(stage_dir / "stage.json", {**result.summary, "loop": result.state.state_dict(),
-                                                     "final": result.final_metrics})
+        with writing(f"stage {result.stage.name}'s hand-off"):
+            save_torch_atomic(result.model.state_dict(), stage_dir / "model.pt")
+            write_json_atomic(stage_dir / "stage.json", {**result.summary, "loop": result.state.state_dict(),
+                                                         "final": result.final_metrics})
         remove_checkpoints(stage_dir / "checkpoint")
     accelerator.wait_for_everyone()
 
 
+@contextmanager
+def writing(what: str) -> Iterator[None]:
+    """A write that fails (a full disk, a file-size limit) ends the run with one line naming the file; every file
+    is written to a temporary name and renamed into place, so nothing half-written is left for a later run."""
+    try:
+        yield
+    except OSError as e:
+        raise FERBenchError(f"could not write {what}: {e.filename or ''}: {e.strerror or e}; nothing that a later "
+                            "run would trust was left behind") from e
+
+
 def _finish_run(run: RunSetup, results: list[StageResult], pretrained: dict[str, Any] | None,
                 paths: RunPaths) -> Record:
-    """The predictions, the record and the run's artefacts (the main process writes them)."""
+    """The run's files, then its record (the main process writes them): the predictions, the final weights and
+    the curves first, each renamed into place whole, so a record never names a file that is not there."""
     last = scored_stage(run, results)
     acc = run.accelerator
-    predictions = None
-    if acc.is_main_process:  # the predictions first, so a record never names a file that is not there
-        test = run.data.data.test
-        predictions = write_predictions(paths.record, last.final_metrics["predictions"], test.labels, test.ids)
-    record = build_record(run, results, pretrained, predictions)
+    predictions = artifacts = None
     if acc.is_main_process:
-        # a record is never overwritten: if a duplicate job of this run finished first, its record stays
-        write_json_atomic(paths.record, record, overwrite=False)
-        _write_run_artifacts(record, paths, last.eval_model or last.model)
+        test = run.data.data.test
+        with writing(f"the results of run {run.run_id}"):
+            predictions = write_predictions(paths.record, last.final_metrics["predictions"], test.labels, test.ids)
+            artifacts = {"final_model": _save_model(last.eval_model or last.model, paths)}
+    record = build_record(run, results, pretrained, predictions, artifacts)
+    if acc.is_main_process:
+        from bench.results.plots import plot_run_curves
+
+        with writing(f"the results of run {run.run_id}"):
+            plot_run_curves(record, paths.run_dir / "curves.png")
+            # a record is never overwritten: if a duplicate job of this run finished first, its record stays
+            write_json_atomic(paths.record, record, overwrite=False)
+        remove_checkpoints(paths.checkpoint)  # the record and the final weights are the result
     acc.wait_for_everyone()
     return record
 
 
-def _write_run_artifacts(record: Record, paths: RunPaths, eval_model: torch.nn.Module) -> None:
-    from bench.results.plots import plot_run_curves
+def _save_model(model: torch.nn.Module, paths: RunPaths) -> dict[str, Any]:
+    path = save_torch_atomic(model.state_dict(), paths.final_model)
+    return {"file": os.path.relpath(path, paths.record.parent), "sha256": sha256_file(path),
+            "bytes": path.stat().st_size}
 
-    paths.run_dir.mkdir(parents=True, exist_ok=True)
-    plot_run_curves(record, paths.run_dir / "curves.png")
-    torch.save(eval_model.state_dict(), paths.run_dir / "final_model.pt")
-    remove_checkpoints(paths.checkpoint)  # the record and the final weights are the result
+
+def finished_record(paths: RunPaths) -> Record:
+    """The record of a finished run, once every file it names is there and whole: otherwise one line saying what
+    is missing or changed, and how to run it again."""
+    rec = read_record(json.loads(paths.record.read_text()), paths.record)
+    problem = None
+    try:
+        read_predictions(paths.record, rec)
+    except FERBenchError as e:
+        problem = str(e).removeprefix(f"{paths.record}: ")
+    model = rec.get("artifacts", {}).get("final_model")
+    if problem is None and not paths.final_model.is_file():
+        problem = f"its final weights {paths.final_model} are missing"
+    elif problem is None and model is not None and sha256_file(paths.final_model) != model.get("sha256"):
+        problem = f"its final weights {paths.final_model} are not the ones it wrote (sha256 differs)"
+    elif problem is None and model is None and not _whole_zip(paths.final_model):
+        problem = f"its final weights {paths.final_model} are unreadable"
+    if problem is not None:
+        raise FERBenchError(f"run {rec['run_id']} is recorded as done in {paths.record}, but {problem}; delete the "
+                            "record to run it again")
+    return rec
+
+
+def _whole_zip(path: Path) -> bool:
+    """Whether a `torch.save` file written before records named their weights' sha256 is whole (a zip archive
+    whose members all pass their CRC)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return z.testzip() is None
+    except (zipfile.BadZipFile, OSError):
+        return False

@@ -11,6 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.errors import FERBenchError
 from bench.launch.executor import LIVE_STATES, read_jobs, slurm_states
 from bench.results.record import scan_records
 
@@ -39,7 +40,11 @@ def sweep_status(output_dir: str | Path) -> list[RunStatus]:
         else set()
     statuses = {}
     for p in (out / "status").glob("*.json"):
-        statuses[p.stem] = json.loads(p.read_text())
+        try:
+            statuses[p.stem] = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise FERBenchError(f"{p}: a truncated or damaged status file ({e.msg} at line {e.lineno}); delete it "
+                                "(its run's record or job decides its state)") from e
     jobs = read_jobs(out)
     sacct = slurm_states([j["job_id"] for j in jobs.values() if j["executor"] == "slurm"])
     result = []

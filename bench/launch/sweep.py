@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.checks import check_value
-from bench.config import NonNegativeInt, RunConfig, apply_mapping, apply_overrides, layered, load_yaml
+from bench.config import NonNegativeInt, RunConfig, apply_mapping, apply_overrides, layered, load_yaml, run_id
 from bench.errors import FERBenchError
 from bench.launch.pack import check_runs_per_gpu
 
@@ -67,6 +67,9 @@ def _method_entries(items: Any, where: str) -> list[dict[str, Any]]:
             unknown = sorted(set(m) - {"name", "args", "config", "budgets", "requires"})
             if unknown:
                 raise FERBenchError(f"{where}: entry {m['name']!r}: unknown key(s) {', '.join(unknown)}")
+            if isinstance(m.get("config"), dict) and "output_dir" in m["config"]:
+                raise FERBenchError(f"{where}: entry {m['name']!r} sets output_dir in its config; a sweep keeps all "
+                                    "it writes in one folder: set output_dir at the spec's top level")
             out.append({"name": m["name"], "args": dict(m.get("args") or {}), "config": dict(m.get("config") or {}),
                         "budgets": None if m.get("budgets") is None else
                         check_value(m["budgets"], list[float], f"{where}: {m['name']} budgets"),
@@ -77,11 +80,15 @@ def _method_entries(items: Any, where: str) -> list[dict[str, Any]]:
     return out
 
 
-def _spec_mapping(path: Path) -> dict[str, Any]:
+def _spec_mapping(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A spec's keys, with those of the spec it `extends` (relative path, recursively) underneath."""
+    here = path.resolve()
+    if here in chain:
+        cycle = " -> ".join(str(p) for p in (*chain[chain.index(here):], here))
+        raise FERBenchError(f"{chain[-1]}: `extends` forms a cycle ({cycle}); a spec extends another spec once")
     d = load_yaml(path)
     if "extends" in d:
-        d = {**_spec_mapping(path.parent / str(d.pop("extends"))), **d}
+        d = {**_spec_mapping(path.parent / str(d.pop("extends")), (*chain, here)), **d}
     return d
 
 
@@ -90,6 +97,12 @@ def load_sweep(path: str | Path) -> SweepSpec:
     missing = [k for k in ("methods", "seeds") if k not in d]
     if missing:
         raise FERBenchError(f"{path}: sweep spec is missing {', '.join(missing)}")
+    empty = [k for k in ("methods", "seeds") if d[k] in (None, [])]
+    if empty:
+        raise FERBenchError(f"{path}: sweep spec has no {' and no '.join(empty)}: it would run nothing")
+    if isinstance(d.get("base"), dict) and "output_dir" in d["base"]:
+        raise FERBenchError(f"{path}: base sets output_dir; a sweep keeps all it writes in one folder: set "
+                            "output_dir at the spec's top level")
     known = {"name", "output_dir", "base", "methods", "budgets", "seeds", "references", "leaderboard_dir", "cluster",
              "runs_per_gpu", "requires"}
     unknown = sorted(set(d) - known)
@@ -135,6 +148,9 @@ def for_method(overrides: list[str] | None, entry: dict[str, Any], spec: SweepSp
     for item in overrides or []:
         key = item.split("=", 1)[0]
         target, sep, rest = key.partition(":")
+        if sep and not rest.strip():
+            raise FERBenchError(f"override {item!r}: no config key after {target + ':'!r}; expected "
+                                f"METHOD:KEY=VALUE, e.g. {target}:method_args.threshold=0.9")
         if not sep:
             if key.strip() not in pinned:
                 out.append(item)
@@ -177,6 +193,13 @@ def cells(spec: SweepSpec, overrides: list[str] | None = None) -> list[tuple[str
     budgets = list(dict.fromkeys([*spec.budgets, *(b for m in spec.methods for b in m["budgets"] or [])]))
     runs += [one(m, b, s) for b in budgets for m in spec.methods
              if b in (spec.budgets if m["budgets"] is None else m["budgets"]) for s in spec.seeds]
+    seen: dict[str, str] = {}
+    for label, cfg in runs:  # one run id is one run: a cell listed twice would be counted twice
+        rid = run_id(cfg)
+        if rid in seen:
+            raise FERBenchError(f"sweep {spec.name}: {label} is the same run as {seen[rid]} ({rid}); list each cell "
+                                "once (a method, budget or seed given twice?)")
+        seen[rid] = label
     return runs
 
 

@@ -25,11 +25,11 @@ _DPI = 100
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the figure as a PNG, atomically (a temporary file renamed into place)."""
+    from bench.results.record import write_atomic
+
     FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=_DPI, metadata=_PNG_METADATA)
-    return path
+    return write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=_DPI, metadata=_PNG_METADATA))
 
 
 def _is_number(v: object) -> bool:

@@ -8,11 +8,13 @@ readers say how many they skipped and why).
 
 
 # no `from __future__ import annotations`: TypedDict reads NotRequired from evaluated annotations only
+import hashlib
 import json
 import os
 import re
 import tempfile
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NotRequired, TypedDict
@@ -87,10 +89,15 @@ class Record(TypedDict):
     history: list[dict[str, float]]  # every evaluation: step, accuracy, mean_class_accuracy, macro_f1
     curves: list[dict[str, float]]  # every log step: step, loss, lr, the method's logs
     stages: NotRequired[list[dict[str, Any]]]  # multi-stage methods: each stage's summary
-    sessions: NotRequired[list[dict[str, int]]]  # each process lifetime: its start step and the steps it ran
+    # each process lifetime: its start step, the steps it ran, and whether the checkpoint it resumed from could not
+    # be verified as this run's (written before checkpoints named their run)
+    sessions: NotRequired[list[dict[str, Any]]]
     distributed: NotRequired[dict[str, Any]]  # type, backend, zero_stage, method_state_checks
     performance: NotRequired[dict[str, Any]]  # how the run was made fast (bench/engine/performance.py)
     predictions: NotRequired[Predictions]
+    # the files the run left beside its record, each checked when a rerun finds the record: {"final_model": {"file":
+    # path relative to the record's folder, "sha256": str, "bytes": int}}
+    artifacts: NotRequired[dict[str, dict[str, Any]]]
     wall_time_s: float
     train_time_s: NotRequired[float]
     images_per_s: float
@@ -134,6 +141,44 @@ def read_record(data: Any, path: Path | str) -> Record:
     return data
 
 
+def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
+    """Write `path` through `write(temporary path)` in the same folder, then rename it into place: a reader (or a
+    later run) sees the whole file or none, never a truncated one; on any failure the temporary file is removed
+    and the error raised."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def save_torch_atomic(obj: Any, path: str | Path) -> Path:
+    """`torch.save(obj)` as `path`, atomically. Serialised in memory first: torch's zip writer reports a failed
+    write (a full disk, a file-size limit) as a RuntimeError from its C++ side, the file write does it as OSError."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_atomic(path, lambda tmp: tmp.write_bytes(buf.getbuffer()))
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def write_json_atomic(path: str | Path, payload: Any, overwrite: bool = True) -> bool:
     """Write JSON to `path` via a temp file in the same folder and an atomic rename (or link).
 
@@ -172,7 +217,6 @@ def write_predictions(record_file: Path, predictions: list[int], targets: Any, t
     and the first 12 hex of its sha256, so a duplicate job of the run never replaces the file another job's
     record names (`.npy`, not `.npz`: its bytes depend only on the array). Returns the record's reference to it:
     file name, sha256, N, and the sha256 of the test ids (whether two runs saw the same images in one order)."""
-    import hashlib
     import io
 
     import numpy as np
@@ -183,11 +227,7 @@ def write_predictions(record_file: Path, predictions: list[int], targets: Any, t
     blob = buf.getvalue()
     sha = hashlib.sha256(blob).hexdigest()
     path = record_file.with_name(f"{record_file.name.removesuffix('.json')}.{sha[:12]}.predictions.npy")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f:
-        f.write(blob)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_bytes(blob))
     ids = hashlib.sha256("\n".join(str(i) for i in test_ids).encode()).hexdigest()
     return {"file": path.name, "sha256": sha, "n": len(predictions), "test_ids_sha256": ids}
 
@@ -195,8 +235,6 @@ def write_predictions(record_file: Path, predictions: list[int], targets: Any, t
 def read_predictions(record_file: Path, record: dict) -> Any:
     """The (2, N) targets/predictions array a record references, checked against its sha256; None when the
     record has none (written before predictions were kept)."""
-    import hashlib
-
     import numpy as np
 
     ref = record.get("predictions")
@@ -225,13 +263,18 @@ class RecordScan:
 
     files: list[tuple[Path, Record]] = field(default_factory=list)  # (path, record), sorted by run id
     future: list[Path] = field(default_factory=list)
+    not_records: list[Path] = field(default_factory=list)  # JSON files without a record schema
 
-    def skipped_note(self) -> str | None:
-        """One line on what was not read, or None."""
-        if not self.future:
-            return None
-        return (f"skipped {len(self.future)} record(s) of a newer schema than this FERBench reads ({SCHEMA}), e.g. "
-                f"{self.future[0]}; upgrade FERBench to include them")
+    def notes(self) -> list[str]:
+        """One line for each kind of file that was not read."""
+        out = []
+        if self.future:
+            out.append(f"skipped {len(self.future)} record(s) of a newer schema than this FERBench reads ({SCHEMA}), "
+                       f"e.g. {self.future[0]}; upgrade FERBench to include them")
+        if self.not_records:
+            out.append(f"passed over {len(self.not_records)} JSON file(s) that are not run records (no 'schema': "
+                       f"'{SCHEMA}'), e.g. {self.not_records[0]}")
+        return out
 
 
 def scan_records(records_dir: str | Path) -> RecordScan:
@@ -244,6 +287,7 @@ def scan_records(records_dir: str | Path) -> RecordScan:
         except json.JSONDecodeError as e:
             raise FERBenchError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}); expected a run record") from e
         if schema_version(data) is None:
+            scan.not_records.append(p)
             continue
         try:
             scan.files.append((p, read_record(data, p)))
