@@ -353,6 +353,36 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan_seeds(args: argparse.Namespace) -> int:
+    from bench.results.planning import Plan, check_targets, format_plans, plan, plan_records
+
+    try:
+        deltas = [float(d) / 100 for d in args.delta.split(",") if d.strip()]
+    except ValueError:
+        raise FERBenchError(f"plan-seeds: --delta {args.delta}: expected comma-separated percentage points, "
+                            "e.g. 1,3") from None
+    check_targets(deltas, args.power, args.alpha, args.comparisons)
+    if (args.records_dir is None) == (args.sd_seed is None):
+        raise FERBenchError("plan-seeds: give a records folder (plans from its comparisons with the baseline) or "
+                            "--sd-seed (and --se-image), not both")
+    if args.records_dir is not None:
+        from bench.results.record import load_with_predictions
+
+        records, predictions = load_with_predictions(args.records_dir)
+        plans = plan_records(records, predictions, args.baseline, deltas, args.power, args.alpha, args.comparisons)
+        baseline = args.baseline
+    else:
+        if not args.sd_seed > 0 or not args.se_image >= 0:
+            raise FERBenchError(f"plan-seeds: expected --sd-seed > 0 and --se-image >= 0 (points), got "
+                                f"{args.sd_seed:g} and {args.se_image:g}")
+        seeds, _ = plan(args.sd_seed / 100, args.se_image / 100, deltas, args.power, args.alpha, args.comparisons)
+        plans = [Plan("given", "—", "—", 0, None, args.sd_seed / 100, args.se_image / 100, float("inf"), None,
+                      seeds, {})]
+        baseline = None
+    print(format_plans(plans, deltas, args.power, args.alpha, args.comparisons, baseline), end="")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     spec = CONFIG_DIR / ("demo_full.yaml" if args.full else "demo.yaml")
     overrides = [f"output_dir={args.output_dir}"] if args.output_dir else []
@@ -512,6 +542,21 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--reported", default=None, metavar="YAML",
                     help="published numbers for reference-recipe leaderboards (default: bench/results/reported.yaml)")
     lb.set_defaults(fn=_cmd_leaderboard)
+
+    ps = sub.add_parser("plan-seeds", help="seeds a sweep needs to detect a given accuracy difference vs its baseline")
+    ps.add_argument("records_dir", nargs="?", default=None,
+                    help="a pilot sweep's records: plans from the variance of each of its comparisons")
+    ps.add_argument("--delta", default="1,2,3,5", help="target differences, percentage points (default 1,2,3,5)")
+    ps.add_argument("--baseline", default="supervised")
+    ps.add_argument("--power", type=float, default=0.8)
+    ps.add_argument("--alpha", type=float, default=0.05)
+    ps.add_argument("--comparisons", type=int, default=1, metavar="M",
+                    help="plan for alpha / M, to stay significant after Holm's correction over M comparisons")
+    ps.add_argument("--sd-seed", type=float, default=None, metavar="POINTS",
+                    help="instead of records: SD of one seed's paired difference (a CSV's delta_sd_seed)")
+    ps.add_argument("--se-image", type=float, default=0.0, metavar="POINTS",
+                    help="with --sd-seed: SE of the difference from the test images (a CSV's delta_se_image)")
+    ps.set_defaults(fn=_cmd_plan_seeds)
 
     dm = sub.add_parser("demo", help="supervised vs FixMatch on synthfer, 2 budgets x 3 seeds, + leaderboard")
     dm.add_argument("--output-dir", default=None, help="default: runs/demo")

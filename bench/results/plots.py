@@ -168,8 +168,9 @@ def plot_single_budget(
         mpl.rcdefaults()
         rows = [[(m, b) for m, by_budget in points.items() for b in sorted(by_budget)]
                 for _, points, _, _, _ in panels]
-        height = max(2.6, 0.42 * max(len(r) for r in rows) + 1.4)
-        fig = Figure(figsize=(11.0, height * len(panels)))
+        height = max(3.0, 0.42 * max(len(r) for r in rows) + 1.8)
+        fig = Figure(figsize=(11.0, height * len(panels)), layout="constrained")  # fits the multi-line labels
+        fig.get_layout_engine().set(w_pad=0.1, h_pad=0.1)
         axes = fig.subplots(len(panels), 2, squeeze=False)
         multi_budget = any(len({b for _, b in r}) > 1 for r in rows)
         for (protocol, points, baseline, deltas, family), items, (ax_dot, ax_delta) in zip(panels, rows, axes):
@@ -192,7 +193,7 @@ def plot_single_budget(
                 ax_dot.legend(fontsize="small", loc="lower right")
             ax_dot.set_yticks(ys, [name(m, b) for m, b in items])
             ax_dot.set_ylim(-0.7, len(items) - 0.3)
-            ax_dot.set_xlabel(f"top-1 accuracy (%), final checkpoint, mean ± {interval_label}")
+            ax_dot.set_xlabel(f"top-1 accuracy (%), final checkpoint\nmean ± {interval_label}")
             title = budget_label(protocol, items[0][1]) if items and not multi_budget else "by budget"
             ax_dot.set_title(f"{dataset} — protocol {protocol}, {title}")
             ax_dot.grid(True, axis="x", alpha=0.3)
@@ -206,14 +207,13 @@ def plot_single_budget(
             ax_delta.axvline(0.0, color="black", linewidth=1.0)
             ax_delta.set_yticks(dys, [name(m, b) for m, b in shown])
             ax_delta.set_ylim(-0.7, max(len(shown), 1) - 0.3)
-            ax_delta.set_xlabel(f"Δ accuracy (points), paired, mean ± Holm-adjusted CI over {family} "
-                                "comparison" + ("s" if family != 1 else "") + "\n(at the level Holm tested each: "
-                                "excludes 0 exactly when Holm p < 0.05)")
+            ax_delta.set_xlabel("Δ accuracy (points), paired: mean ± Holm-adjusted CI\n"
+                                f"over {family} comparison" + ("s" if family != 1 else "") + ", each at the level "
+                                "Holm tested it\n(it excludes 0 exactly when Holm p < 0.05)")
             ax_delta.set_title(f"vs {baseline}" if baseline else "no baseline records")
             ax_delta.grid(True, axis="x", alpha=0.3)
             if not shown:
                 ax_delta.text(0.5, 0.5, "no paired comparison", ha="center", va="center", transform=ax_delta.transAxes)
-        fig.tight_layout()
         return _save(fig, path)
 
 
@@ -228,7 +228,9 @@ def plot_confusions(title: str, matrices: Mapping[str, object], class_names: Seq
         nrows = -(-len(names) // cols)
         k = len(class_names) or np.asarray(matrices[names[0]]).shape[0]
         side = 0.5 * k + 1.6
-        fig = Figure(figsize=(side * cols, side * nrows))
+        # constrained layout keeps the rotated tick labels, the axis labels and the two-line title in the figure
+        fig = Figure(figsize=(max(side * cols, 5.2), side * nrows + 0.6), layout="constrained")
+        fig.get_layout_engine().set(w_pad=0.1, h_pad=0.1)  # inches: the default cuts descenders at the edge
         axes = fig.subplots(nrows, cols, squeeze=False)
         labels = list(class_names) or [str(i) for i in range(k)]
         for ax, method in zip(axes.flat, names):
@@ -246,8 +248,7 @@ def plot_confusions(title: str, matrices: Mapping[str, object], class_names: Seq
             ax.set_title(method, fontsize="medium")
         for ax in list(axes.flat)[len(names):]:
             ax.axis("off")
-        fig.suptitle(f"{title}: confusion matrices, row-normalised (%), mean over seeds", fontsize="medium")
-        fig.tight_layout()
+        fig.suptitle(f"{title}\nconfusion matrices, row-normalised (%), mean over seeds", fontsize="medium")
         return _save(fig, path)
 
 
