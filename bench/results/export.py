@@ -54,7 +54,8 @@ def _latex_reproduction(t: ProtocolTable, interval: str, label: str) -> list[str
             row += ["--"] * 4
         else:
             best = c.summaries.get("best_accuracy")
-            row += [_tex_cell(c.summaries["accuracy"].mean, c.shown_interval("accuracy", interval)[0], c.n, True),
+            half, fell_back = c.shown_interval("accuracy", interval)
+            row += [_tex_cell(c.summaries["accuracy"].mean, half, c.n, True) + (r"$^\ddagger$" if fell_back else ""),
                     _tex_cell(best.mean, None, best.n, True) if best else "--",
                     *("--" if g is None else _num(g, signed=True) for g in (r.gap("accuracy"),
                                                                              r.gap("best_accuracy")))]
@@ -63,7 +64,9 @@ def _latex_reproduction(t: ProtocolTable, interval: str, label: str) -> list[str
     return ["", r"\begin{table}[t]", r"\centering",
             rf"\caption{{{_what(t)}: reported vs reproduced top-1 accuracy (\%). Reported: as published (final: last "
             r"checkpoint; best: best epoch on the test set). Final: mean $\pm$ " + tex_escape(interval_words(interval))
-            + r"; best-on-test: mean over seeds of each run's best test accuracy. Gaps in percentage points. Sources: "
+            + ", which covers " + tex_escape(covers_words(interval, t.n_test, t.n_groups))
+            + r" ($^\ddagger$: the seed-only t-CI); best-on-test: mean over seeds "
+            r"of each run's best test accuracy. Gaps in percentage points. Sources: "
             + tex_escape("; ".join(sources) or "none") + ".}",
             rf"\label{{{label}-reported}}",
             *_tabular(["Method", "Budget", "Reported", "Final", "Best-on-test", "Final $-$ reported",
@@ -138,17 +141,18 @@ def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
                 continue
             text = _tex_cell(d.mean, d.ci95, d.n, show_n, signed=True)
             if d.p is not None:
-                text += " ($" + p_text(r"p_\mathrm{Holm}", c.p_holm) + rf"$; MDD {_num(d.mdd())})"
+                p = p_text("", c.p_holm).lstrip("=")  # "0.171" or "<0.001"
+                text += f" (${p}$; {_num(d.mdd())})"
                 text = rf"\textbf{{{text}}}" if c.p_holm < ALPHA else text
             row.append(text)
         drows.append(row)
     return out + ["", r"\begin{table}[t]", r"\centering",
                   rf"\caption{{{_what(t)}: $\Delta$ accuracy "
                   rf"(percentage points) vs {tex_escape(t.baseline)}, paired, mean $\pm$ 95\% CI of the expected "
-                  rf"difference, with the Holm--Bonferroni adjusted p-value over the {t.holm_family} comparisons of "
-                  rf"the table (bold: significant after the correction) and the minimum detectable difference (MDD: "
-                  rf"the true difference detected with {POWER * 100:.0f}\% power at $p<{ALPHA}$ before the "
-                  r"correction).}",
+                  rf"difference; in parentheses, the Holm--Bonferroni adjusted p-value over the {t.holm_family} "
+                  rf"comparisons of the table (bold: significant after the correction), then the minimum detectable "
+                  rf"difference (the true difference detected with {POWER * 100:.0f}\% power at $p<{ALPHA}$ before "
+                  r"the correction).}",
                   rf"\label{{{label}-delta}}", *_tabular(header[:len(t.budgets) + 1], drows), r"\end{table}"]
 
 

@@ -31,4 +31,4 @@ def covers_words(interval: str, n_test: list[int], n_groups: list[int] | None = 
                  "video)") if n_groups else ""
         return (f"the expected value for a new seed on new test images from the population these "
                 f"{images_words(n_test)} sample{units}")
-    return f"the expected value for a new seed on these same {images_words(n_test)} (not new test images)"
+    return f"the expected value for a new seed on these same {images_words(n_test)}, not on new test images"

@@ -114,7 +114,7 @@ class _Markdown:
         legend = f"Each interval covers {covers_words(shows, t.n_test, t.n_groups)}."
         if fallback:
             legend += (f" {SEED_ONLY_MARK}: seed-only t-CI (a run of the cell has no per-image predictions, or they "
-                       f"were made on other test images): it covers {covers_words('seeds', t.n_test)} only.")
+                       f"were made on other test images): it covers {covers_words('seeds', t.n_test)}.")
         if t.partly_grouped:
             legend += " Only the intervals of runs whose predictions name the image groups resample them."
         return [self.heading(f"{label} (%), final checkpoint, mean ± {interval_words(shows)} "
@@ -292,7 +292,8 @@ class _Markdown:
             "",
             (f"Reported: the paper's number (`bench/results/reported.yaml`), with how it was selected — final: the "
              "last checkpoint; best: the best epoch on the test set. Final: the reproduced final checkpoint, mean ± "
-             f"{interval_words(self.interval)}, as in the accuracy table below. Best-on-test: mean over seeds of each "
+             f"{interval_words(self.interval)}, as in the accuracy table below, which covers "
+             f"{covers_words(self.interval, t.n_test, t.n_groups)}. Best-on-test: mean over seeds of each "
              "run's best test accuracy over its evaluations, the paper-style number. Gaps in percentage points from "
              "the unrounded means; compare like with like (a final number with Final − reported, a best one with "
              f"Best − reported). {DASH}: not published, or not run."),
