@@ -354,32 +354,10 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan_seeds(args: argparse.Namespace) -> int:
-    from bench.results.planning import Plan, check_targets, format_plans, plan, plan_records
+    from bench.results.planning import plan_command
 
-    try:
-        deltas = [float(d) / 100 for d in args.delta.split(",") if d.strip()]
-    except ValueError:
-        raise FERBenchError(f"plan-seeds: --delta {args.delta}: expected comma-separated percentage points, "
-                            "e.g. 1,3") from None
-    check_targets(deltas, args.power, args.alpha, args.comparisons)
-    if (args.records_dir is None) == (args.sd_seed is None):
-        raise FERBenchError("plan-seeds: give a records folder (plans from its comparisons with the baseline) or "
-                            "--sd-seed (and --se-image), not both")
-    if args.records_dir is not None:
-        from bench.results.record import load_with_predictions
-
-        records, predictions = load_with_predictions(args.records_dir)
-        plans = plan_records(records, predictions, args.baseline, deltas, args.power, args.alpha, args.comparisons)
-        baseline = args.baseline
-    else:
-        if not args.sd_seed > 0 or not args.se_image >= 0:
-            raise FERBenchError(f"plan-seeds: expected --sd-seed > 0 and --se-image >= 0 (points), got "
-                                f"{args.sd_seed:g} and {args.se_image:g}")
-        seeds, _ = plan(args.sd_seed / 100, args.se_image / 100, deltas, args.power, args.alpha, args.comparisons)
-        plans = [Plan("given", "—", "—", 0, None, args.sd_seed / 100, args.se_image / 100, float("inf"), None,
-                      seeds, {})]
-        baseline = None
-    print(format_plans(plans, deltas, args.power, args.alpha, args.comparisons, baseline), end="")
+    print(plan_command(args.records_dir, args.delta, args.baseline, args.power, args.alpha, args.comparisons,
+                       args.sd_seed, args.se_image), end="")
     return 0
 
 

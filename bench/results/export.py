@@ -9,7 +9,15 @@ import hashlib
 import io
 from pathlib import Path
 
-from bench.results.aggregate import ALPHA, POWER, REFERENCE_METHOD, ProtocolTable, Reproduction, reference_interval
+from bench.results.aggregate import (
+    ALPHA,
+    POWER,
+    REFERENCE_METHOD,
+    Cell,
+    ProtocolTable,
+    Reproduction,
+    reference_interval,
+)
 from bench.results.fmt import covers_words, images_words, interval_words, p_text, pct
 from bench.results.plots import budget_label
 from bench.results.reported import HARNESS
@@ -210,14 +218,14 @@ def _recipe_columns(t: ProtocolTable, r: Reproduction | None) -> list[str]:
             _pct4(r.gap("best_accuracy"))]
 
 
-def _vs_best(c) -> str:
+def _vs_best(c: Cell) -> str:
     """"best" | "not distinguishable" (†) | "below" (significantly, all-pairs Holm) | "" (alone in its column)."""
     if "accuracy" not in c.best:
         return ""
     return "best" if c.best["accuracy"] else "below" if c.below_best.get("accuracy") else "not distinguishable"
 
 
-def _delta_columns(c) -> dict[str, str]:
+def _delta_columns(c: Cell) -> dict[str, str]:
     d = c.delta
     if d is None:
         return {}

@@ -134,3 +134,30 @@ def format_plans(plans: Sequence[Plan], deltas: Sequence[float], power: float, a
         notes.append("MDD now: the difference detected with that power with the seeds run so far.")
     lines += ["", " ".join(notes)]
     return "\n".join(lines) + "\n"
+
+
+def plan_command(records_dir: str | None, delta: str, baseline: str, power: float, alpha: float, comparisons: int,
+                 sd_seed: float | None, se_image: float) -> str:
+    """`ferbench plan-seeds`: the plans, as text, from a records folder or from given variance parts (percentage
+    points, as the CSV export lists them). Raises FERBenchError for bad input, before any work."""
+    try:
+        deltas = [float(d) / 100 for d in delta.split(",") if d.strip()]
+    except ValueError:
+        raise FERBenchError(f"plan-seeds: --delta {delta}: expected comma-separated percentage points, "
+                            "e.g. 1,3") from None
+    check_targets(deltas, power, alpha, comparisons)
+    if (records_dir is None) == (sd_seed is None):
+        raise FERBenchError("plan-seeds: give a records folder (plans from its comparisons with the baseline) or "
+                            "--sd-seed (and --se-image), not both")
+    if records_dir is not None:
+        from bench.results.record import load_with_predictions
+
+        records, predictions = load_with_predictions(records_dir)
+        plans = plan_records(records, predictions, baseline, deltas, power, alpha, comparisons)
+        return format_plans(plans, deltas, power, alpha, comparisons, baseline)
+    if not sd_seed > 0 or not se_image >= 0 or not math.isfinite(sd_seed + se_image):
+        raise FERBenchError(f"plan-seeds: expected --sd-seed > 0 and --se-image >= 0 (points), got {sd_seed:g} and "
+                            f"{se_image:g}")
+    seeds, _ = plan(sd_seed / 100, se_image / 100, deltas, power, alpha, comparisons)
+    given = Plan("given", "—", "—", 0, None, sd_seed / 100, se_image / 100, math.inf, None, seeds, {})
+    return format_plans([given], deltas, power, alpha, comparisons, None)
