@@ -267,6 +267,14 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plan_seeds(args: argparse.Namespace) -> int:
+    from bench.results.planning import plan_command
+
+    print(plan_command(args.records_dir, args.delta, args.baseline, args.power, args.alpha, args.comparisons,
+                       args.sd_seed, args.se_image), end="")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from bench.launch.orchestrate import SweepRequest, run_sweep
 
@@ -442,6 +450,21 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--reported", default=None, metavar="YAML",
                     help="published numbers for reference-recipe leaderboards (default: bench/results/reported.yaml)")
     lb.set_defaults(fn=_cmd_leaderboard)
+
+    ps = sub.add_parser("plan-seeds", help="seeds a sweep needs to detect a given accuracy difference vs its baseline")
+    ps.add_argument("records_dir", nargs="?", default=None,
+                    help="a pilot sweep's records: plans from the variance of each of its comparisons")
+    ps.add_argument("--delta", default="1,2,3,5", help="target differences, percentage points (default 1,2,3,5)")
+    ps.add_argument("--baseline", default="supervised")
+    ps.add_argument("--power", type=float, default=0.8)
+    ps.add_argument("--alpha", type=float, default=0.05)
+    ps.add_argument("--comparisons", type=int, default=1, metavar="M",
+                    help="plan for alpha / M, to stay significant after Holm's correction over M comparisons")
+    ps.add_argument("--sd-seed", type=float, default=None, metavar="POINTS",
+                    help="instead of records: SD of one seed's paired difference (a CSV's delta_sd_seed)")
+    ps.add_argument("--se-image", type=float, default=0.0, metavar="POINTS",
+                    help="with --sd-seed: SE of the difference from the test images (a CSV's delta_se_image)")
+    ps.set_defaults(fn=_cmd_plan_seeds)
 
     dm = sub.add_parser("demo", help="supervised vs FixMatch on synthfer, 2 budgets x 3 seeds, + leaderboard")
     dm.add_argument("--output-dir", default=None, help="default: runs/demo")

@@ -106,27 +106,38 @@ def test_writes_markdown_and_png_per_dataset(rendered):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths[1:])
 
 
-def test_accuracy_table_cells_bold_and_ties(rendered):
+def test_accuracy_table_cells_bold_and_comparisons_with_the_best(rendered):
     text = rendered[2]
     header, rows, order = section(text, "top-1 accuracy (%), final checkpoint, mean ± 95% t-CI over seeds")
-    assert "### synthfer — protocol fraction — top-1 accuracy (%), final checkpoint, mean ± 95% t-CI over seeds" \
-        in text
+    assert "### synthfer — protocol fraction — top-1 accuracy (%), final checkpoint, mean ± 95% t-CI over seeds " \
+        "(100 test images)" in text
     assert header == ["Method", "2%", "10%", "all labels"]
     assert order == ["supervised", "fixmatch", "flexmatch", "meanteacher", "pseudolabel", "fullysupervised"]
+    # Every pair of entries of a column is compared (paired t over shared seeds: these records keep no per-image
+    # predictions), and Holm runs over the 12 pairs with a p-value (meanteacher at 10% has one seed):
+    #   2%:  sup-fix -0.20 every seed: p ~ 0;  sup-flex -0.19 ± (sd 0.02): t 16.45, p 0.0037;  sup-mt mean 0: p 1;
+    #        fix-flex 0.01, -0.01, 0.03: t 0.87, p 0.48;  fix-mt 0.22, 0.16, 0.22: t 10, p 0.0098;
+    #        flex-mt 0.21, 0.17, 0.19: t 16.45, p 0.0037
+    #   10%: sup-fix t 24.2, p 0.0017;  sup-flex t 6.93, p 0.020;  sup-pseudo (2 seeds) t 14, p 0.045;
+    #        fix-flex 0.10 every seed: p ~ 0;  fix-pseudo t 0.33, p 0.80;  flex-pseudo t 6.33, p 0.10
+    # Holm, ascending: 0 x 12, 0 x 11, 0.0017 x 10 = 0.017, 0.0037 x 9 = 0.033, 0.0037 x 8 (0.033), then
+    # 0.0098 x 7 = 0.069 >= 0.05 stops: below the best are supervised and meanteacher at 2% (fixmatch and
+    # flexmatch above them), supervised and flexmatch at 10% (fixmatch above).
     assert rows["supervised"] == ["62.0 ± 5.0 (n=3)", "72.0 ± 5.0 (n=3)", "—"]
     # best per column; half-width 4.3027 * 0.02 / sqrt(3) = 4.97 pt and 4.3027 * 0.01 / sqrt(3) = 2.48 pt
     assert rows["fixmatch"] == ["**82.0 ± 5.0 (n=3)**", "**86.0 ± 2.5 (n=3)**", "—"]
-    # 2%: fixmatch - flexmatch = 0.01, -0.01, 0.03 -> 1.0 ± 5.0 pt includes 0 -> tied.
-    # 10%: differences 0.10 on every seed -> not tied.
     assert rows["flexmatch"] == ["81.0 ± 5.0 (n=3) †", "76.0 ± 2.5 (n=3)", "—"]
-    # 2%: fixmatch - meanteacher = 0.22, 0.16, 0.22 -> 20.0 ± 8.6 pt, not tied; 10%: one seed, no CI, no mark
-    assert rows["meanteacher"] == ["62.0 ± 9.9 (n=3)", "70.0 (n=1)", "—"]
-    # n=2: half-width 12.706 * 0.0283 / sqrt(2) = 25.4 pt; paired vs fixmatch on seeds 0, 1 includes 0 -> tied
+    # one seed at 10%: it cannot be compared, so it is not shown below the best
+    assert rows["meanteacher"] == ["62.0 ± 9.9 (n=3)", "70.0 (n=1) †", "—"]
+    # n=2: half-width 12.706 * 0.0283 / sqrt(2) = 25.4 pt; nothing is significantly above it after Holm
     assert rows["pseudolabel"] == ["—", "85.0 ± 25.4 (n=2) †", "—"]
     # the reference row appears once, only in its own column, whatever budget it was filed under
     assert rows["fullysupervised"] == ["—", "—", "91.0 ± 2.5 (n=3)"]
     assert "100%" not in text
-    assert "† " in text and "includes 0" in text  # legend line below the table
+    assert "†: not distinguishable from the best at 95%" in text and "Holm-adjusted over the 12 pairwise" in text
+    assert "tied" not in text.lower()
+    # the seed-only intervals say what they cover
+    assert "Each interval covers the expected value for a new seed on these same 100 test images" in text
 
 
 def test_mean_class_accuracy_and_macro_f1_tables(rendered):
@@ -152,11 +163,29 @@ def test_delta_table_vs_baseline(rendered):
     #   flexmatch 10%: 0.05, 0.04, 0.03: t = 4/0.577 = 6.93 -> p 0.0202 -> x3 = 0.0606: significant raw, not after
     #   pseudolabel 10%: 0.13, 0.15 (n=2): t = 0.14 / (0.01414 / sqrt 2) = 14, df 1 -> p 0.0454 -> x2 = 0.0908
     #   meanteacher 2%: -0.02, 0.04, -0.02: mean 0 -> p 1 -> x1 = 1
-    assert rows["fixmatch"] == ["+20.0 ± 0.0 (n=3) p<0.001* Holm<0.001✓", "+14.0 ± 2.5 (n=3) p=0.002* Holm=0.008✓"]
-    assert rows["flexmatch"] == ["+19.0 ± 5.0 (n=3) p=0.004* Holm=0.015✓", "+4.0 ± 2.5 (n=3) p=0.020* Holm=0.061"]
-    assert rows["meanteacher"] == ["+0.0 ± 8.6 (n=3) p=1.000 Holm=1.000", "+0.0 (n=1)"]
-    assert rows["pseudolabel"] == ["—", "+14.0 ± 12.7 (n=2) p=0.045* Holm=0.091"]
+    # MDD: the difference the paired t test detects with 80% power, k SE with k from the noncentral t: 5.6535 SE for
+    # 3 seeds (df 2), 16.334 SE for 2 (df 1): fixmatch 10% 5.6535 * 0.01 / sqrt 3 = 3.3, flexmatch 2% 6.5,
+    # meanteacher 2% 5.6535 * 0.03464 / sqrt 3 = 11.3, pseudolabel 16.334 * 0.01414 / sqrt 2 = 16.3
+    assert rows["fixmatch"] == ["+20.0 ± 0.0 (n=3) p<0.001* Holm<0.001✓ MDD=0.0",
+                                "+14.0 ± 2.5 (n=3) p=0.002* Holm=0.008✓ MDD=3.3"]
+    assert rows["flexmatch"] == ["+19.0 ± 5.0 (n=3) p=0.004* Holm=0.015✓ MDD=6.5",
+                                 "+4.0 ± 2.5 (n=3) p=0.020* Holm=0.061 MDD=3.3"]
+    assert rows["meanteacher"] == ["+0.0 ± 8.6 (n=3) p=1.000 Holm=1.000 MDD=11.3", "+0.0 (n=1)"]
+    assert rows["pseudolabel"] == ["—", "+14.0 ± 12.7 (n=2) p=0.045* Holm=0.091 MDD=16.3"]
     assert "adjusted by Holm–Bonferroni over the 6 comparisons of this table" in text
+    assert "MDD: the minimum detectable difference" in text and "`ferbench plan-seeds`" in text
+
+
+def test_mdd_factors_are_the_noncentral_t_ones():
+    from scipy import optimize, stats
+
+    from bench.results.uncertainty import minimum_detectable
+
+    for n, factor in ((3, 5.6535), (2, 16.334)):
+        t = stats.t.ppf(0.975, n - 1)
+        exact = optimize.brentq(lambda d, t=t, df=n - 1: stats.nct.sf(t, df, d) + stats.nct.sf(t, df, -d) - 0.8, 1, 30)
+        assert exact == pytest.approx(factor, abs=5e-3)
+        assert minimum_detectable(1.0, 0.0, n) == pytest.approx(exact, rel=1e-7)
 
 
 def test_best_on_test_table_is_flagged_and_separate(rendered):
@@ -209,10 +238,11 @@ def test_no_delta_table_without_baseline_records_and_other_protocols(tmp_path):
     assert "Δ accuracy" not in text
     header, rows, _ = section(text, "top-1 accuracy")
     assert header == ["Method", "k=25/class"]  # no reference records: no "all labels" column
-    # flexmatch 72.0 vs fixmatch 71.0, paired over 2 seeds: -0.01, 0.03 -> CI is huge -> tie
+    # flexmatch 72.0 vs fixmatch 71.0, paired over 2 seeds: -0.01, 0.03 -> p 0.70: not distinguishable
     assert rows == {"fixmatch": ["71.0 ± 12.7 (n=2) †"], "flexmatch": ["**72.0 ± 38.1 (n=2)**"]}
+    # a lone method is nobody's best: no bold, no mark
     header, rows, _ = section((tmp_path / "affectnet7.md").read_text(encoding="utf-8"), "top-1 accuracy")
-    assert header == ["Method", "N=1000"] and rows == {"fixmatch": ["**80.0 (n=1)**"]}
+    assert header == ["Method", "N=1000"] and rows == {"fixmatch": ["80.0 (n=1)"]}
 
 
 @pytest.mark.parametrize("protocol,budget,label", [

@@ -1,12 +1,21 @@
 """The numbers behind every leaderboard format (markdown, LaTeX, CSV, plots), computed once from run records.
 
 Per (dataset, protocol, budget, method) over seeds: the mean of each final metric with its 95% Student-t
-interval over seeds (`bench.results.stats`); for accuracy also the interval over seeds *and* test images
-(`bench.results.uncertainty`), when every seed's per-image predictions are at hand and were made on the same
-test images. Comparisons are paired: with the best method of a column (ties, †) and with a baseline (Δ), on the
-seeds both share, over test images too when both have predictions; the Δ p-values are also Holm-adjusted
-across every Δ of the (dataset, protocol) table. Per-class recall and the row-normalised confusion matrix are
-averaged over seeds.
+interval over seeds (`bench.results.stats`); and, when every seed's per-image predictions are at hand and were
+made on the same test images, for accuracy, mean class accuracy and macro-F1 the interval over seeds *and* test
+images (`bench.results.uncertainty`), resampling groups of images (subjects) when the predictions name them.
+Comparisons are paired, on the seeds both sides share, over their test images too when both have predictions:
+
+- with the best of a column (bold): every pair of entries of a column is compared, and Holm's correction runs
+  over all the pairwise comparisons of the table (every column of one metric). An entry is *below the best* when
+  some entry of its column is significantly above it after the correction. Comparing each entry only with the
+  observed best, uncorrected, ignores that the best was picked from the same data: under the global null
+  (all methods equal) most tables then show an entry "significantly worse than the best". Holm over all pairs
+  keeps the probability of any such claim about a true best at or below 5% (`tests/test_uncertainty.py`).
+- with a baseline (Δ), Holm-adjusted across every Δ of the (dataset, protocol) table, with the minimum detectable
+  difference at 80% power and the level Holm tested each at (the interval the forest plot shows).
+
+Per-class recall and the row-normalised confusion matrix are averaged over seeds.
 
 Records are grouped by recipe before anything else: "harness" (the fair-comparison protocol; records written before
 `config.recipe` existed are harness records) or a reference recipe, whose tables also pair each cell with the
@@ -21,16 +30,26 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats as _scipy_stats
 
 from bench.errors import FERBenchError
 from bench.results.reported import HARNESS, Reported, lookup
 from bench.results.stats import Summary, paired_difference, summarize
-from bench.results.uncertainty import CrossedSummary, crossed_summary, holm
+from bench.results.uncertainty import (
+    METRICS,
+    CrossedSummary,
+    Estimate,
+    crossed,
+    holm,
+    holm_levels,
+    metric_influence,
+    seed_only,
+)
 
 # Trained on all labels: its budget is meaningless, so it is one reference column per dataset.
 REFERENCE_METHOD = "fullysupervised"
-INTERVALS = ("combined", "seeds")  # which accuracy interval the tables show: seeds + test images, or seeds only
+INTERVALS = ("combined", "seeds")  # which interval the tables show: seeds + test images, or seeds only
+ALPHA = 0.05  # every test and interval of the tables: two-sided, 95%
+POWER = 0.8  # the power of the minimum detectable difference
 
 # (key under metrics.final, label in headers, required in every record)
 FINAL_METRICS: tuple[tuple[str, str, bool], ...] = (
@@ -51,9 +70,22 @@ class Run:
     seed: int
     metrics: Mapping[str, float]  # final metrics present in the record, plus "best_accuracy"
     record: Mapping
-    correct: np.ndarray | None = None  # per test image: the final model classified it correctly
+    predictions: np.ndarray | None = None  # (2, N): test targets, the final model's predictions
     test_ids: str | None = None  # sha256 of the test ids the predictions are in the order of
     recipe: str = HARNESS  # the training protocol: the harness's, or a reference recipe reproducing a paper
+    groups: np.ndarray | None = None  # (N,): a group id per test image (subject, video), when the data has them
+
+    @property
+    def correct(self) -> np.ndarray | None:
+        """Per test image: the final model classified it correctly (None without predictions)."""
+        return None if self.predictions is None else self.predictions[0] == self.predictions[1]
+
+    @property
+    def n_test(self) -> int | None:
+        if self.predictions is not None:
+            return int(self.predictions.shape[1])
+        n = self.record.get("metrics", {}).get("n_test")
+        return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,15 +151,24 @@ def parse_run(record: object, index: int, predictions: np.ndarray | None = None)
     if "best_accuracy" in record["metrics"]:
         metrics["best_accuracy"] = _fraction(record["metrics"]["best_accuracy"], "metrics.best_accuracy", run_id)
     recipe = _recipe(record, run_id)
-    correct, ids = None, None
+    ids, groups = None, None
     if predictions is not None:
-        correct = np.asarray(predictions[0] == predictions[1])
-        if not math.isclose(float(correct.mean()), metrics["accuracy"], abs_tol=1e-9):
-            raise FERBenchError(f"run {run_id}: its predictions give accuracy {correct.mean():.6f}, the record "
-                                f"{metrics['accuracy']:.6f}; the predictions file is not this run's")
+        predictions = np.asarray(predictions)
+        if predictions.ndim != 2 or predictions.shape[0] not in (2, 3) or predictions.shape[1] < 2:
+            raise FERBenchError(f"run {run_id}: its predictions have shape {predictions.shape}; expected (2, N) "
+                                "targets and predictions, or (3, N) with a group id per image, N >= 2")
+        if predictions.shape[0] == 3:
+            groups, predictions = predictions[2], predictions[:2]
+        for key, _, _ in FINAL_METRICS:  # a predictions file of another run (or test set) gives other numbers
+            if key not in metrics:
+                continue
+            theta, _ = metric_influence(key, predictions[0], predictions[1][None, :])
+            if not math.isclose(float(theta[0]), metrics[key], abs_tol=1e-9):
+                raise FERBenchError(f"run {run_id}: its predictions give {key} {theta[0]:.6f}, the record "
+                                    f"{metrics[key]:.6f}; the predictions file is not this run's")
         ids = _field(record, "predictions.test_ids_sha256", run_id)
-    return Run(run_id=run_id, budget=float(budget), seed=seed, metrics=metrics, record=record, correct=correct,
-               test_ids=ids, recipe=recipe, **strings)
+    return Run(run_id=run_id, budget=float(budget), seed=seed, metrics=metrics, record=record,
+               predictions=predictions, test_ids=ids, recipe=recipe, groups=groups, **strings)
 
 
 def _recipe(record: Mapping, run_id: str) -> str:
@@ -157,20 +198,31 @@ def check_unique(runs: Iterable[Run], key: Callable[[Run], tuple], what: str) ->
 # statistics
 
 
-def _table(runs: list[Run]) -> np.ndarray | None:
-    """Seeds x images correctness, rows by seed; None unless every run has predictions on the same images."""
-    if not runs or any(r.correct is None for r in runs) or len({(r.test_ids, len(r.correct)) for r in runs}) != 1:
+def _influence(runs: list[Run], metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
+    """(per-seed values, seeds x images influences, group ids or None) of `metric`, rows by seed; None unless every
+    run has predictions on the same images (and the same groups, if any)."""
+    if metric not in METRICS or not runs or any(r.predictions is None for r in runs):
         return None
-    return np.stack([r.correct for r in sorted(runs, key=lambda r: r.seed)]).astype(np.float64)
+    if len({(r.test_ids, r.predictions.shape[1]) for r in runs}) != 1:
+        return None
+    runs = sorted(runs, key=lambda r: r.seed)
+    targets = runs[0].predictions[0]
+    if any(not np.array_equal(r.predictions[0], targets) for r in runs):
+        return None
+    groups = [r.groups for r in runs]
+    if any(g is None for g in groups):
+        group = None  # a run that does not name the groups: images are the units (and the legend says so)
+    elif all(np.array_equal(g, groups[0]) for g in groups):
+        group = groups[0]
+    else:
+        return None
+    theta, psi = metric_influence(metric, targets, np.stack([r.predictions[1] for r in runs]))
+    return theta, psi, group
 
 
-def t_p_value(d: Summary) -> float | None:
-    """Two-sided p-value of a paired t test over seeds (None without a spread: n < 2)."""
-    if d.std is None:
-        return None
-    if d.std == 0:
-        return 1.0 if d.mean == 0 else 0.0
-    return float(2 * _scipy_stats.t.sf(abs(d.mean) / (d.std / math.sqrt(d.n)), d.n - 1))
+def _crossed(runs: list[Run], metric: str) -> CrossedSummary | None:
+    parts = _influence(runs, metric)
+    return None if parts is None else crossed(*parts)
 
 
 @dataclass(frozen=True)
@@ -179,13 +231,27 @@ class Comparison:
 
     n: int
     mean: float
-    ci95: float | None
-    p: float | None
+    est: Estimate | None  # its variance parts; None for one shared seed (no interval, no test)
     over: str  # "seeds + test images" | "seeds"
 
     @property
+    def ci95(self) -> float | None:
+        return None if self.est is None else self.est.ci95
+
+    @property
+    def p(self) -> float | None:
+        return None if self.est is None else self.est.p_value
+
+    @property
     def excludes_zero(self) -> bool:
-        return self.ci95 is not None and (self.mean - self.ci95 > 0 or self.mean + self.ci95 < 0)
+        return self.est is not None and self.est.excludes_zero
+
+    def half_width(self, alpha: float) -> float | None:
+        return None if self.est is None else self.est.half_width(alpha)
+
+    def mdd(self) -> float | None:
+        """The true difference this comparison detects with 80% power at alpha = 0.05 (before any correction)."""
+        return None if self.est is None else self.est.mdd(POWER, ALPHA)
 
 
 def compare(a: list[Run], b: list[Run], metric: str = "accuracy") -> Comparison | None:
@@ -194,14 +260,16 @@ def compare(a: list[Run], b: list[Run], metric: str = "accuracy") -> Comparison 
     seeds = sorted(set(sa) & set(sb))
     if not seeds:
         return None
-    ta, tb = _table([sa[s] for s in seeds]), _table([sb[s] for s in seeds])
-    if metric == "accuracy" and ta is not None and tb is not None and ta.shape == tb.shape and \
-            sa[seeds[0]].test_ids == sb[seeds[0]].test_ids:
-        c = crossed_summary(ta - tb)
+    ra, rb = [sa[s] for s in seeds], [sb[s] for s in seeds]
+    ia, ib = _influence(ra, metric), _influence(rb, metric)
+    if ia is not None and ib is not None and ra[0].test_ids == rb[0].test_ids and ia[1].shape == ib[1].shape and \
+            np.array_equal(ra[0].predictions[0], rb[0].predictions[0]) and \
+            (ia[2] is None) == (ib[2] is None) and (ia[2] is None or np.array_equal(ia[2], ib[2])):
+        c = crossed(ia[0] - ib[0], ia[1] - ib[1], ia[2])
         if c is not None:
-            return Comparison(c.n_seeds, c.mean, c.ci95, c.p_value, "seeds + test images")
+            return Comparison(c.n_seeds, c.mean, c, "seeds + test images")
     d = paired_difference({s: sa[s].metrics[metric] for s in seeds}, {s: sb[s].metrics[metric] for s in seeds})
-    return Comparison(d.n, d.mean, d.ci95, t_p_value(d), "seeds")
+    return Comparison(d.n, d.mean, seed_only(d.mean, d.std, d.n), "seeds")
 
 
 @dataclass
@@ -212,11 +280,12 @@ class Cell:
     budget: float
     runs: list[Run]
     summaries: dict[str, Summary]  # metric -> mean and seed-only t interval
-    combined: CrossedSummary | None  # accuracy over seeds + test images (None: n < 2 or no predictions)
-    best: dict[str, bool] = field(default_factory=dict)  # metric -> best mean of its column
-    tie: dict[str, bool] = field(default_factory=dict)  # metric -> paired CI vs the best includes 0
+    crossed: dict[str, CrossedSummary]  # metric -> over seeds + test images (absent: n < 2 or no predictions)
+    best: dict[str, bool] = field(default_factory=dict)  # metric -> highest mean of a column of >= 2 entries
+    below_best: dict[str, bool] = field(default_factory=dict)  # metric -> significantly below an entry of its column
     delta: Comparison | None = None  # accuracy vs the baseline
     p_holm: float | None = None  # delta.p adjusted across the Δ table
+    holm_level: float | None = None  # the level Holm's step-down tested delta at (its interval excludes 0 iff ✓)
     per_class_recall: list[float | None] = field(default_factory=list)  # mean over seeds
     confusion: np.ndarray | None = None  # mean over seeds of the row-normalised confusion matrix
 
@@ -226,14 +295,19 @@ class Cell:
 
     def shown_interval(self, key: str, interval: str) -> tuple[float | None, bool]:
         """(95% half-width shown for metric `key` in the table's `interval` mode, whether it fell back to the
-        seed-only interval). Only accuracy has the combined interval; a cell that cannot give it (a run without
-        predictions) falls back to the seed-only one, and says so."""
-        if key == "accuracy" and interval == "combined":
-            if self.combined is not None:
-                return self.combined.ci95, False
+        seed-only interval). A cell that cannot give the interval over test images (a run without predictions)
+        falls back to the seed-only one, and says so."""
+        if key in METRICS and interval == "combined":
+            if key in self.crossed:
+                return self.crossed[key].ci95, False
             half = self.summaries[key].ci95
             return half, half is not None
         return self.summaries[key].ci95, False
+
+    @property
+    def marked(self) -> dict[str, bool]:
+        """metric -> shown as not distinguishable from the best (†): neither bold nor significantly below."""
+        return {k: not b and not self.below_best.get(k, False) for k, b in self.best.items()}
 
 
 def _mean_per_class(runs: list[Run]) -> list[float | None]:
@@ -301,8 +375,9 @@ class ProtocolTable:
     runs: list[Run]
     class_names: list[str]
     reference: dict[str, Summary] = field(default_factory=dict)  # metric -> the reference's summary
-    reference_combined: CrossedSummary | None = None
+    reference_crossed: dict[str, CrossedSummary] = field(default_factory=dict)
     holm_family: int = 0  # Δ comparisons with a p-value (the family Holm corrects over)
+    best_family: dict[str, int] = field(default_factory=dict)  # metric -> pairwise comparisons Holm corrects over
     recipe: str = HARNESS
     reproduction: list[Reproduction] = field(default_factory=list)  # recipe tables only: cells vs the papers
 
@@ -310,16 +385,49 @@ class ProtocolTable:
         return self.cells.get((method, budget))
 
     def shown_interval(self, interval: str) -> str:
-        """The accuracy interval the table shows: "combined" only if asked for and some cell can give it."""
-        can = self.reference_combined is not None or any(c.combined is not None for c in self.cells.values())
+        """The interval the table shows: "combined" only if asked for and some cell can give it."""
+        can = bool(self.reference_crossed) or any(c.crossed for c in self.cells.values())
         return "combined" if interval == "combined" and can else "seeds"
+
+    def falls_back(self, interval: str) -> bool:
+        """Some cell shows the seed-only interval where the table shows intervals over seeds and test images."""
+        return any(c.shown_interval(k, interval)[1] for c in self.cells.values() for k in c.summaries if k in METRICS)
+
+    @property
+    def n_test(self) -> list[int]:
+        """The numbers of test images its runs were scored on (one, unless the records disagree)."""
+        return sorted({n for r in self.runs + self.ref_runs if (n := r.n_test) is not None})
+
+    @property
+    def n_groups(self) -> list[int]:
+        """The numbers of image groups its intervals resample (empty: every interval treats images as independent)."""
+        summaries = [*(x for c in self.cells.values() for x in c.crossed.values()), *self.reference_crossed.values()]
+        return sorted({x.n_groups for x in summaries if x.grouped})
+
+    @property
+    def partly_grouped(self) -> bool:
+        """Some intervals resample groups of images and others (runs without group ids) single images."""
+        summaries = [*(x for c in self.cells.values() for x in c.crossed.values()), *self.reference_crossed.values()]
+        return len({x.grouped for x in summaries}) > 1
 
 
 def reference_interval(t: ProtocolTable, key: str, interval: str) -> float | None:
     """The reference's half-width for metric `key` in the table's `interval` mode."""
-    if key == "accuracy" and interval == "combined" and t.reference_combined is not None:
-        return t.reference_combined.ci95
+    if interval == "combined" and key in t.reference_crossed:
+        return t.reference_crossed[key].ci95
     return t.reference[key].ci95
+
+
+def below_the_best(pairs: Sequence[tuple[object, object, float, float]], alpha: float = ALPHA) -> set:
+    """The entries shown significantly below the best: `pairs` are (a, b, paired mean of a - b, p-value) for
+    every pair of entries of each column of a table; Holm's correction runs over all of them, and an entry is
+    below the best when some entry of its column is significantly above it (then so is the best). The
+    probability of saying so of any entry that is (tied for) the best is at most alpha (all-pairs Holm)."""
+    below = set()
+    for (a, b, diff, _), adjusted in zip(pairs, holm([p for *_, p in pairs]), strict=True):
+        if adjusted < alpha and diff != 0:
+            below.add(b if diff > 0 else a)
+    return below
 
 
 def build_protocol_table(dataset: str, protocol: str, runs: list[Run], ref_runs: list[Run],
@@ -339,19 +447,29 @@ def build_protocol_table(dataset: str, protocol: str, runs: list[Run], ref_runs:
         best_vals = [r.metrics["best_accuracy"] for r in group if "best_accuracy" in r.metrics]
         if best_vals:
             summaries["best_accuracy"] = summarize(best_vals)
-        table = _table(group)
-        cells[(m, b)] = Cell(m, b, group, summaries, crossed_summary(table) if table is not None else None,
-                             per_class_recall=_mean_per_class(group), confusion=_mean_confusion(group))
-    for b in budgets:  # best of each column, and the methods tied with it
-        for key, _, _ in FINAL_METRICS:
+        cross = {key: x for key in summaries if (x := _crossed(group, key)) is not None}
+        cells[(m, b)] = Cell(m, b, group, summaries, cross, per_class_recall=_mean_per_class(group),
+                             confusion=_mean_confusion(group))
+    best_family = {}
+    for key, _, _ in FINAL_METRICS:  # the best of each column, and the entries significantly below it
+        pairs = []
+        for b in budgets:
             col = [c for m in methods if (c := cells.get((m, b))) is not None and key in c.summaries]
-            if not col:
+            if len(col) < 2:  # a lone entry is not "best" of anything
                 continue
-            top = max(col, key=lambda c: c.summaries[key].mean)  # first in row order on equal means
-            for c in col:
-                c.best[key] = c.summaries[key].mean == top.summaries[key].mean
-                cmp = None if c.best[key] else compare(top.runs, c.runs, key)
-                c.tie[key] = bool(cmp is not None and cmp.n >= 2 and cmp.ci95 is not None and not cmp.excludes_zero)
+            top = max(c.summaries[key].mean for c in col)
+            for i, c in enumerate(col):
+                c.best[key] = c.summaries[key].mean == top
+                for other in col[i + 1:]:
+                    cmp = compare(c.runs, other.runs, key)
+                    if cmp is not None and cmp.p is not None:
+                        pairs.append(((c.method, b), (other.method, b), cmp.mean, cmp.p))
+        below = below_the_best(pairs)
+        for (m, b), c in cells.items():
+            if key in c.best:
+                c.below_best[key] = (m, b) in below
+        if pairs:
+            best_family[key] = len(pairs)
     family = []
     if base is not None:
         for m in methods[1:]:
@@ -361,15 +479,17 @@ def build_protocol_table(dataset: str, protocol: str, runs: list[Run], ref_runs:
                     c.delta = compare(c.runs, bc.runs)
                     if c.delta is not None and c.delta.p is not None:
                         family.append(c)
-        for c, adjusted in zip(family, holm([c.delta.p for c in family]), strict=True):
-            c.p_holm = adjusted
+        ps = [c.delta.p for c in family]
+        for c, adjusted, level in zip(family, holm(ps), holm_levels(ps, ALPHA), strict=True):
+            c.p_holm, c.holm_level = adjusted, level
     class_names = next((list(r.record.get("class_names") or []) for r in runs + ref_runs), [])
     reference = {key: summarize([r.metrics[key] for r in ref_runs if key in r.metrics])
                  for key in ("accuracy", "mean_class_accuracy", "macro_f1", "best_accuracy")
                  if any(key in r.metrics for r in ref_runs)}
-    ref_table = _table(sorted(ref_runs, key=lambda r: r.seed))
+    ref_sorted = sorted(ref_runs, key=lambda r: r.seed)
+    ref_crossed = {key: x for key in reference if (x := _crossed(ref_sorted, key)) is not None}
     return ProtocolTable(dataset, protocol, budgets, methods, base, cells, ref_runs, runs, class_names, reference,
-                         crossed_summary(ref_table) if ref_table is not None else None, len(family))
+                         ref_crossed, len(family), best_family)
 
 
 def _reproduction(t: ProtocolTable, reported: Sequence[Reported]) -> list[Reproduction]:

@@ -5,11 +5,20 @@ recipe's files add its papers' numbers: a reproduction table in LaTeX, reported/
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from pathlib import Path
 
-from bench.results.aggregate import REFERENCE_METHOD, ProtocolTable, Reproduction, reference_interval
-from bench.results.fmt import interval_words, p_text, pct
+from bench.results.aggregate import (
+    ALPHA,
+    POWER,
+    REFERENCE_METHOD,
+    Cell,
+    ProtocolTable,
+    Reproduction,
+    reference_interval,
+)
+from bench.results.fmt import covers_words, images_words, interval_words, p_text, pct
 from bench.results.plots import budget_label
 from bench.results.reported import HARNESS
 
@@ -53,7 +62,8 @@ def _latex_reproduction(t: ProtocolTable, interval: str, label: str) -> list[str
             row += ["--"] * 4
         else:
             best = c.summaries.get("best_accuracy")
-            row += [_tex_cell(c.summaries["accuracy"].mean, c.shown_interval("accuracy", interval)[0], c.n, True),
+            half, fell_back = c.shown_interval("accuracy", interval)
+            row += [_tex_cell(c.summaries["accuracy"].mean, half, c.n, True) + (r"$^\ddagger$" if fell_back else ""),
                     _tex_cell(best.mean, None, best.n, True) if best else "--",
                     *("--" if g is None else _num(g, signed=True) for g in (r.gap("accuracy"),
                                                                              r.gap("best_accuracy")))]
@@ -62,11 +72,22 @@ def _latex_reproduction(t: ProtocolTable, interval: str, label: str) -> list[str
     return ["", r"\begin{table}[t]", r"\centering",
             rf"\caption{{{_what(t)}: reported vs reproduced top-1 accuracy (\%). Reported: as published (final: last "
             r"checkpoint; best: best epoch on the test set). Final: mean $\pm$ " + tex_escape(interval_words(interval))
-            + r"; best-on-test: mean over seeds of each run's best test accuracy. Gaps in percentage points. Sources: "
+            + ", which covers " + tex_escape(covers_words(interval, t.n_test, t.n_groups))
+            + r" ($^\ddagger$: the seed-only t-CI); best-on-test: mean over seeds "
+            r"of each run's best test accuracy. Gaps in percentage points. Sources: "
             + tex_escape("; ".join(sources) or "none") + ".}",
             rf"\label{{{label}-reported}}",
             *_tabular(["Method", "Budget", "Reported", "Final", "Best-on-test", "Final $-$ reported",
                        "Best $-$ reported"], rows), r"\end{table}"]
+
+
+def tex_label(dataset: str, t: ProtocolTable) -> str:
+    """`tab:<dataset>[-<recipe>]-<protocol>-<6 hex>`: the hex digits name the table's runs (sha256 of their ids), so
+    two leaderboards of one dataset and protocol from different sweeps never share a label, and re-rendering the
+    same records keeps it."""
+    recipe = "" if t.recipe == HARNESS else f"-{t.recipe}"
+    runs = hashlib.sha256("\n".join(sorted(r.run_id for r in t.runs + t.ref_runs)).encode()).hexdigest()[:6]
+    return f"tab:{dataset}{recipe}-{t.protocol}-{runs}".replace("_", "-")
 
 
 def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
@@ -88,7 +109,7 @@ def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
             text = _tex_cell(c.summaries["accuracy"].mean, half, c.n, show_n)
             if c.best.get("accuracy"):
                 text = rf"\textbf{{{text}}}"
-            elif c.tie.get("accuracy"):
+            elif c.marked.get("accuracy"):
                 text += r"$^\dagger$"
             if fell_back:
                 text += r"$^\ddagger$"
@@ -99,14 +120,19 @@ def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
         ref = t.reference["accuracy"]
         rows.append([tex_escape(REFERENCE_METHOD), *("--" for _ in t.budgets),
                      _tex_cell(ref.mean, reference_interval(t, "accuracy", interval), ref.n, show_n)])
-    recipe = "" if t.recipe == HARNESS else f"-{t.recipe}"
-    label = f"tab:{dataset}{recipe}-{t.protocol}".replace("_", "-")
+    label = tex_label(dataset, t)
     seeds = "" if show_n else f" over {ns.pop()} seeds"
+    family = t.best_family.get("accuracy", 0)
     out = [r"\begin{table}[t]", r"\centering",
            rf"\caption{{{_what(t)}: top-1 accuracy (\%) of the final "
-           rf"checkpoint, mean{seeds} $\pm$ {tex_escape(interval_words(interval))}. Bold: best mean; $^\dagger$: "
-           r"the paired 95\% CI of the difference to the best includes 0."
-           + (r" $^\ddagger$: seed-only t-CI (a run without per-image predictions)." if fallback else "") + "}",
+           rf"checkpoint on {tex_escape(images_words(t.n_test))}, mean{seeds} $\pm$ "
+           rf"{tex_escape(interval_words(interval))}, which covers "
+           rf"{tex_escape(covers_words(interval, t.n_test, t.n_groups))}. "
+           r"Bold: the highest mean of a column with at least 2 entries; $^\dagger$: not distinguishable from the "
+           r"best at 95\% (no entry of the column significantly above it; paired comparisons of all pairs of a "
+           rf"column, Holm-adjusted over the {family} of the table); neither: significantly below the best."
+           + (r" $^\ddagger$: seed-only t-CI (a run without per-image predictions), which covers "
+              + tex_escape(covers_words("seeds", t.n_test)) + "." if fallback else "") + "}",
            rf"\label{{{label}}}", *_tabular(header, rows), r"\end{table}",
            *_latex_reproduction(t, interval, label)]
     others = [m for m in t.methods if m != t.baseline]
@@ -123,15 +149,18 @@ def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
                 continue
             text = _tex_cell(d.mean, d.ci95, d.n, show_n, signed=True)
             if d.p is not None:
-                text += " ($" + p_text(r"p_\mathrm{Holm}", c.p_holm) + "$)"
-                text = rf"\textbf{{{text}}}" if c.p_holm < 0.05 else text
+                p = p_text("", c.p_holm).lstrip("=")  # "0.171" or "<0.001"
+                text += f" (${p}$; {_num(d.mdd())})"
+                text = rf"\textbf{{{text}}}" if c.p_holm < ALPHA else text
             row.append(text)
         drows.append(row)
     return out + ["", r"\begin{table}[t]", r"\centering",
                   rf"\caption{{{_what(t)}: $\Delta$ accuracy "
-                  rf"(percentage points) vs {tex_escape(t.baseline)}, paired, mean $\pm$ 95\% CI, with the "
-                  rf"Holm--Bonferroni adjusted p-value over the {t.holm_family} comparisons of the table; bold: "
-                  r"significant after the correction.}",
+                  rf"(percentage points) vs {tex_escape(t.baseline)}, paired, mean $\pm$ 95\% CI of the expected "
+                  rf"difference; in parentheses, the Holm--Bonferroni adjusted p-value over the {t.holm_family} "
+                  rf"comparisons of the table (bold: significant after the correction), then the minimum detectable "
+                  rf"difference (the true difference detected with {POWER * 100:.0f}\% power at $p<{ALPHA}$ before "
+                  r"the correction).}",
                   rf"\label{{{label}-delta}}", *_tabular(header[:len(t.budgets) + 1], drows), r"\end{table}"]
 
 
@@ -147,14 +176,17 @@ def write_latex(dataset: str, tables: list[ProtocolTable], interval: str, path: 
     return path
 
 
-CSV_COLUMNS = ("dataset", "protocol", "budget", "budget_label", "method", "n", "seeds",
+CSV_COLUMNS = ("dataset", "protocol", "budget", "budget_label", "method", "n", "seeds", "n_test", "image_groups",
                "accuracy", "accuracy_ci95_seeds", "accuracy_ci95_combined",
-               "mean_class_accuracy", "mean_class_accuracy_ci95_seeds", "macro_f1", "macro_f1_ci95_seeds",
-               "best_on_test_accuracy", "best", "tied_with_best", "delta_vs", "delta", "delta_ci95", "delta_over",
-               "p_value", "p_holm")
+               "mean_class_accuracy", "mean_class_accuracy_ci95_seeds", "mean_class_accuracy_ci95_combined",
+               "macro_f1", "macro_f1_ci95_seeds", "macro_f1_ci95_combined",
+               "best_on_test_accuracy", "best", "vs_best", "delta_vs", "delta", "delta_ci95", "delta_over",
+               "p_value", "p_holm", "delta_holm_level", "delta_ci_holm", "delta_mdd80", "delta_sd_seed",
+               "delta_se_image")
 # appended in a reference recipe's CSV only, so a harness CSV keeps exactly the columns above
 RECIPE_COLUMNS = ("recipe", "reported_accuracy", "reported_selection", "reported_paper", "reported_source",
                   "final_minus_reported", "best_minus_reported")
+_METRIC_KEYS = ("accuracy", "mean_class_accuracy", "macro_f1")
 
 
 def _pct4(x: float | None) -> str:
@@ -165,8 +197,15 @@ def _p6(x: float | None) -> str:
     return "" if x is None else f"{x:.6g}"
 
 
-def _metric_columns(summaries: dict, key: str) -> list[str]:
-    return [_pct4(summaries[key].mean), _pct4(summaries[key].ci95)] if key in summaries else ["", ""]
+def _metric_columns(summaries: dict, crossed: dict, key: str) -> dict[str, str]:
+    s, x = summaries.get(key), crossed.get(key)
+    return {key: _pct4(s.mean if s else None), f"{key}_ci95_seeds": _pct4(s.ci95 if s else None),
+            f"{key}_ci95_combined": _pct4(x.ci95 if x else None)}
+
+
+def _groups(crossed: dict) -> str:
+    """How many image groups the intervals over test images resample ("" when images are the units)."""
+    return " ".join(sorted({str(x.n_groups) for x in crossed.values() if x.grouped}))
 
 
 def _recipe_columns(t: ProtocolTable, r: Reproduction | None) -> list[str]:
@@ -179,42 +218,75 @@ def _recipe_columns(t: ProtocolTable, r: Reproduction | None) -> list[str]:
             _pct4(r.gap("best_accuracy"))]
 
 
+def _vs_best(c: Cell) -> str:
+    """"best" | "not distinguishable" (†) | "below" (significantly, all-pairs Holm) | "" (alone in its column)."""
+    if "accuracy" not in c.best:
+        return ""
+    return "best" if c.best["accuracy"] else "below" if c.below_best.get("accuracy") else "not distinguishable"
+
+
+def _delta_columns(c: Cell) -> dict[str, str]:
+    d = c.delta
+    if d is None:
+        return {}
+    est = d.est
+    return {"delta_vs": "", "delta": _pct4(d.mean), "delta_ci95": _pct4(d.ci95), "delta_over": d.over,
+            "p_value": _p6(d.p), "p_holm": _p6(c.p_holm), "delta_holm_level": _p6(c.holm_level),
+            "delta_ci_holm": _pct4(None if c.holm_level is None else d.half_width(c.holm_level)),
+            "delta_mdd80": _pct4(d.mdd()),
+            "delta_sd_seed": _pct4(None if est is None else (est.v_seed * est.n_seeds) ** 0.5),
+            "delta_se_image": _pct4(None if est is None else est.v_image ** 0.5)}
+
+
 def write_csv(tables: list[ProtocolTable], path: Path) -> Path:
     """`<dataset>.csv`: one row per (protocol, budget, method) cell and one per reference; metrics in percent
-    (4 decimals), both accuracy intervals, the paired Δ vs the baseline with its raw and Holm p-values. A reference
-    recipe's CSV adds RECIPE_COLUMNS, and a row (n = 0) for each published cell not run."""
+    (4 decimals) with their seed-only and seeds + test images intervals, the test set's size, how each entry
+    compares with the best of its column, the paired Δ vs the baseline with its raw and Holm p-values, Holm's
+    level and interval, its minimum detectable difference at 80% power and its variance parts (SD of one
+    seed's difference, SE from the test images: what `ferbench plan-seeds` takes). A reference recipe's CSV adds
+    RECIPE_COLUMNS, and a row (n = 0) for each published cell not run."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(CSV_COLUMNS + (RECIPE_COLUMNS if any(t.recipe != HARNESS for t in tables) else ()))
+
+    def row(values: dict[str, object], extra: list[str]) -> None:
+        w.writerow([values.get(k, "") for k in CSV_COLUMNS] + extra)
+
     for t in tables:
         repro = {(r.method, r.budget): r for r in t.reproduction}
+        n_test = " ".join(str(n) for n in t.n_test)
         for b in t.budgets:
             for m in t.methods:
                 c = t.cell(m, b)
                 if c is None:
                     continue
-                s, d = c.summaries, c.delta
-                w.writerow([t.dataset, t.protocol, f"{b:g}", budget_label(t.protocol, b), m, c.n,
-                            " ".join(str(r.seed) for r in c.runs), *_metric_columns(s, "accuracy"),
-                            _pct4(c.combined.ci95 if c.combined else None), *_metric_columns(s, "mean_class_accuracy"),
-                            *_metric_columns(s, "macro_f1"), _pct4(s["best_accuracy"].mean if "best_accuracy" in s
-                                                                   else None),
-                            int(bool(c.best.get("accuracy"))), int(bool(c.tie.get("accuracy"))),
-                            t.baseline if d is not None else "", _pct4(d.mean if d else None),
-                            _pct4(d.ci95 if d else None), d.over if d else "", _p6(d.p if d else None),
-                            _p6(c.p_holm), *_recipe_columns(t, repro.get((m, b)))])
+                s = c.summaries
+                values = {"dataset": t.dataset, "protocol": t.protocol, "budget": f"{b:g}",
+                          "budget_label": budget_label(t.protocol, b), "method": m, "n": c.n,
+                          "seeds": " ".join(str(r.seed) for r in c.runs), "n_test": n_test,
+                          "image_groups": _groups(c.crossed),
+                          "best_on_test_accuracy": _pct4(s["best_accuracy"].mean if "best_accuracy" in s else None),
+                          "best": int(bool(c.best.get("accuracy"))), "vs_best": _vs_best(c), **_delta_columns(c)}
+                for key in _METRIC_KEYS:
+                    values.update(_metric_columns(s, c.crossed, key))
+                if c.delta is not None:
+                    values["delta_vs"] = t.baseline
+                row(values, _recipe_columns(t, repro.get((m, b))))
         for r in t.reproduction:
             if r.cell is None:
-                w.writerow([t.dataset, t.protocol, f"{r.budget:g}", budget_label(t.protocol, r.budget), r.method, 0,
-                            *[""] * (len(CSV_COLUMNS) - 6), *_recipe_columns(t, r)])
+                row({"dataset": t.dataset, "protocol": t.protocol, "budget": f"{r.budget:g}",
+                     "budget_label": budget_label(t.protocol, r.budget), "method": r.method, "n": 0},
+                    _recipe_columns(t, r))
         if "accuracy" in t.reference:
-            r = t.reference
-            w.writerow([t.dataset, t.protocol, "", "all labels", REFERENCE_METHOD, r["accuracy"].n,
-                        " ".join(str(x.seed) for x in sorted(t.ref_runs, key=lambda x: x.seed)),
-                        *_metric_columns(r, "accuracy"),
-                        _pct4(t.reference_combined.ci95 if t.reference_combined else None),
-                        *_metric_columns(r, "mean_class_accuracy"), *_metric_columns(r, "macro_f1"),
-                        _pct4(r["best_accuracy"].mean if "best_accuracy" in r else None), 0, 0, "", "", "", "", "",
-                        "", *_recipe_columns(t, None)])
+            ref = t.reference
+            values = {"dataset": t.dataset, "protocol": t.protocol, "budget_label": "all labels",
+                      "method": REFERENCE_METHOD, "n": ref["accuracy"].n,
+                      "seeds": " ".join(str(x.seed) for x in sorted(t.ref_runs, key=lambda x: x.seed)),
+                      "n_test": n_test, "image_groups": _groups(t.reference_crossed),
+                      "best_on_test_accuracy": _pct4(ref["best_accuracy"].mean if "best_accuracy" in ref else None),
+                      "best": 0}
+            for key in _METRIC_KEYS:
+                values.update(_metric_columns(ref, t.reference_crossed, key))
+            row(values, _recipe_columns(t, None))
     path.write_text(buf.getvalue(), encoding="utf-8")
     return path

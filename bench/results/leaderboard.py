@@ -1,11 +1,12 @@
 """Leaderboards regenerated from run records: markdown + PNG per dataset, and LaTeX / CSV exports.
 
 Layout follows reference/harness.md Part 3: methods as rows, label budgets as columns, cells
-`mean ± 95% half-width (n)` over seeds, best mean bolded, statistical ties (paired CI vs the best
-includes 0) marked †, the fully supervised run as a single reference column, paired deltas against
-a baseline with raw and Holm-corrected p-values, per-class recall, confusion matrices and a provenance
-footer. Every number comes from `bench.results.aggregate`; output depends only on the records (no
-timestamps, records sorted first), so the same records always give byte-identical files.
+`mean ± 95% half-width (n)` over seeds (and test images), what each interval covers said under each table,
+the highest mean of a column bolded, entries not distinguishable from it (all-pairs Holm) marked †, the fully
+supervised run as a single reference column, paired deltas against a baseline with raw and Holm-corrected
+p-values and the minimum detectable difference, per-class recall, confusion matrices and a provenance footer.
+Every number comes from `bench.results.aggregate`; output depends only on the records (no timestamps, records
+sorted first), so the same records always give byte-identical files.
 
 Protocols are never mixed: harness records make `<dataset>.md` (and .png/.tex/.csv), each reference recipe its
 own `<dataset>_recipe-<recipe>.md` etc., which opens every protocol section with the published numbers
@@ -22,8 +23,10 @@ import numpy as np
 
 from bench.errors import FERBenchError
 from bench.results.aggregate import (
+    ALPHA,
     FINAL_METRICS,
     INTERVALS,
+    POWER,
     REFERENCE_METHOD,
     ProtocolTable,
     Reproduction,
@@ -33,7 +36,7 @@ from bench.results.aggregate import (
     parse_run,
     reference_interval,
 )
-from bench.results.fmt import interval_words, p_text, pct
+from bench.results.fmt import covers_words, images_words, interval_words, p_text, pct
 from bench.results.plots import budget_label, plot_budget_curves, plot_confusions, plot_single_budget
 from bench.results.reported import HARNESS, Reported, load_reported
 from bench.results.stats import Summary
@@ -47,7 +50,6 @@ TIE_MARK = "†"
 SIG_MARK = "*"
 HOLM_MARK = "✓"
 SEED_ONLY_MARK = "‡"
-ALPHA = 0.05
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,7 +102,7 @@ class _Markdown:
                 text = _cell(c.summaries[key].mean, half, c.n) + (f" {SEED_ONLY_MARK}" if fell_back else "")
                 if c.best.get(key):
                     text = f"**{text}**"
-                elif c.tie.get(key):
+                elif c.marked.get(key):
                     text = f"{text} {TIE_MARK}"
                 row.append(text)
             rows.append(row + ([DASH] if with_ref else []))
@@ -108,16 +110,16 @@ class _Markdown:
             ref = t.reference[key]
             rows.append([REFERENCE_METHOD, *(DASH for _ in t.budgets),
                          _cell(ref.mean, reference_interval(t, key, self.interval), ref.n)])
-        words = interval_words(self.interval) if key == "accuracy" else interval_words("seeds")
-        over = "seeds and test images" if key == "accuracy" and self.interval == "combined" else "seeds"
-        legend = (f"**Bold**: best mean in the column (the `{REFERENCE_METHOD}` reference excluded). "
-                  f"{TIE_MARK}: the paired 95% CI of the difference to the bold method, over shared {over}, "
-                  "includes 0 (statistically tied; needs ≥ 2 shared seeds). Best-on-test is not used for ranking.")
+        shows = self.interval
+        legend = f"Each interval covers {covers_words(shows, t.n_test, t.n_groups)}."
         if fallback:
             legend += (f" {SEED_ONLY_MARK}: seed-only t-CI (a run of the cell has no per-image predictions, or they "
-                       "were made on other test images).")
-        return [self.heading(f"{label} (%), final checkpoint, mean ± {words}"), "",
-                *_table(self.header(with_ref), rows), "", legend, ""]
+                       f"were made on other test images): it covers {covers_words('seeds', t.n_test)}.")
+        if t.partly_grouped:
+            legend += " Only the intervals of runs whose predictions name the image groups resample them."
+        return [self.heading(f"{label} (%), final checkpoint, mean ± {interval_words(shows)} "
+                             f"({images_words(t.n_test)})"), "",
+                *_table(self.header(with_ref), rows), "", legend, "", _best_legend(t, key), ""]
 
     def delta_table(self) -> list[str]:
         t = self.t
@@ -138,17 +140,30 @@ class _Markdown:
                 if d.p is not None:
                     text += f" {p_text('p', d.p)}{SIG_MARK if d.p < ALPHA else ''}"
                     text += f" {p_text('Holm', c.p_holm)}{HOLM_MARK if c.p_holm < ALPHA else ''}"
+                    text += f" MDD={pct(d.mdd())}"
                 row.append(text)
             rows.append(row)
         over = " or ".join(sorted(overs, reverse=True)) or "seeds"
+        covers = []
+        if "seeds + test images" in overs:
+            covers.append(f"over seeds + test images, {covers_words('combined', t.n_test, t.n_groups)}")
+        if "seeds" in overs:
+            covers.append(f"over seeds only (a side without per-image predictions), "
+                          f"{covers_words('seeds', t.n_test)}")
         return [
             self.heading(f"Δ accuracy vs `{t.baseline}` (paired over shared {over}, percentage points)"),
             "",
             *_table(self.header(False), rows),
             "",
-            (f"n = seeds shared with the baseline. p: two-sided, of no difference "
+            (f"n = seeds shared with the baseline. Each 95% CI covers the expected difference: "
+             f"{'; '.join(covers)}. p: two-sided, of no difference, consistent with the interval at every level "
              f"({SIG_MARK}: p < {ALPHA}, uncorrected). Holm: the p-value adjusted by Holm–Bonferroni over the "
-             f"{t.holm_family} comparisons of this table ({HOLM_MARK}: significant after the correction)."),
+             f"{t.holm_family} comparisons of this table ({HOLM_MARK}: significant after the correction; the "
+             "figure draws each difference with the interval at the level Holm tested it, which excludes 0 exactly "
+             f"for {HOLM_MARK}). MDD: the minimum detectable difference, the true difference this comparison would "
+             f"detect with {POWER:.0%} power at p < {ALPHA} (before the correction), from the variance it "
+             "estimates; with few seeds that variance is itself uncertain. `ferbench plan-seeds` gives the seeds "
+             "a target difference needs."),
             "",
         ]
 
@@ -277,7 +292,8 @@ class _Markdown:
             "",
             (f"Reported: the paper's number (`bench/results/reported.yaml`), with how it was selected — final: the "
              "last checkpoint; best: the best epoch on the test set. Final: the reproduced final checkpoint, mean ± "
-             f"{interval_words(self.interval)}, as in the accuracy table below. Best-on-test: mean over seeds of each "
+             f"{interval_words(self.interval)}, as in the accuracy table below, which covers "
+             f"{covers_words(self.interval, t.n_test, t.n_groups)}. Best-on-test: mean over seeds of each "
              "run's best test accuracy over its evaluations, the paper-style number. Gaps in percentage points from "
              "the unrounded means; compare like with like (a final number with Final − reported, a best one with "
              f"Best − reported). {DASH}: not published, or not run."),
@@ -285,6 +301,16 @@ class _Markdown:
             *notes,
             *([""] if notes else []),
         ]
+
+
+def _best_legend(t: ProtocolTable, key: str) -> str:
+    family = t.best_family.get(key, 0)
+    return (f"**Bold**: the highest mean of a column with ≥ 2 entries (the `{REFERENCE_METHOD}` reference "
+            f"excluded). {TIE_MARK}: not distinguishable from the best at 95%: no entry of its column is "
+            f"significantly above it, in paired comparisons of every pair of entries of a column (over shared seeds, "
+            f"and test images where both kept predictions), Holm-adjusted over the {family} pairwise comparisons of "
+            f"this table. An entry neither bold nor {TIE_MARK} is significantly below another entry of its column, "
+            "hence below the best, at family-wise 95%. Best-on-test is not used for ranking.")
 
 
 def _where(t: ProtocolTable, sep: str = " — ") -> str:
@@ -352,11 +378,19 @@ def _recipe_preamble(dataset: str, recipe: str) -> list[str]:
 
 def _render_markdown(dataset: str, tables: list[ProtocolTable], interval: str, n_records: int) -> str:
     interval = "combined" if any(t.shown_interval(interval) == "combined" for t in tables) else "seeds"
-    intervals = ("mean over seeds ± 95% half-width: for accuracy, over seeds and test images (seed-to-seed "
-                 "variation and test-set sampling, bench/results/uncertainty.py); for the other metrics, the "
-                 "Student-t half-width t(0.975, n−1)·s/√n over seeds only" if interval == "combined" else
+    intervals = ("mean over seeds ± 95% half-width over seeds and test images (seed-to-seed variation and "
+                 "test-set sampling, bench/results/uncertainty.py): it covers the metric expected of a new training "
+                 "run (new seed) on new test images from the population the test set samples" + (
+                     "; a cell whose runs lack per-image predictions falls back to the seed-only t-CI (‡), which "
+                     "covers the metric expected on these same test images only"
+                     if any(t.falls_back(interval) for t in tables) else "") if interval == "combined" else
                  "mean over seeds ± 95% Student-t half-width t(0.975, n−1)·s/√n over seeds only (seed-to-seed "
-                 "variation; test-set sampling noise is not in these intervals)")
+                 "variation): it covers the metric expected of a new training run on these same test images; "
+                 "test-set sampling noise is not in these intervals")
+    assumed = ("Assumed: seeds are independent runs; test images are independent draws from the population. Images "
+               "that share a subject or a video are not, and make intervals over test images too narrow; where "
+               "the predictions carry a group id per image (subject, video) the intervals resample the groups "
+               "instead." if interval == "combined" else "Assumed: seeds are independent runs.")
     recipe = tables[0].recipe
     stem = file_stem(dataset, recipe)
     lines = [
@@ -366,6 +400,7 @@ def _render_markdown(dataset: str, tables: list[ProtocolTable], interval: str, n
         (f"Generated by `bench.results.leaderboard` from {n_records} run records; regenerating from the same "
          "records gives byte-identical files."),
         f"Cells: {intervals}; no interval for n = 1.",
+        assumed,
         ("Ranking uses the final checkpoint; best-on-test accuracy is shown separately, flagged as "
          "optimistic, and is not used for ranking."),
         "",
@@ -423,9 +458,11 @@ def _plot(dataset: str, tables: list[ProtocolTable], path: Path, interval: str) 
                                   reference=reference, reference_label=label, interval_label=interval_words(interval))
     panels = []
     for t in tables:
-        deltas = {(m, b): (c.delta.mean, c.delta.ci95) for m in t.methods for b in t.budgets
-                  if (c := t.cell(m, b)) is not None and c.delta is not None}
-        panels.append((t.protocol, _accuracy_points(t, interval), t.baseline, deltas))
+        # the table's inference: each Δ with its interval at the level Holm's step-down tested it, so that it
+        # excludes 0 exactly when the Δ table marks it significant after the correction
+        deltas = {(m, b): (c.delta.mean, None if c.holm_level is None else c.delta.half_width(c.holm_level))
+                  for m in t.methods for b in t.budgets if (c := t.cell(m, b)) is not None and c.delta is not None}
+        panels.append((t.protocol, _accuracy_points(t, interval), t.baseline, deltas, t.holm_family))
     return plot_single_budget(dataset, panels, path, interval_words(interval), reference=reference,
                               reference_label=label)
 

@@ -8,6 +8,7 @@ the same input gives a byte-identical file.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -56,6 +57,21 @@ def _budget_x(protocol: str, budget: float) -> float:
     return budget * 100.0 if protocol == "fraction" else budget
 
 
+def _dodge(protocol: str, x: float, k: int, count: int, budgets: Sequence[float]) -> float:
+    """x of the k-th of `count` methods at budget x: spread over a band around x that is a small share of the
+    axis (multiplicative on the log axis of fractions), so that one budget's error bars sit side by side."""
+    if count < 2:
+        return x
+    step = (k - (count - 1) / 2) / (count - 1)  # -1/2 .. +1/2
+    if protocol == "fraction":  # log axis: a factor; the band spans 1/4 of the smallest ratio of budgets, at most 12%
+        xs = sorted({_budget_x(protocol, b) for b in budgets})
+        ratio = min((b / a for a, b in zip(xs, xs[1:])), default=2.0)
+        return x * math.exp(step * min(math.log(ratio) / 4, math.log(1.12)))
+    xs = sorted({_budget_x(protocol, b) for b in budgets})
+    gap = min((b - a for a, b in zip(xs, xs[1:])), default=max(abs(x), 1.0))
+    return x + step * gap / 4
+
+
 def _budget_xlabel(protocol: str) -> str:
     return {
         "fraction": "labeled fraction (%, log scale)",
@@ -75,9 +91,10 @@ def plot_budget_curves(
     """Accuracy (%) vs label budget, one subplot per protocol and one line per method.
 
     `panels` maps protocol -> method -> budget -> Summary of accuracy fractions; methods are drawn
-    in the mapping's order. Error bars are the Summaries' `ci95` half-widths, described by `interval_label`
-    (none where n < 2). `reference`,
-    if given, is drawn in every subplot as a dashed horizontal line with its CI as a shaded band.
+    in the mapping's order, each shifted sideways by a small offset (the same for all its points) so that error
+    bars of one budget do not cover each other. Error bars are the Summaries' `ci95` half-widths, described by
+    `interval_label` (none where n < 2). `reference`, if given, is drawn in every subplot as a dashed horizontal
+    line with its CI as a shaded band.
     """
     protocols = sorted(panels)
     if not protocols:
@@ -93,10 +110,10 @@ def plot_budget_curves(
                 colors.setdefault(method, f"C{len(colors) % 10}")
         for ax, protocol in zip(axes, protocols):
             methods = panels[protocol]
-            for method, by_budget in methods.items():
+            for k, (method, by_budget) in enumerate(methods.items()):
                 color = colors[method]
                 budgets = sorted(by_budget)
-                xs = [_budget_x(protocol, b) for b in budgets]
+                xs = [_dodge(protocol, _budget_x(protocol, b), k, len(methods), budgets) for b in budgets]
                 ys = [by_budget[b].mean * 100.0 for b in budgets]
                 ax.plot(xs, ys, marker="o", color=color, label=method)
                 with_ci = [(x, y, by_budget[b].ci95) for x, y, b in zip(xs, ys, budgets)
@@ -131,7 +148,7 @@ def plot_budget_curves(
 def plot_single_budget(
     dataset: str,
     panels: Sequence[tuple[str, Mapping[str, Mapping[float, Summary]], str | None,
-                           Mapping[tuple[str, float], tuple[float, float | None]]]],
+                           Mapping[tuple[str, float], tuple[float, float | None]], int]],
     path: Path,
     interval_label: str,
     reference: Summary | None = None,
@@ -139,21 +156,24 @@ def plot_single_budget(
 ) -> Path:
     """For protocols with few budgets: per protocol, a dot plot of each method's accuracy with its interval
     (one row per method and budget, so nothing is stacked), and a forest plot of the paired Δ against the
-    baseline with a line at 0.
+    baseline with a line at 0, each with its Holm-adjusted interval (the table's inference).
 
     `panels`: (protocol, method -> budget -> Summary of accuracy with the half-width shown in `ci95`, baseline
-    or None, (method, budget) -> (Δ mean, Δ half-width or None)), as fractions.
+    or None, (method, budget) -> (Δ mean, half-width of the interval at the level Holm tested it, or None), the
+    number of comparisons Holm corrected over), as fractions.
     """
     if not panels:
         raise ValueError("plot_single_budget() needs at least one protocol")
     with mpl.rc_context():
         mpl.rcdefaults()
-        rows = [[(m, b) for m, by_budget in points.items() for b in sorted(by_budget)] for _, points, _, _ in panels]
-        height = max(2.6, 0.42 * max(len(r) for r in rows) + 1.4)
-        fig = Figure(figsize=(11.0, height * len(panels)))
+        rows = [[(m, b) for m, by_budget in points.items() for b in sorted(by_budget)]
+                for _, points, _, _, _ in panels]
+        height = max(3.0, 0.42 * max(len(r) for r in rows) + 1.8)
+        fig = Figure(figsize=(11.0, height * len(panels)), layout="constrained")  # fits the multi-line labels
+        fig.get_layout_engine().set(w_pad=0.1, h_pad=0.1)
         axes = fig.subplots(len(panels), 2, squeeze=False)
         multi_budget = any(len({b for _, b in r}) > 1 for r in rows)
-        for (protocol, points, baseline, deltas), items, (ax_dot, ax_delta) in zip(panels, rows, axes):
+        for (protocol, points, baseline, deltas, family), items, (ax_dot, ax_delta) in zip(panels, rows, axes):
             def name(m: str, b: float, protocol: str = protocol) -> str:
                 return f"{m} @ {budget_label(protocol, b)}" if multi_budget else m
 
@@ -173,7 +193,7 @@ def plot_single_budget(
                 ax_dot.legend(fontsize="small", loc="lower right")
             ax_dot.set_yticks(ys, [name(m, b) for m, b in items])
             ax_dot.set_ylim(-0.7, len(items) - 0.3)
-            ax_dot.set_xlabel(f"top-1 accuracy (%), final checkpoint, mean ± {interval_label}")
+            ax_dot.set_xlabel(f"top-1 accuracy (%), final checkpoint\nmean ± {interval_label}")
             title = budget_label(protocol, items[0][1]) if items and not multi_budget else "by budget"
             ax_dot.set_title(f"{dataset} — protocol {protocol}, {title}")
             ax_dot.grid(True, axis="x", alpha=0.3)
@@ -187,12 +207,13 @@ def plot_single_budget(
             ax_delta.axvline(0.0, color="black", linewidth=1.0)
             ax_delta.set_yticks(dys, [name(m, b) for m, b in shown])
             ax_delta.set_ylim(-0.7, max(len(shown), 1) - 0.3)
-            ax_delta.set_xlabel("Δ accuracy (percentage points), paired, mean ± 95% CI")
+            ax_delta.set_xlabel("Δ accuracy (points), paired: mean ± Holm-adjusted CI\n"
+                                f"over {family} comparison" + ("s" if family != 1 else "") + ", each at the level "
+                                "Holm tested it\n(it excludes 0 exactly when Holm p < 0.05)")
             ax_delta.set_title(f"vs {baseline}" if baseline else "no baseline records")
             ax_delta.grid(True, axis="x", alpha=0.3)
             if not shown:
                 ax_delta.text(0.5, 0.5, "no paired comparison", ha="center", va="center", transform=ax_delta.transAxes)
-        fig.tight_layout()
         return _save(fig, path)
 
 
@@ -207,7 +228,9 @@ def plot_confusions(title: str, matrices: Mapping[str, object], class_names: Seq
         nrows = -(-len(names) // cols)
         k = len(class_names) or np.asarray(matrices[names[0]]).shape[0]
         side = 0.5 * k + 1.6
-        fig = Figure(figsize=(side * cols, side * nrows))
+        # constrained layout keeps the rotated tick labels, the axis labels and the two-line title in the figure
+        fig = Figure(figsize=(max(side * cols, 5.2), side * nrows + 0.6), layout="constrained")
+        fig.get_layout_engine().set(w_pad=0.1, h_pad=0.1)  # inches: the default cuts descenders at the edge
         axes = fig.subplots(nrows, cols, squeeze=False)
         labels = list(class_names) or [str(i) for i in range(k)]
         for ax, method in zip(axes.flat, names):
@@ -225,8 +248,7 @@ def plot_confusions(title: str, matrices: Mapping[str, object], class_names: Seq
             ax.set_title(method, fontsize="medium")
         for ax in list(axes.flat)[len(names):]:
             ax.axis("off")
-        fig.suptitle(f"{title}: confusion matrices, row-normalised (%), mean over seeds", fontsize="medium")
-        fig.tight_layout()
+        fig.suptitle(f"{title}\nconfusion matrices, row-normalised (%), mean over seeds", fontsize="medium")
         return _save(fig, path)
 
 

@@ -211,9 +211,13 @@ def write_json_atomic(path: str | Path, payload: Any, overwrite: bool = True) ->
         raise
 
 
-def write_predictions(record_file: Path, predictions: list[int], targets: Any, test_ids: Any) -> dict[str, Any]:
+def write_predictions(record_file: Path, predictions: list[int], targets: Any, test_ids: Any,
+                      groups: Any = None) -> dict[str, Any]:
     """Write the final model's per-test-image predictions next to `record_file`, as an int16 `.npy` array (2, N):
-    row 0 the test targets, row 1 the predictions, in the test split's order. The file is named by the run id
+    row 0 the test targets, row 1 the predictions, in the test split's order. A dataset whose test images come in
+    groups that are not independent (several images of one subject or video) passes an integer group id per image
+    in `groups`: it becomes row 2 (the array is then int32, (3, N)), and the leaderboards' intervals resample
+    the groups instead of the images. The file is named by the run id
     and the first 12 hex of its sha256, so a duplicate job of the run never replaces the file another job's
     record names (`.npy`, not `.npz`: its bytes depend only on the array). Returns the record's reference to it:
     file name, sha256, N, and the sha256 of the test ids (whether two runs saw the same images in one order)."""
@@ -221,8 +225,11 @@ def write_predictions(record_file: Path, predictions: list[int], targets: Any, t
 
     import numpy as np
 
+    rows = [targets, predictions] + ([] if groups is None else [groups])
+    if groups is not None and len(groups) != len(predictions):
+        raise FERBenchError(f"{record_file}: {len(groups)} group ids for {len(predictions)} test predictions")
     buf = io.BytesIO()
-    np.save(buf, np.stack([np.asarray(targets, dtype=np.int16), np.asarray(predictions, dtype=np.int16)]),
+    np.save(buf, np.stack([np.asarray(r, dtype=np.int16 if groups is None else np.int32) for r in rows]),
             allow_pickle=False)
     blob = buf.getvalue()
     sha = hashlib.sha256(blob).hexdigest()
@@ -233,8 +240,8 @@ def write_predictions(record_file: Path, predictions: list[int], targets: Any, t
 
 
 def read_predictions(record_file: Path, record: dict) -> Any:
-    """The (2, N) targets/predictions array a record references, checked against its sha256; None when the
-    record has none (written before predictions were kept)."""
+    """The (2, N) targets/predictions array a record references ((3, N) with group ids), checked against its
+    sha256; None when the record has none (written before predictions were kept)."""
     import numpy as np
 
     ref = record.get("predictions")
@@ -247,10 +254,24 @@ def read_predictions(record_file: Path, record: dict) -> Any:
     if hashlib.sha256(blob).hexdigest() != ref.get("sha256"):
         raise FERBenchError(f"{path}: sha256 does not match the record's; the file was changed after the run")
     array = np.load(path, allow_pickle=False)
-    if array.ndim != 2 or array.shape[0] != 2 or array.shape[1] != ref.get("n"):
-        raise FERBenchError(f"{path}: expected a (2, {ref.get('n')}) array of targets and predictions, "
-                            f"got shape {array.shape}")
+    if array.ndim != 2 or array.shape[0] not in (2, 3) or array.shape[1] != ref.get("n"):
+        raise FERBenchError(f"{path}: expected a (2, {ref.get('n')}) array of targets and predictions (or (3, "
+                            f"{ref.get('n')}) with group ids), got shape {array.shape}")
     return array
+
+
+def load_with_predictions(records_dir: str | Path) -> tuple[list[Record], dict[str, Any]]:
+    """Every run record under `records_dir` and, by run id, the predictions arrays they reference (checked); prints
+    one line for each kind of file it passed over (records of a newer schema, JSON files that are not records)."""
+    if not Path(records_dir).is_dir():
+        raise FERBenchError(f"{records_dir}: records folder not found")
+    scan = scan_records(records_dir)
+    for note in scan.notes():
+        print(f"ferbench: {note}")
+    if not scan.files:
+        raise FERBenchError(f"{records_dir}: no run records found")
+    predictions = {rec["run_id"]: a for path, rec in scan.files if (a := read_predictions(path, rec)) is not None}
+    return [rec for _, rec in scan.files], predictions
 
 
 def record_path(records_dir: str | Path, run_id: str) -> Path:

@@ -14,25 +14,18 @@ def render_records(records_dir: Path, out: Path, baseline: str, formats: tuple[s
     skipped) and returns the files. A `baseline` the user named (`baseline_given`) must be among the records'
     methods; otherwise a Δ table is drawn only when the default baseline ran."""
     from bench.results.leaderboard import render_leaderboards
-    from bench.results.record import read_predictions, scan_records
+    from bench.results.record import load_with_predictions
 
-    if not records_dir.is_dir():
-        raise FERBenchError(f"{records_dir}: records folder not found")
     if out.exists() and not out.is_dir():
         raise FERBenchError(f"{out}: exists and is not a folder; the leaderboards go into a folder (-o FOLDER)")
     if reported is not None and not reported.is_file():
         raise FERBenchError(f"--reported {reported}: file not found")
-    scan = scan_records(records_dir)
-    for note in scan.notes():
-        print(f"ferbench: {note}")
-    if not scan.files:
-        raise FERBenchError(f"{records_dir}: no run records found")
-    methods = sorted({rec["method"] for _, rec in scan.files})
+    records, predictions = load_with_predictions(records_dir)
+    methods = sorted({rec["method"] for rec in records})
     if baseline_given and baseline not in methods:
         raise FERBenchError(f"--baseline {baseline}: no record of that method in {records_dir} (its methods: "
                             f"{', '.join(methods)})")
-    predictions = {rec["run_id"]: a for path, rec in scan.files if (a := read_predictions(path, rec)) is not None}
-    paths = render_leaderboards([rec for _, rec in scan.files], out, baseline=baseline, predictions=predictions,
+    paths = render_leaderboards(records, out, baseline=baseline, predictions=predictions,
                                 formats=formats, interval=interval, reported=reported)
     for p in paths:
         print(f"wrote {p}")
