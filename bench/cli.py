@@ -223,25 +223,9 @@ def _progress():  # a live progress display for single runs
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from rich.table import Table
+    from bench.launch.status import print_status
 
-    from bench.launch.status import STATES, sweep_status
-
-    if not Path(args.output_dir).is_dir():
-        raise FERBenchError(f"{args.output_dir}: sweep output folder not found")
-    rows = sweep_status(args.output_dir)
-    if not rows:
-        raise FERBenchError(f"{args.output_dir}: no runs found (no records, status files or submissions)")
-    table = Table(title=f"sweep {args.output_dir}")
-    for col in ("run", "state", "job", "error / log"):
-        table.add_column(col, overflow="fold")
-    colour = {"done": "green", "failed": "red", "running": "cyan", "requeued": "yellow", "pending": "white"}
-    for r in rows:
-        detail = f"{r.error} ({r.log})" if r.error else (r.log or "") if r.state != "done" else ""
-        table.add_row(r.run_id, f"[{colour[r.state]}]{r.state}[/]", r.job_id or "", detail)
-    _console().print(table)
-    counts = {s: sum(r.state == s for r in rows) for s in STATES}
-    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    print_status(args.output_dir)
     return 0
 
 
@@ -255,7 +239,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                "gpus_per_node": args.gpus_per_node, "mem_gb": args.mem_gb,
                "array_parallelism": args.array_parallelism}
     return run_sweep(SweepRequest(Path(args.spec), args.overrides, args.dry_run, args.leaderboard_dir, args.executor,
-                                  cluster, args.wait, args.runs_per_gpu))
+                                  cluster, args.wait, args.runs_per_gpu, args.rerun_stale))
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -263,7 +247,8 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     render_records(Path(args.records_dir), Path(args.output), args.baseline or "supervised", formats, args.interval,
-                   Path(args.reported) if args.reported else None, baseline_given=args.baseline is not None)
+                   Path(args.reported) if args.reported else None, baseline_given=args.baseline is not None,
+                   include_archived=args.include_archived)
     return 0
 
 
@@ -432,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--array-parallelism", type=int, default=None, help="most jobs at a time")
     s.add_argument("--runs-per-gpu", type=int, default=None, metavar="K",
                    help="pack K runs into each job, running concurrently on its GPU (default: the spec's, or 1)")
+    s.add_argument("--rerun-stale", action="store_true",
+                   help="archive the records whose code's behaviour has changed since (stale), then run those cells "
+                        "again; the archived records stay readable (`leaderboard --include-archived`)")
     s.add_argument("overrides", nargs="*", help="dotted overrides applied to every run")
     s.set_defaults(fn=_cmd_sweep)
 
@@ -447,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--format", default="md", help="comma-separated: md, tex, csv (e.g. md,tex,csv)")
     lb.add_argument("--interval", default="combined", choices=("combined", "seeds"),
                     help="accuracy interval shown: over seeds and test images (default), or the seed-only t-CI")
+    lb.add_argument("--include-archived", action="store_true",
+                    help="also the records `sweep --rerun-stale` archived (each in a row of its own)")
     lb.add_argument("--reported", default=None, metavar="YAML",
                     help="published numbers for reference-recipe leaderboards (default: bench/results/reported.yaml)")
     lb.set_defaults(fn=_cmd_leaderboard)

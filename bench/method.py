@@ -291,6 +291,12 @@ class Method:
 
     # -- what a method may override ---------------------------------------------------------------------------
 
+    @classmethod
+    def probe_arguments(cls, arguments: dict[str, Any]) -> dict[str, Any]:
+        """The arguments the behavioural-fingerprint probe (bench/engine/fingerprint.py) runs the method with, given
+        a run's: the same, unless some cannot run on the probe's tiny model and generated images (files to load)."""
+        return dict(arguments)
+
     def setup(self, info: SetupInfo) -> None:
         """Allocate state whose size depends on the data (called before a checkpoint is restored)."""
 

@@ -149,6 +149,16 @@ class FRPretraining(Method):
         self._boxes = None
         self._checkpoint_info: dict[str, Any] | None = None
 
+    @classmethod
+    def probe_arguments(cls, arguments: dict[str, Any]) -> dict[str, Any]:
+        """No checkpoint or image folders to load in the fingerprint probe, and a small MAE decoder for its tiny ViT:
+        pretrain=checkpoint is probed as its stages run (stage 0 skipped) from a random encoder."""
+        probe = {**arguments, "pretrain_checkpoint": None, "pretrain_data": [], "decoder_dim": 32,
+                 "decoder_depth": 1, "decoder_heads": 2}
+        if probe.get("pretrain") == "checkpoint":
+            probe["pretrain"] = "none"
+        return probe
+
     def stages(self) -> tuple[Stage, ...]:
         a = self.args
         augment = {**RESIZED_CROP, **FACE_NORM}

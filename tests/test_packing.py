@@ -42,7 +42,8 @@ def test_local_executor_packs_four_runs_into_two_jobs(shared_cache: Path, tmp_pa
     assert [s["state"] for s in statuses] == ["done"] * 4
     assert {s["job_id"] for s in statuses} == set(jobs.values())  # each run knows the job it ran in
     assert main(["status", str(out)]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "4 done, 0 running, 0 requeued, 0 pending, 0 failed"
+    counts = capsys.readouterr().out.strip().splitlines()[-1]
+    assert counts == "4 done, 0 stale, 0 running, 0 requeued, 0 pending, 0 failed"
     # resubmitting finds every record: nothing is submitted
     assert main(["sweep", str(spec), "--executor", "local"]) == 0
     assert "4 already done, 0 already submitted and not over, 0 to submit" in capsys.readouterr().out
@@ -59,7 +60,7 @@ def test_a_failing_run_in_a_pack_keeps_the_others_record(shared_cache: Path, tmp
     assert len(set(_jobs(out).values())) == 1  # one job held both
     assert main(["status", str(out)]) == 0
     text = capsys.readouterr().out
-    assert text.strip().splitlines()[-1] == "1 done, 0 running, 0 requeued, 0 pending, 1 failed"
+    assert text.strip().splitlines()[-1] == "1 done, 0 stale, 0 running, 0 requeued, 0 pending, 1 failed"
     assert "loss became" in text
 
 

@@ -90,7 +90,7 @@ def test_array_sweep_status_failure_and_resubmission(slurm_cluster, shared_cache
     assert "loss became" in capsys.readouterr().err
     assert main(["status", str(out)]) == 0
     text = capsys.readouterr().out
-    assert text.strip().splitlines()[-1] == "6 done, 0 running, 0 requeued, 0 pending, 1 failed"
+    assert text.strip().splitlines()[-1] == "6 done, 0 stale, 0 running, 0 requeued, 0 pending, 1 failed"
     assert "loss became" in text and "supervised_synthfer_fraction0.1_s7_" in text
     # resubmitting the first sweep finds every record: nothing is submitted
     assert main(["sweep", str(spec), "--executor", "slurm"]) == 0

@@ -51,14 +51,20 @@ def prepare_run_data(cfg: RunConfig, accelerator: Accelerator, method_cls: type[
         prep_path = prepare_dataset(cfg.data.name, cfg.data.root, cfg.data.image_size, str(cache_dir),
                                     cfg.data.reader_options(), cfg.data.on_bad_image,
                                     label_protocol=cfg.data.label_protocol)
-    data = load_prepared(prep_path)
+    return run_data_from(load_prepared(prep_path), cfg, method_cls,
+                         cache_dir / "splits" if accelerator.is_main_process else None)
+
+
+def run_data_from(data: Any, cfg: RunConfig, method_cls: type[Method], manifest_dir: Path | None) -> RunData:
+    """The split manifest of `data` (a prepared dataset) for `cfg` (saved in `manifest_dir`, if given), and the
+    labeled and unlabeled pools laid out."""
     budget = 1.0 if method_cls.labeled_source == "all" else cfg.data.budget
     protocol = "fraction" if method_cls.labeled_source == "all" else cfg.data.protocol
     manifest = make_split(
         data.name, data.fingerprint, data.train.ids, data.train.labels, data.num_classes,
         protocol, budget, cfg.effective_split_seed, data.class_names,
     )
-    manifest_path = save_manifest(manifest, cache_dir / "splits") if accelerator.is_main_process else None
+    manifest_path = save_manifest(manifest, manifest_dir) if manifest_dir is not None else None
     labeled_pool = np.asarray(manifest["labeled_index"], dtype=np.int64)
     all_train = np.arange(len(data.train.ids))
     unlabeled_pool = all_train if cfg.data.unlabeled == "all" else np.setdiff1d(all_train, labeled_pool)

@@ -21,10 +21,12 @@ def scored_stage(run: RunSetup, results: list[StageResult]) -> StageResult:
     return scored[-1]
 
 
-def build_record(run: RunSetup, results: list[StageResult], pretrained: dict[str, Any] | None,
-                 predictions: Predictions | None, artifacts: dict[str, dict[str, Any]] | None = None) -> Record:
+def build_record(run: RunSetup, results: list[StageResult], *, pretrained: dict[str, Any] | None = None,
+                 predictions: Predictions | None = None, artifacts: dict[str, dict[str, Any]] | None = None,
+                 fingerprint: dict[str, Any] | None = None) -> Record:
     """The run's record. Its metrics are those of the last stage that evaluates a classifier; iterations, times
-    and throughput are the stages' together; `pretrained`: what `model.pretrained_file` loaded."""
+    and throughput are the stages' together; `pretrained`: what `model.pretrained_file` loaded; `fingerprint`: the
+    behaviour of the code that trained it (bench/engine/fingerprint.py)."""
     last = scored_stage(run, results)
     cfg, data, manifest, final = run.cfg, run.data.data, run.data.manifest, last.final_metrics
     accs = [h["accuracy"] for h in last.state.history]
@@ -95,4 +97,6 @@ def build_record(run: RunSetup, results: list[StageResult], pretrained: dict[str
         record["predictions"] = predictions
     if artifacts is not None:
         record["artifacts"] = artifacts
+    if fingerprint is not None:
+        record["fingerprint"] = fingerprint
     return record

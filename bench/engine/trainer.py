@@ -25,6 +25,7 @@ from bench.config import RunConfig, run_id
 from bench.data.datasets import get_dataset
 from bench.data.splits import check_budget
 from bench.engine.checkpoints import remove_checkpoints
+from bench.engine.fingerprint import current_fingerprint
 from bench.engine.model import check_model
 from bench.engine.run_data import prepare_run_data
 from bench.engine.run_record import build_record, scored_stage
@@ -193,6 +194,10 @@ def train(cfg: RunConfig, progress: Any = None,
     if paths.record.exists():
         return finished_record(paths)
     accelerator = make_accelerator(cfg, paths.run_dir)
+    # the behaviour of the code that trains it, probed (or found cached) before training, never inside it
+    fingerprint = current_fingerprint(cfg) if accelerator.is_main_process else None
+    if fingerprint is not None and "error" in fingerprint:
+        raise FERBenchError(fingerprint["error"])
     run = set_up_run(cfg, accelerator, method_cls)
     slot = CheckpointSlot()
     accelerator.register_for_checkpointing(slot)
@@ -219,7 +224,7 @@ def train(cfg: RunConfig, progress: Any = None,
                 _keep_finished_stage(accelerator, result, stage_dir)
             results.append(result)
         previous = results[-1].model
-    record = _finish_run(run, results, pretrained, paths)
+    record = _finish_run(run, results, paths, pretrained=pretrained, fingerprint=fingerprint)
     accelerator.end_training()
     return record
 
@@ -254,8 +259,8 @@ def writing(what: str) -> Iterator[None]:
                             "run would trust was left behind") from e
 
 
-def _finish_run(run: RunSetup, results: list[StageResult], pretrained: dict[str, Any] | None,
-                paths: RunPaths) -> Record:
+def _finish_run(run: RunSetup, results: list[StageResult], paths: RunPaths, *, pretrained: dict[str, Any] | None,
+                fingerprint: dict[str, Any] | None) -> Record:
     """The run's files, then its record (the main process writes them): the predictions, the final weights and
     the curves first, each renamed into place whole, so a record never names a file that is not there."""
     last = scored_stage(run, results)
@@ -266,7 +271,8 @@ def _finish_run(run: RunSetup, results: list[StageResult], pretrained: dict[str,
         with writing(f"the results of run {run.run_id}"):
             predictions = write_predictions(paths.record, last.final_metrics["predictions"], test.labels, test.ids)
             artifacts = {"final_model": _save_model(last.eval_model or last.model, paths)}
-    record = build_record(run, results, pretrained, predictions, artifacts)
+    record = build_record(run, results, pretrained=pretrained, predictions=predictions, artifacts=artifacts,
+                          fingerprint=fingerprint)
     if acc.is_main_process:
         from bench.results.plots import plot_run_curves
 

@@ -32,6 +32,7 @@ class SweepRequest:
     cluster: dict[str, Any] = field(default_factory=dict)  # command-line resources over the spec's `cluster`
     wait: bool = False
     runs_per_gpu: int | None = None
+    rerun_stale: bool = False  # archive the records the code no longer reproduces, then run those cells again
 
 
 def run_sweep(req: SweepRequest) -> int:
@@ -43,6 +44,8 @@ def run_sweep(req: SweepRequest) -> int:
     runs = [cfg for _, cfg in labelled]
     settle_output_dir(spec, runs)  # an output_dir override moves the submission log and job logs too
     validate_cells(spec, labelled)  # every cell, before any data is prepared, run started or job submitted
+    if req.rerun_stale:
+        _archive_stale(spec, runs, req.dry_run)
     out = req.leaderboard_dir or spec.leaderboard_dir
     if req.executor != "inline":
         return _submit(spec, runs, req, out)
@@ -64,6 +67,28 @@ def run_sweep(req: SweepRequest) -> int:
     for cfg, err in failures:
         print(f"ferbench: run failed: {cfg.method} budget={cfg.data.budget:g} seed={cfg.seed}: {err}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _archive_stale(spec: SweepSpec, runs: list[RunConfig], dry_run: bool) -> None:
+    """Move the records of the sweep's stale cells (their code's behaviour changed since) into an archive, so the
+    sweep runs those cells again; nothing is deleted or overwritten (`ferbench leaderboard --include-archived`)."""
+    import json
+
+    from bench.engine.trainer import run_paths
+    from bench.results.archive import archive_runs
+    from bench.results.freshness import assess
+
+    done = [json.loads(p.read_text()) for c in runs if (p := run_paths(c).record).exists()]
+    fresh = assess(done)
+    stale = sorted(rid for rid, f in fresh.items() if f.state == "stale")
+    if not stale:
+        print(f"sweep {spec.name}: no stale records ({len(done)} done)")
+        return
+    if dry_run:
+        print(f"sweep {spec.name}: {len(stale)} stale record(s) would be archived and run again: {', '.join(stale)}")
+        return
+    folder = archive_runs(spec.output_dir, stale)
+    print(f"sweep {spec.name}: archived {len(stale)} stale record(s) under {folder}; they run again")
 
 
 def _list(todo: list[RunConfig]) -> None:

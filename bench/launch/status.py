@@ -1,6 +1,7 @@
-"""`ferbench status OUTPUT_DIR`: done / running / pending / failed for every run of a sweep.
+"""`ferbench status OUTPUT_DIR`: done / stale / running / pending / failed for every run of a sweep.
 
-It joins what a sweep leaves on disk: records (done), the status files its jobs write (running,
+It joins what a sweep leaves on disk: records (done, or stale when the code installed now behaves differently
+from the code that trained them: bench/results/freshness.py), the status files its jobs write (running,
 requeued, failed with the error line), the submissions log and, for SLURM jobs, sacct's job states
 (a job killed before it could write anything: cancelled, out of memory, time limit).
 """
@@ -13,9 +14,10 @@ from pathlib import Path
 
 from bench.errors import FERBenchError
 from bench.launch.executor import LIVE_STATES, read_jobs, slurm_states
+from bench.results.freshness import assess
 from bench.results.record import scan_records
 
-STATES = ("done", "running", "requeued", "pending", "failed")
+STATES = ("done", "stale", "running", "requeued", "pending", "failed")
 
 
 @dataclass
@@ -36,8 +38,9 @@ def _last_line(path: str | None) -> str | None:
 
 def sweep_status(output_dir: str | Path) -> list[RunStatus]:
     out = Path(output_dir)
-    records = {rec["run_id"] for _, rec in scan_records(out / "records").files} if (out / "records").is_dir() \
-        else set()
+    found = [rec for _, rec in scan_records(out / "records").files] if (out / "records").is_dir() else []
+    records = {rec["run_id"] for rec in found}
+    fresh = assess(found)
     statuses = {}
     for p in (out / "status").glob("*.json"):
         try:
@@ -53,7 +56,11 @@ def sweep_status(output_dir: str | Path) -> list[RunStatus]:
         job_id = st.get("job_id") or job.get("job_id")
         log = (st.get("logs") or {}).get("stderr") or (job.get("logs") or {}).get("stderr")
         if rid in records:
-            result.append(RunStatus(rid, "done", job_id))
+            f = fresh.get(rid)
+            if f is not None and f.state == "stale":
+                result.append(RunStatus(rid, "stale", job_id, "; ".join(f.changed) or "the code's behaviour changed"))
+            else:
+                result.append(RunStatus(rid, "done", job_id))
             continue
         if st.get("state") == "failed":
             result.append(RunStatus(rid, "failed", job_id, st.get("error"), log))
@@ -70,3 +77,28 @@ def sweep_status(output_dir: str | Path) -> list[RunStatus]:
             state = st.get("state", "pending")
         result.append(RunStatus(rid, state if state in STATES else "running", job_id, None, log))
     return result
+
+
+def print_status(output_dir: str | Path) -> None:
+    """The table of `sweep_status` and a line of counts (done, stale, running, requeued, pending, failed)."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+
+    if not Path(output_dir).is_dir():
+        raise FERBenchError(f"{output_dir}: sweep output folder not found")
+    rows = sweep_status(output_dir)
+    if not rows:
+        raise FERBenchError(f"{output_dir}: no runs found (no records, status files or submissions)")
+    table = Table(title=f"sweep {output_dir}")
+    for col in ("run", "state", "job", "error / log / what changed"):
+        table.add_column(col, overflow="fold")
+    colour = {"done": "green", "stale": "magenta", "failed": "red", "running": "cyan", "requeued": "yellow",
+              "pending": "white"}
+    for r in rows:
+        detail = f"{r.error} ({r.log})" if r.error and r.log else r.error or (r.log or "" if r.state != "done" else "")
+        table.add_row(r.run_id, f"[{colour[r.state]}]{r.state}[/]", r.job_id or "", detail)
+    Console(width=200 if not sys.stdout.isatty() else None).print(table)
+    counts = {s: sum(r.state == s for r in rows) for s in STATES}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()))

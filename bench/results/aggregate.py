@@ -28,6 +28,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -380,9 +381,25 @@ class ProtocolTable:
     best_family: dict[str, int] = field(default_factory=dict)  # metric -> pairwise comparisons Holm corrects over
     recipe: str = HARNESS
     reproduction: list[Reproduction] = field(default_factory=list)  # recipe tables only: cells vs the papers
+    #: run id -> whether its record still describes the code (bench/results/freshness.py); empty: not assessed
+    freshness: dict[str, Any] = field(default_factory=dict)
 
     def cell(self, method: str, budget: float) -> Cell | None:
         return self.cells.get((method, budget))
+
+    def mark(self, runs: list[Run]) -> str:
+        """"stale" / "mixed" for a cell of these runs (bench/results/freshness.py), "" when current."""
+        from bench.results.freshness import cell_mark
+
+        return cell_mark((r.run_id for r in runs), self.freshness)
+
+    def freshness_word(self, runs: list[Run]) -> str:
+        """A cell's freshness in one word or two: its mark, else "current" (every run current) or "unknown"; ""
+        when the table was not assessed."""
+        if not self.freshness:
+            return ""
+        states = {self.freshness[r.run_id].state for r in runs if r.run_id in self.freshness}
+        return self.mark(runs) or ("current" if states == {"current"} else "unknown")
 
     def shown_interval(self, interval: str) -> str:
         """The interval the table shows: "combined" only if asked for and some cell can give it."""

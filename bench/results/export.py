@@ -114,6 +114,8 @@ def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
             if fell_back:
                 text += r"$^\ddagger$"
                 fallback = True
+            if mark := t.mark(c.runs):
+                text += rf"\textsuperscript{{{mark}}}"
             row.append(text)
         rows.append(row + (["--"] if with_ref else []))
     if with_ref:
@@ -132,7 +134,10 @@ def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
            r"best at 95\% (no entry of the column significantly above it; paired comparisons of all pairs of a "
            rf"column, Holm-adjusted over the {family} of the table); neither: significantly below the best."
            + (r" $^\ddagger$: seed-only t-CI (a run without per-image predictions), which covers "
-              + tex_escape(covers_words("seeds", t.n_test)) + "." if fallback else "") + "}",
+              + tex_escape(covers_words("seeds", t.n_test)) + "." if fallback else "")
+           + (r" \textsuperscript{stale}: trained by code that behaved differently from the current code "
+              r"(behavioural fingerprints); \textsuperscript{mixed}: the cell's runs were trained by code of "
+              r"different behaviour." if any(t.mark(c.runs) for c in t.cells.values()) else "") + "}",
            rf"\label{{{label}}}", *_tabular(header, rows), r"\end{table}",
            *_latex_reproduction(t, interval, label)]
     others = [m for m in t.methods if m != t.baseline]
@@ -182,7 +187,7 @@ CSV_COLUMNS = ("dataset", "protocol", "budget", "budget_label", "method", "n", "
                "macro_f1", "macro_f1_ci95_seeds", "macro_f1_ci95_combined",
                "best_on_test_accuracy", "best", "vs_best", "delta_vs", "delta", "delta_ci95", "delta_over",
                "p_value", "p_holm", "delta_holm_level", "delta_ci_holm", "delta_mdd80", "delta_sd_seed",
-               "delta_se_image")
+               "delta_se_image", "freshness")
 # appended in a reference recipe's CSV only, so a harness CSV keeps exactly the columns above
 RECIPE_COLUMNS = ("recipe", "reported_accuracy", "reported_selection", "reported_paper", "reported_source",
                   "final_minus_reported", "best_minus_reported")
@@ -266,7 +271,8 @@ def write_csv(tables: list[ProtocolTable], path: Path) -> Path:
                           "seeds": " ".join(str(r.seed) for r in c.runs), "n_test": n_test,
                           "image_groups": _groups(c.crossed),
                           "best_on_test_accuracy": _pct4(s["best_accuracy"].mean if "best_accuracy" in s else None),
-                          "best": int(bool(c.best.get("accuracy"))), "vs_best": _vs_best(c), **_delta_columns(c)}
+                          "best": int(bool(c.best.get("accuracy"))), "vs_best": _vs_best(c), **_delta_columns(c),
+                          "freshness": t.freshness_word(c.runs)}
                 for key in _METRIC_KEYS:
                     values.update(_metric_columns(s, c.crossed, key))
                 if c.delta is not None:
@@ -284,7 +290,7 @@ def write_csv(tables: list[ProtocolTable], path: Path) -> Path:
                       "seeds": " ".join(str(x.seed) for x in sorted(t.ref_runs, key=lambda x: x.seed)),
                       "n_test": n_test, "image_groups": _groups(t.reference_crossed),
                       "best_on_test_accuracy": _pct4(ref["best_accuracy"].mean if "best_accuracy" in ref else None),
-                      "best": 0}
+                      "best": 0, "freshness": t.freshness_word(t.ref_runs)}
             for key in _METRIC_KEYS:
                 values.update(_metric_columns(ref, t.reference_crossed, key))
             row(values, _recipe_columns(t, None))

@@ -37,6 +37,7 @@ from bench.results.aggregate import (
     reference_interval,
 )
 from bench.results.fmt import covers_words, images_words, interval_words, p_text, pct
+from bench.results.freshness import Freshness, legend
 from bench.results.plots import budget_label, plot_budget_curves, plot_confusions, plot_single_budget
 from bench.results.reported import HARNESS, Reported, load_reported
 from bench.results.stats import Summary
@@ -104,12 +105,13 @@ class _Markdown:
                     text = f"**{text}**"
                 elif c.marked.get(key):
                     text = f"{text} {TIE_MARK}"
-                row.append(text)
+                row.append(f"{text} {mark}" if (mark := t.mark(c.runs)) else text)
             rows.append(row + ([DASH] if with_ref else []))
         if with_ref:
             ref = t.reference[key]
+            text = _cell(ref.mean, reference_interval(t, key, self.interval), ref.n)
             rows.append([REFERENCE_METHOD, *(DASH for _ in t.budgets),
-                         _cell(ref.mean, reference_interval(t, key, self.interval), ref.n)])
+                         f"{text} {mark}" if (mark := t.mark(t.ref_runs)) else text])
         shows = self.interval
         legend = f"Each interval covers {covers_words(shows, t.n_test, t.n_groups)}."
         if fallback:
@@ -119,7 +121,8 @@ class _Markdown:
             legend += " Only the intervals of runs whose predictions name the image groups resample them."
         return [self.heading(f"{label} (%), final checkpoint, mean ± {interval_words(shows)} "
                              f"({images_words(t.n_test)})"), "",
-                *_table(self.header(with_ref), rows), "", legend, "", _best_legend(t, key), ""]
+                *_table(self.header(with_ref), rows), "", legend, "", _best_legend(t, key), "",
+                *(_freshness_legend(t) if key == "accuracy" else [])]
 
     def delta_table(self) -> list[str]:
         t = self.t
@@ -141,7 +144,9 @@ class _Markdown:
                     text += f" {p_text('p', d.p)}{SIG_MARK if d.p < ALPHA else ''}"
                     text += f" {p_text('Holm', c.p_holm)}{HOLM_MARK if c.p_holm < ALPHA else ''}"
                     text += f" MDD={pct(d.mdd())}"
-                row.append(text)
+                base = t.cell(t.baseline, b)
+                mark = t.mark(c.runs + (base.runs if base is not None else []))
+                row.append(f"{text} {mark}" if mark else text)
             rows.append(row)
         over = " or ".join(sorted(overs, reverse=True)) or "seeds"
         covers = []
@@ -180,8 +185,9 @@ class _Markdown:
                 if c is None or not c.per_class_recall:
                     continue
                 rec = c.per_class_recall
+                mark = t.mark(c.runs)
                 rows.append([m, *(pct(rec[k]) if k < len(rec) and rec[k] is not None else DASH
-                                  for k in range(len(names))), str(c.n)])
+                                  for k in range(len(names))), f"{c.n} {mark}" if mark else str(c.n)])
             if rows:
                 out += [self.heading(f"per-class recall (%) at {budget_label(t.protocol, b)}, mean over seeds"), "",
                         *_table(["Method", *names, "n"], rows), ""]
@@ -201,7 +207,8 @@ class _Markdown:
             for b in t.budgets:
                 c = t.cell(m, b)
                 s = c.summaries.get("best_accuracy") if c is not None else None
-                row.append(f"{pct(s.mean)} (n={s.n})" if s else DASH)
+                text = f"{pct(s.mean)} (n={s.n})" if s else DASH
+                row.append(f"{text} {mark}" if s and (mark := t.mark(c.runs)) else text)
             rows.append(row + ([DASH] if with_ref else []))
         if with_ref:
             s = t.reference["best_accuracy"]
@@ -222,6 +229,7 @@ class _Markdown:
         lines = [(f"#### Provenance — {_where(t, ', ')} "
                  f"({len(t.runs)} runs + {len(t.ref_runs)} `{REFERENCE_METHOD}` runs)"), ""]
         lines.append(f"- git commit: {', '.join(f'`{c}`' for c in _distinct(runs, _short_commit))}")
+        lines += _fingerprint_lines(t, runs)
         lines.append("- split manifests (sha256, first 12 hex) by budget, `seed: sha`:")
         mismatch = False
         groups = [(budget_label(t.protocol, b), [r for r in t.runs if r.budget == b]) for b in t.budgets]
@@ -301,6 +309,41 @@ class _Markdown:
             *notes,
             *([""] if notes else []),
         ]
+
+
+def _freshness_legend(t: ProtocolTable) -> list[str]:
+    """What `stale` and `mixed` mean in this table, when a cell shows one."""
+    runs = [r.run_id for r in t.runs + t.ref_runs]
+    stale = legend(t.freshness, runs)
+    marks = {t.mark(c.runs) for c in t.cells.values()} | {t.mark(t.ref_runs)}
+    out = []
+    if stale:
+        out.append("stale: trained by code that behaved differently from the code installed now (behavioural "
+                   "fingerprints, bench/engine/fingerprint.py); `ferbench sweep SPEC --rerun-stale` re-runs them. "
+                   + " ".join(stale))
+    if any("mixed" in m for m in marks):
+        out.append("mixed: the cell's runs were trained by code of different behaviour (fingerprints differ); its "
+                   "mean mixes them.")
+    return [line for x in out for line in (x, "")]
+
+
+def _fingerprint_lines(t: ProtocolTable, runs: list[Run]) -> list[str]:
+    """Provenance: each fingerprint the table's records carry, and whether it is the current code's."""
+    seen: dict[str, set[str]] = {}
+    for r in runs:
+        fp = r.record.get("fingerprint")
+        state = t.freshness[r.run_id].state if r.run_id in t.freshness else "not assessed"
+        key = fp.get("key", "?") if isinstance(fp, Mapping) else "none"
+        digest = fp.get("digest", "?") if isinstance(fp, Mapping) else "none"
+        seen.setdefault(f"`{key}` `{digest}`", set()).add(state)
+    counts = {s: sum(t.freshness[r.run_id].state == s for r in runs if r.run_id in t.freshness)
+              for s in ("current", "stale", "unknown")}
+    head = "- fingerprints (key, digest: current / stale / unknown against the code installed when rendered"
+    head += ")" if t.freshness else ", not assessed)"
+    lines = [f"{head}: " + ", ".join(f"{k} ({'/'.join(sorted(v))})" for k, v in sorted(seen.items()))]
+    if t.freshness:
+        lines.append(f"- records: {counts['current']} current, {counts['stale']} stale, {counts['unknown']} unknown")
+    return lines
 
 
 def _best_legend(t: ProtocolTable, key: str) -> str:
@@ -467,10 +510,33 @@ def _plot(dataset: str, tables: list[ProtocolTable], path: Path, interval: str) 
                               reference_label=label)
 
 
+def _fingerprints_file(path: Path, runs: list[Run]) -> Path | None:
+    """The fingerprints a file set was built from, by key (with the commits of its records), for the test that
+    keeps committed leaderboards current; None when its records carry none."""
+    out: dict[str, dict] = {}
+    for r in runs:
+        fp = r.record.get("fingerprint")
+        if isinstance(fp, Mapping) and "vector" in fp:
+            entry = out.setdefault(fp["key"], {**{k: fp[k] for k in ("key", "probe", "digest", "vector", "labels")
+                                                  if k in fp}, "commits": []})
+            commit = str(r.record.get("git_commit") or "unknown")
+            if commit not in entry["commits"]:
+                entry["commits"] = sorted([*entry["commits"], commit])
+            if entry["digest"] != fp.get("digest"):
+                entry.setdefault("other_digests", sorted({*entry.get("other_digests", []), fp.get("digest")}))
+    if not out:
+        return None
+    import json
+
+    path.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
 def render_leaderboards(records: list[dict], out_dir: Path, baseline: str = "supervised",
                         predictions: Mapping[str, np.ndarray] | None = None, formats: Sequence[str] = ("md",),
                         interval: str = "combined",
-                        reported: Sequence[Reported] | str | Path | None = None) -> list[Path]:
+                        reported: Sequence[Reported] | str | Path | None = None,
+                        freshness: Mapping[str, Freshness] | None = None) -> list[Path]:
     """Write, for every dataset in `records`: `<dataset>.md` with `<dataset>.png` and one confusion-matrix
     figure per protocol and budget, plus `<dataset>.tex` and `<dataset>.csv` when `formats` asks for them.
     Records of a reference recipe (`config.recipe` other than "harness") get the same set of files under
@@ -480,8 +546,11 @@ def render_leaderboards(records: list[dict], out_dir: Path, baseline: str = "sup
     `predictions` maps run ids to their (2, N) test targets and predictions (`bench.results.record`); cells
     whose runs all have them get accuracy intervals over seeds and test images (`interval="combined"`), the
     others the seed-only t interval (`interval="seeds"` shows that everywhere). `baseline` names the method the
-    Δ table is paired against. Raises FERBenchError naming the run and the field for a malformed record, and
-    for two records of one cell and seed, before anything is written. Returns the written paths, sorted.
+    Δ table is paired against. `freshness` (run id -> bench/results/freshness.py's assessment) marks the cells
+    whose records no longer describe the code `stale` (or `mixed`), in every format; each file set gets a
+    `<stem>.fingerprints.json` of the fingerprints its records carry. Raises FERBenchError naming the run and the
+    field for a malformed record, and for two records of one cell and seed, before anything is written. Returns
+    the written paths, sorted.
     """
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
@@ -496,6 +565,9 @@ def render_leaderboards(records: list[dict], out_dir: Path, baseline: str = "sup
         entries = reported if isinstance(reported, Sequence) and not isinstance(reported, str) else \
             load_reported(reported)
     tables = build_recipe_tables(runs, baseline, entries)
+    for protocol_tables in tables.values():
+        for t in protocol_tables:
+            t.freshness = dict(freshness or {})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -515,6 +587,10 @@ def render_leaderboards(records: list[dict], out_dir: Path, baseline: str = "sup
                 if mats:
                     written.append(plot_confusions(f"{title} — {t.protocol} {budget_label(t.protocol, b)}",
                                                    mats, t.class_names, out_dir / confusion_name(dataset, t, b)))
+        fingerprints = _fingerprints_file(out_dir / f"{stem}.fingerprints.json",
+                                          [r for r in runs if r.dataset == dataset and r.recipe == recipe])
+        if fingerprints is not None:
+            written.append(fingerprints)
         if "tex" in formats or "csv" in formats:
             from bench.results.export import write_csv, write_latex
 

@@ -103,6 +103,9 @@ class Record(TypedDict):
     images_per_s: float
     versions: dict[str, str | None]
     git_commit: str | None
+    # the behaviour of the code that trained it: key (method@recipe and non-default arguments), probe version,
+    # digest, vector, labels, source (bench/engine/fingerprint.py)
+    fingerprint: NotRequired[dict[str, Any]]
     host: dict[str, Any]
     created_utc: str
 

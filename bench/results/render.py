@@ -8,11 +8,15 @@ from bench.errors import FERBenchError
 
 
 def render_records(records_dir: Path, out: Path, baseline: str, formats: tuple[str, ...] = ("md",),
-                   interval: str = "combined", reported: Path | None = None, baseline_given: bool = False
-                   ) -> list[Path]:
-    """Render every leaderboard of the records under `records_dir` into `out`; prints what it wrote (and what it
-    skipped) and returns the files. A `baseline` the user named (`baseline_given`) must be among the records'
-    methods; otherwise a Δ table is drawn only when the default baseline ran."""
+                   interval: str = "combined", reported: Path | None = None, baseline_given: bool = False,
+                   include_archived: bool = False) -> list[Path]:
+    """Render every leaderboard of the records under `records_dir` into `out`, each cell marked when its records no
+    longer describe the code (stale); prints what it wrote (and what it skipped) and returns the files. A
+    `baseline` the user named (`baseline_given`) must be among the records' methods; otherwise a Δ table is drawn
+    only when the default baseline ran. `include_archived`: also the records `--rerun-stale` archived, each in a row
+    of its own."""
+    from bench.results.archive import archived_record_dirs, as_archived
+    from bench.results.freshness import assess
     from bench.results.leaderboard import render_leaderboards
     from bench.results.record import load_with_predictions
 
@@ -21,12 +25,18 @@ def render_records(records_dir: Path, out: Path, baseline: str, formats: tuple[s
     if reported is not None and not reported.is_file():
         raise FERBenchError(f"--reported {reported}: file not found")
     records, predictions = load_with_predictions(records_dir)
+    if include_archived:
+        for folder in archived_record_dirs(records_dir):
+            old, old_predictions = load_with_predictions(folder)
+            archive = folder.parent.name
+            records += [as_archived(dict(rec), archive) for rec in old]
+            predictions.update({f"{rid}@{archive}": a for rid, a in old_predictions.items()})
     methods = sorted({rec["method"] for rec in records})
     if baseline_given and baseline not in methods:
         raise FERBenchError(f"--baseline {baseline}: no record of that method in {records_dir} (its methods: "
                             f"{', '.join(methods)})")
-    paths = render_leaderboards(records, out, baseline=baseline, predictions=predictions,
-                                formats=formats, interval=interval, reported=reported)
+    paths = render_leaderboards(records, out, baseline=baseline, predictions=predictions, formats=formats,
+                                interval=interval, reported=reported, freshness=assess(records))
     for p in paths:
         print(f"wrote {p}")
     return paths

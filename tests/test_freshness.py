@@ -1,0 +1,216 @@
+"""Results that know their code (issue 21): behavioural fingerprints in records, stale cells marked in status and
+every leaderboard format, stale runs re-run with the old records archived, committed leaderboards kept current."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_overrides
+
+from bench.cli import main
+from bench.config import build_config
+from bench.engine.fingerprint import (
+    ATOL,
+    RTOL,
+    changed_values,
+    config_of_key,
+    current_fingerprints,
+    digest,
+    fingerprint_key,
+    probe,
+    same_behaviour,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_probe_is_deterministic_and_leaves_the_callers_state_alone() -> None:
+    cfg = build_config(overrides=["method=flexmatch"])
+    torch.manual_seed(123)
+    threads = torch.get_num_threads()
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    a = probe(cfg)
+    after = torch.rand(3)
+    b = probe(cfg)
+    assert a["vector"] == b["vector"] and a["digest"] == b["digest"] == digest(a["vector"])
+    assert torch.equal(before, after)  # the run's random stream is where it was
+    assert torch.get_num_threads() == threads and not torch.are_deterministic_algorithms_enabled()
+    # every part of the run it covers: each step's logged values, evaluation, weights, EMA, the method's state
+    labels = set(a["labels"])
+    assert {"main.1.loss", "main.5.loss_u", "main.5.mask_rate", "main.eval.accuracy", "main.eval.logits.sum",
+            "main.weights.sumsq", "main.ema.sum", "main.state.sum"} <= labels
+    assert a["key"] == "flexmatch@harness" and len(a["vector"]) == len(a["labels"])
+
+
+def test_keys_name_the_protocol_and_the_arguments_that_differ_from_the_defaults() -> None:
+    assert fingerprint_key(build_config(overrides=["method=fixmatch", "method_args.threshold=0.95"])) == \
+        "fixmatch@harness"  # a default spelled out is the default
+    key = fingerprint_key(build_config(overrides=["method=fixmatch", "recipe=usb", "method_args.threshold=0.8"]))
+    assert key == 'fixmatch@usb{"threshold": 0.8}'
+    vit = build_config(overrides=["method=frpretrain", "model.backbone=vit_base_patch16_224"])
+    assert fingerprint_key(vit) == fingerprint_key(config_of_key("frpretrain@harness/vit")) == "frpretrain@harness/vit"
+    assert fingerprint_key(config_of_key(key)) == key
+
+
+def test_sameness_is_within_the_stated_tolerance() -> None:
+    base = {"key": "k", "probe": 1, "vector": [1.0, 2.0], "labels": ["a", "b"]}
+    near = {**base, "vector": [1.0 * (1 + RTOL / 2), 2.0]}
+    far = {**base, "vector": [1.0, 2.0 * (1 + 4 * RTOL) + ATOL]}
+    for fp in (base, near, far):
+        fp["digest"] = digest(fp["vector"])
+    assert same_behaviour(base, near) and not same_behaviour(base, far)
+    assert not same_behaviour(base, {**base, "key": "other"}) and not same_behaviour(base, None)
+    assert changed_values(base, far) == ["b 2 -> 2.008"]
+
+
+def test_a_cpu_run_carries_the_fingerprint_whatever_its_speed_settings_and_threads(shared_cache: Path,
+                                                                                   tmp_path: Path) -> None:
+    """The probe runs on the CPU in one thread with deterministic algorithms, whatever the run's device, data path
+    or thread count: the fingerprint of a run is the probe's, and a fresh process with other threads agrees."""
+    fps = []
+    for path, extra in (("a", {"data.augment_on": "cpu", "data.workers": 1}),
+                        ("b", {"train.channels_last": "true"})):
+        args = tiny_overrides(shared_cache, tmp_path / path, method="softmatch", **extra)
+        assert main(["run", "--quiet", *args]) == 0
+        fps.append(json.loads(next((tmp_path / path / "records").glob("*.json")).read_text())["fingerprint"])
+    assert fps[0] == fps[1]
+    code = ("import json, sys; from bench.config import build_config; from bench.engine.fingerprint import probe; "
+            "print(json.dumps(probe(build_config(overrides=['method=softmatch']))))")
+    env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    fresh = json.loads(res.stdout.strip().splitlines()[-1])
+    assert fresh["vector"] == fps[0]["vector"] and fresh["digest"] == fps[0]["digest"]
+
+
+# ---- end to end: a change of numerics marks exactly that method's cells stale -----------------------------------
+
+
+def _code_copy(tmp: Path, name: str, change: tuple[str, str] | None = None) -> Path:
+    """A copy of FERBench's code (bench/, methods/), with one text replacement in methods/fixmatch.py."""
+    root = tmp / name
+    for package in ("bench", "methods"):
+        shutil.copytree(REPO / package, root / package, ignore=shutil.ignore_patterns("__pycache__"))
+    if change is not None:
+        path = root / "methods" / "fixmatch.py"
+        text = path.read_text()
+        assert change[0] in text
+        path.write_text(text.replace(change[0], change[1], 1))
+    return root
+
+
+def _ferbench(code: Path, cache: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(code), "FERBENCH_CACHE": str(cache), "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run([sys.executable, "-m", "bench.cli", *args], capture_output=True, text=True, env=env,
+                         timeout=900, cwd=cache)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def _status(code: Path, cache: Path, out: Path) -> tuple[dict[str, str], str]:
+    res = _ferbench(code, cache, "status", str(out))
+    states = {}
+    for line in res.stdout.splitlines():
+        cells = [c.strip() for c in line.split("│")]
+        if len(cells) > 3 and cells[1].startswith(("supervised_", "fixmatch_")):
+            states[cells[1]] = cells[2]
+    return states, res.stdout.strip().splitlines()[-1]
+
+
+def _board(code: Path, cache: Path, records: Path, out: Path, *extra: str) -> tuple[str, list[dict]]:
+    _ferbench(code, cache, "leaderboard", str(records), "-o", str(out), "--format", "md,csv,tex", *extra)
+    with (out / "synthfer.csv").open() as f:
+        return (out / "synthfer.md").read_text(), list(csv.DictReader(f))
+
+
+def test_a_change_of_numerics_marks_exactly_that_methods_cells_stale_and_rerun_stale_repairs_them(
+        shared_cache: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"  # fingerprints of each code copy, in a cache of this test's own
+    cache.mkdir()
+    out = tmp_path / "sweep"
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({
+        "name": "fresh", "output_dir": str(out), "methods": ["supervised", "fixmatch"], "budgets": [0.1],
+        "seeds": [0, 1],
+        "base": {"data": {"cache_dir": str(shared_cache), "image_size": 32,
+                          "synthfer": {"n_train": 280, "n_test": 140, "seed": 0, "size": 32}},
+                 "model": {"backbone": "ferbench_cnn_tiny"},
+                 "train": {"iterations": 4, "batch_size": 8, "mu": 1, "eval_every": 2, "checkpoint_every": 100}}}))
+    original = _code_copy(tmp_path, "original")
+    _ferbench(original, cache, "sweep", str(spec))
+    states, counts = _status(original, cache, out)
+    assert set(states.values()) == {"done"} and counts.startswith("4 done, 0 stale")
+
+    scaled = _code_copy(tmp_path, "scaled", ("loss = loss_x + self.args.lambda_u * loss_u",
+                                             "loss = loss_x + 2.0 * self.args.lambda_u * loss_u"))
+    states, counts = _status(scaled, cache, out)
+    assert {rid.split("_")[0]: s for rid, s in states.items()} == {"supervised": "done", "fixmatch": "stale"}
+    assert counts.startswith("2 done, 2 stale")
+    md, rows = _board(scaled, cache, out / "records", tmp_path / "lb_stale")
+    fixmatch_rows = [ln for ln in md.splitlines() if ln.startswith("| fixmatch |")]
+    # every table's fixmatch row: accuracy, MCA, macro-F1, the Δ vs supervised, per-class recall, best-on-test
+    assert len(fixmatch_rows) == 6 and all(ln.rstrip(" |").endswith("stale") for ln in fixmatch_rows)
+    assert not any("stale" in ln for ln in md.splitlines() if ln.startswith("| supervised |"))
+    assert "`fixmatch@harness`: its records (commit unknown, fingerprint" in md and "loss_u" in md
+    assert {r["method"]: r["freshness"] for r in rows} == {"supervised": "current", "fixmatch": "stale"}
+    assert r"\textsuperscript{stale}" in (tmp_path / "lb_stale" / "synthfer.tex").read_text()
+
+    res = _ferbench(scaled, cache, "sweep", str(spec), "--rerun-stale")
+    assert "archived 2 stale record(s)" in res.stdout and "2 to run" in res.stdout
+    states, counts = _status(scaled, cache, out)
+    assert set(states.values()) == {"done"} and counts.startswith("4 done, 0 stale")
+    md, rows = _board(scaled, cache, out / "records", tmp_path / "lb_current")
+    table_rows = [ln for ln in md.splitlines() if ln.startswith("| ")]
+    assert not any("stale" in ln for ln in table_rows) and {r["freshness"] for r in rows} == {"current"}
+    assert "- records: 4 current, 0 stale, 0 unknown" in md
+    archives = list((out / "archive").iterdir())
+    assert len(archives) == 1 and len(list((archives[0] / "records").glob("fixmatch_*.json"))) == 2
+    assert len(list((archives[0] / "runs").iterdir())) == 2  # their final weights and curves too
+    md, rows = _board(scaled, cache, out / "records", tmp_path / "lb_all", "--include-archived")
+    archived = [r for r in rows if r["method"].startswith("fixmatch+archived-")]
+    assert len(archived) == 1 and archived[0]["freshness"] == "stale" and archived[0]["n"] == "2"
+
+    # a change that does not alter numerics (a comment, a rename): nothing is stale
+    comment = _code_copy(tmp_path, "comment", ("class FixMatch(Method):",
+                                               "class FixMatch(Method):  # renamed nothing, said something"))
+    shutil.copy(scaled / "methods" / "fixmatch.py", comment / "methods" / "fixmatch.py")
+    path = comment / "methods" / "fixmatch.py"
+    path.write_text(path.read_text().replace("def unlabeled_loss(", "def masked_pseudo_label_loss(").replace(
+        "self.unlabeled_loss(", "self.masked_pseudo_label_loss(") + "\n# a comment\n")
+    states, counts = _status(comment, cache, out)
+    assert set(states.values()) == {"done"} and counts.startswith("4 done, 0 stale")
+
+
+# ---- committed leaderboards stay current --------------------------------------------------------------------------
+
+
+def _committed_fingerprints() -> list[tuple[Path, dict]]:
+    return [(p, json.loads(p.read_text())) for p in sorted((REPO / "leaderboards").rglob("*.fingerprints.json"))]
+
+
+def test_committed_leaderboards_list_the_fingerprints_they_were_built_from() -> None:
+    boards = _committed_fingerprints()
+    md_files = sorted((REPO / "leaderboards").rglob("*.md"))
+    assert md_files and len(boards) == len(md_files)  # every committed board has its fingerprints beside it
+    for path, entries in boards:
+        assert entries and all(e["vector"] and e["digest"] for e in entries.values()), path
+
+
+@pytest.mark.parametrize("board", [p.relative_to(REPO).as_posix() for p, _ in _committed_fingerprints()])
+def test_committed_leaderboards_are_current(board: str) -> None:
+    """A change that alters a method's numerics must come with regenerated leaderboards (README, Leaderboards)."""
+    entries = json.loads((REPO / board).read_text())
+    current = current_fingerprints([config_of_key(key) for key in entries])
+    stale = [f"{key} ({'; '.join(changed_values(e, current[key]))})" for key, e in sorted(entries.items())
+             if not same_behaviour(e, current[key])]
+    assert not stale, f"{board} was built from code that behaved differently: {', '.join(stale)}; regenerate it"
