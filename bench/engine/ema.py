@@ -21,7 +21,7 @@ from torch import nn
 
 
 class WalkingEma(ModelEmaV3):
-    def __init__(self, model: nn.Module, decay: float, device: torch.device | None = None,
+    def __init__(self, model: nn.Module, decay: float, device: torch.device | None = None, *,
                  walk: str = "tensors", student_decay: float = 0.0, warmup: str = "copy",
                  buffers: str = "average") -> None:
         super().__init__(model, decay=decay, device=device)

@@ -33,7 +33,6 @@ import functools
 import hashlib
 import json
 import math
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,8 +202,7 @@ def _stats(prefix: str, tensors: list[torch.Tensor]) -> list[tuple[str, float]]:
 
 
 def _stage_vector(sr: StageRun, method: Method) -> list[tuple[str, float]]:
-    """Train the probe stage, then read what its numbers depend on."""
-    sr.resume(Path(tempfile.gettempdir()) / "ferbench-probe-no-checkpoint")  # none there: starts at step 0
+    """Train the probe stage from its first step (no checkpoint, no session), then read what its numbers depend on."""
     sr.model.train()
     for step in range(1, PROBE_STEPS + 1):
         sr.step()

@@ -14,7 +14,6 @@ does not have (a classifier, an MAE decoder) are reported and ignored.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from bench.errors import FERBenchError
+from bench.results.record import sha256_file
 
 CONTAINER_KEYS = ("state_dict", "model")  # where released checkpoints keep their state dict
 STRIPPED_PREFIXES = ("backbone.", "encoder.")  # tried after "module." when a key does not match as it is
@@ -118,14 +118,6 @@ def check_match(m: Match, path: str | Path, where: str, what: str) -> None:
         seen = ", ".join(m.unexpected[:3]) or "none"
         raise FERBenchError(f"{where} {path}: {len(m.missing)} of {m.model_tensors} tensors of {what} are not in the "
                             f"file (first: {m.missing[0]}; the file's unmatched keys start: {seen})")
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fitting_checkpoint(model: nn.Module, path: str | Path, where: str, what: str) -> Match:
