@@ -167,12 +167,9 @@ def test_leaderboard_mistakes_are_one_line(tmp_path: Path, capsys) -> None:
     import json
 
     from test_leaderboard import make_record
+    from test_reported import write_records
 
-    records = tmp_path / "records"
-    records.mkdir()
-    for seed in (0, 1):
-        rec = make_record("supervised", seed, 0.6)
-        (records / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    records = write_records([make_record("supervised", seed, 0.6) for seed in (0, 1)], tmp_path / "records")
     taken = tmp_path / "taken.md"
     taken.write_text("mine")
     assert main(["leaderboard", str(records), "-o", str(taken)]) == 2

@@ -129,12 +129,9 @@ def test_a_recipe_is_a_plain_name(tmp_path: Path, capsys) -> None:
 
 def test_records_of_a_newer_schema_are_counted_not_silently_dropped(tmp_path: Path, capsys) -> None:
     from test_leaderboard import make_record
+    from test_reported import write_records
 
-    records = tmp_path / "records"
-    records.mkdir()
-    for seed in (0, 1):
-        rec = make_record("supervised", seed, 0.6)
-        (records / f"{rec['run_id']}.json").write_text(json.dumps(rec))
+    records = write_records([make_record("supervised", seed, 0.6) for seed in (0, 1)], tmp_path / "records")
     future = {**make_record("fixmatch", 0, 0.7), "schema": "ferbench.record/2"}
     (records / "future.json").write_text(json.dumps(future))
     (records / "notes.json").write_text(json.dumps({"comment": "not a record"}))
