@@ -303,7 +303,7 @@ BENCH_TRAIN_FLAGS = {"image_size": "data.image_size", "batch_size": "train.batch
 
 
 #: `ferbench bench train` flags of the contention mode only
-CONTENTION_FLAGS = ("policies", "threads", "busy", "busy_pinned", "repeats", "rounds")
+CONTENTION_FLAGS = ("policies", "threads", "busy", "busy_pinned", "repeats", "rounds", "wait_quiet")
 
 
 def _int_list(flag: str, text: str) -> list[int]:
@@ -329,7 +329,8 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
     threads = _int_list("threads", args.threads) if args.threads else None
     run_contention_benchmark(args.method, shortcuts + args.overrides, steps=args.steps, warmup=args.warmup,
                              policies=policies, threads=threads, busy=args.busy or 1, pinned=args.busy_pinned,
-                             repeats=args.repeats or 1, rounds=args.rounds or 1, json_path=args.json, stage=args.stage)
+                             repeats=args.repeats or 1, rounds=args.rounds or 1, wait_quiet=args.wait_quiet or 0.0,
+                             json_path=args.json, stage=args.stage)
     return 0
 
 
@@ -429,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                "(default 1)")
     bt.add_argument("--rounds", type=int, default=None, help="--contention: passes over all settings, medians "
                                                               "shown (default 1)")
+    bt.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
+                    help="--contention, on a shared machine: before each measurement, wait up to SECONDS for the "
+                         "other processes to use under 0.2 of this process's cores")
     bt.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.head=normalized")
     bt.set_defaults(fn=_cmd_bench_train)
 

@@ -199,14 +199,22 @@ def policy_env(policy: str) -> dict[str, str]:
                         "(N a whole number)")
 
 
-def _machine_busy_s() -> float | None:
-    """CPU seconds the whole machine has spent busy (/proc/stat), or None off Linux."""
+def _machine_cpu_s() -> tuple[float, float] | None:
+    """CPU seconds the CPUs this process may use have spent busy (by anyone) and stolen by the hypervisor (a virtual
+    machine's CPUs running something else), from /proc/stat; None off Linux."""
     try:
-        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+        lines = Path("/proc/stat").read_text().splitlines()
     except OSError:
         return None
-    user, nice, system, _idle, _iowait, irq, softirq = fields
-    return (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    mine, busy, steal = {f"cpu{c}" for c in os.sched_getaffinity(0)}, 0, 0
+    for line in lines:
+        name, *fields = line.split()
+        if name in mine:
+            user, nice, system, _idle, _iowait, irq, softirq, stolen = map(int, fields[:8])
+            busy += user + nice + system + irq + softirq
+            steal += stolen
+    hz = os.sysconf("SC_CLK_TCK")
+    return busy / hz, steal / hz
 
 
 def _process_cpu_s(pid: int) -> float:
@@ -234,25 +242,68 @@ def busy_processes(n: int, pinned: bool) -> Iterator[list[int]]:
             p.wait()
 
 
-def _timed_steps(sr: StageRun, steps: int, busy: list[int]) -> dict[str, float | None]:
-    """images/s of `steps` steps, and the cores used meanwhile by this process, by the busy processes and by every
-    other process of the machine (None where /proc cannot tell)."""
-    machine0, own0, busy0 = _machine_busy_s(), time.process_time(), sum(map(_process_cpu_s, busy))
+def _cores_used(work: Callable[[], Any], busy: list[int]) -> dict[str, float | None]:
+    """Run `work`; the seconds it took and the cores used meanwhile by this process, by the busy processes and by
+    every other process on this process's CPUs (None where /proc cannot tell)."""
+    machine0, own0, busy0 = _machine_cpu_s(), time.process_time(), sum(map(_process_cpu_s, busy))
     t0 = time.perf_counter()
-    for _ in range(steps):
-        sr.step()
-    _sync(sr.accelerator.device)
+    work()
     wall = time.perf_counter() - t0
     own, busy_s = time.process_time() - own0, sum(map(_process_cpu_s, busy)) - busy0
-    machine = _machine_busy_s()
-    others = None if machine is None or machine0 is None else max(0.0, machine - machine0 - own - busy_s) / wall
-    return {"images_per_s": sr.images_per_step * steps / wall, "own_cores": own / wall,
-            "busy_cores": busy_s / wall if busy else None, "others_cores": others}
+    machine = _machine_cpu_s()
+    others = steal = None
+    if machine is not None and machine0 is not None:
+        others = max(0.0, machine[0] - machine0[0] - own - busy_s) / wall
+        steal = (machine[1] - machine0[1]) / wall
+    return {"wall_s": wall, "own_cores": own / wall, "busy_cores": busy_s / wall if busy else None,
+            "others_cores": others, "steal_cores": steal}
+
+
+#: the CPU other processes may use for the machine to count as quiet (`wait_quiet`). Stolen time is reported, not
+#: counted: on a virtual machine, threads that sleep often halt its CPUs, and waking them shows up as stolen time
+QUIET_CORES = 0.2
+#: measurements of one kind in a process, at most, when the machine was not quiet during the first ones
+TRIES = 3
+
+
+def _disturbance(used: dict[str, float | None]) -> float:
+    """Cores the other processes used meanwhile (0 where /proc cannot tell)."""
+    return used["others_cores"] or 0.0
+
+
+def _await_quiet(limit_s: float, busy: list[int]) -> float:
+    """Wait, up to `limit_s`, until the other processes (not this one, not the busy ones) use under `QUIET_CORES`
+    of this process's CPUs over a second; returns the seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit_s:
+        if _disturbance(_cores_used(lambda: time.sleep(1.0), busy)) < QUIET_CORES:
+            break
+    return time.perf_counter() - t0
+
+
+def _timed_steps(sr: StageRun, steps: int, busy: list[int], wait_quiet: float) -> dict[str, Any]:
+    """images/s of `steps` steps, with the cores used meanwhile (`_cores_used`). With `wait_quiet`, each try first
+    waits up to that many seconds for the machine to be quiet, and a measurement the machine was not quiet during
+    is made again, up to `TRIES` times; `disturbed` says whether the one kept was."""
+    waited = 0.0
+
+    def work() -> None:
+        for _ in range(steps):
+            sr.step()
+        _sync(sr.accelerator.device)
+
+    for _ in range(TRIES if wait_quiet > 0 else 1):
+        waited += _await_quiet(wait_quiet, busy) if wait_quiet > 0 else 0.0
+        used = _cores_used(work, busy)
+        if _disturbance(used) < QUIET_CORES:
+            break
+    return {"images_per_s": sr.images_per_step * steps / used.pop("wall_s"), **used, "waited_s": waited,
+            "disturbed": _disturbance(used) >= QUIET_CORES}
 
 
 def _contention_child(request: dict[str, Any]) -> dict[str, Any]:
     """One setting, in a process started with it: warm-up, then `repeats` x (idle, contended) timings."""
-    timed = request["warmup"] + request["repeats"] * request["steps"]
+    timed = request["warmup"] + request["repeats"] * request["steps"] * TRIES
     cfg = bench_config(request["method"], request["overrides"], timed)
     run, index = _stage_setup(cfg, request["stage"])
     sr = _stage_run(run, index, cfg.data.augment_on, cfg.train.compile)
@@ -260,9 +311,9 @@ def _contention_child(request: dict[str, Any]) -> dict[str, Any]:
         sr.step()
     idle, contended = [], []
     for _ in range(request["repeats"]):
-        idle.append(_timed_steps(sr, request["steps"], []))
+        idle.append(_timed_steps(sr, request["steps"], [], request["wait_quiet"]))
         with busy_processes(request["busy"], request["pinned"]) as pids:
-            contended.append(_timed_steps(sr, request["steps"], pids))
+            contended.append(_timed_steps(sr, request["steps"], pids, request["wait_quiet"]))
     sr.feed.close()
     return {"torch_threads": torch.get_num_threads(), "env": {k: os.environ.get(k) for k in VARIABLES},
             "images_per_step": sr.images_per_step, "idle": idle, "contended": contended}
@@ -285,19 +336,21 @@ def _median(values: list[float | None]) -> float | None:
 def run_contention_benchmark(method: str = "fixmatch", overrides: list[str] | None = None, *, steps: int = 40,
                              warmup: int = 5, policies: list[str] | None = None, threads: list[int] | None = None,
                              busy: int = 1, pinned: bool = False, repeats: int = 1, rounds: int = 1,
-                             json_path: str | None = None, stage: str | None = None) -> dict[str, Any]:
+                             wait_quiet: float = 0.0, json_path: str | None = None,
+                             stage: str | None = None) -> dict[str, Any]:
     """Idle vs contended images/s for each wait policy x thread count (one thread: one row, as it never waits for
-    another); `rounds` passes over the settings, each setting's median shown. Prints a table; returns (and
+    another); `rounds` passes over the settings, each setting's median shown; on a shared machine, `wait_quiet`
+    seconds at most before each measurement for the other processes to go quiet. Prints a table; returns (and
     optionally writes) the results."""
     from rich.console import Console
 
     policies = list(policies or POLICIES)
     threads = list(threads or dict.fromkeys([default_threads(), 1]))
     envs = {p: policy_env(p) for p in policies}
-    if steps < 1 or warmup < 0 or busy < 1 or repeats < 1 or rounds < 1 or min(threads) < 1:
+    if steps < 1 or warmup < 0 or busy < 1 or repeats < 1 or rounds < 1 or min(threads) < 1 or wait_quiet < 0:
         raise FERBenchError(f"bench train --contention: expected --steps, --busy, --repeats, --rounds and every "
-                            f"--threads >= 1 and --warmup >= 0; got {steps}, {busy}, {repeats}, {rounds}, "
-                            f"{','.join(map(str, threads))} and {warmup}")
+                            f"--threads >= 1, --warmup and --wait-quiet >= 0; got {steps}, {busy}, {repeats}, "
+                            f"{rounds}, {','.join(map(str, threads))}, {warmup} and {wait_quiet}")
     overrides = list(overrides or [])
     cfg = bench_config(method, overrides, warmup + repeats * steps)
     if cfg.data.name != "synthfer" or cfg.data.synthfer.get("n_train", 14) < 14:
@@ -306,7 +359,7 @@ def run_contention_benchmark(method: str = "fixmatch", overrides: list[str] | No
     console = Console(width=200 if not sys.stdout.isatty() else None)
     settings = [(t, p) for t in threads for p in (policies if t > 1 else policies[:1])]
     request = {"method": method, "overrides": overrides, "steps": steps, "warmup": warmup, "repeats": repeats,
-               "busy": busy, "pinned": pinned, "stage": stage}
+               "busy": busy, "pinned": pinned, "stage": stage, "wait_quiet": wait_quiet}
     own = {k: os.environ[k] for k in VARIABLES if users_own(k)}
     if own:
         console.print(f"your {', '.join(f'{k}={v}' for k, v in own.items())} is replaced by each setting here")
@@ -325,8 +378,9 @@ def run_contention_benchmark(method: str = "fixmatch", overrides: list[str] | No
             measured[(t, p)].append(json.loads(res.stdout.strip().splitlines()[-1]))
     rows = []
     for (t, p), results in measured.items():
-        idle = [m for res in results for m in res["idle"]]
-        cont = [m for res in results for m in res["contended"]]
+        pairs = [(i, c) for res in results for i, c in zip(res["idle"], res["contended"])]
+        quiet = [(i, c) for i, c in pairs if not i["disturbed"] and not c["disturbed"]]
+        idle, cont = (list(kind) for kind in zip(*(quiet or pairs)))  # medians over the undisturbed pairs, if any
         rows.append({
             "threads": t, "policy": p, "env": results[0]["env"], "torch_threads": results[0]["torch_threads"],
             "ferbench_default": envs[p] == {"GOMP_SPINCOUNT": str(SPIN_COUNT)} and t == default_threads(),
@@ -338,7 +392,11 @@ def run_contention_benchmark(method: str = "fixmatch", overrides: list[str] | No
             "busy_cores": _median([m["busy_cores"] for m in cont]),
             "idle_others_cores": _median([m["others_cores"] for m in idle]),
             "contended_others_cores": _median([m["others_cores"] for m in cont]),
-            "measurements": {"idle": idle, "contended": cont}})
+            "idle_steal_cores": _median([m["steal_cores"] for m in idle]),
+            "contended_steal_cores": _median([m["steal_cores"] for m in cont]),
+            "waited_s": sum(m["waited_s"] for m in idle + cont),
+            "pairs": len(pairs), "disturbed_pairs": len(pairs) - len(quiet),
+            "measurements": {"idle": [i for i, _ in pairs], "contended": [c for _, c in pairs]}})
     # idle against what runs used before FERBench chose a policy: libgomp's default with one thread per core
     base = next((b for b in rows if b["threads"] == default_threads() and b["policy"] == "spin"), None)
     for row in rows:
@@ -347,6 +405,7 @@ def run_contention_benchmark(method: str = "fixmatch", overrides: list[str] | No
                "batch_size": cfg.train.batch_size, "mu": cfg.train.mu, "augment_on": cfg.data.augment_on,
                "images_per_step": next(iter(measured.values()))[0]["images_per_step"], "steps": steps,
                "warmup": warmup, "repeats": repeats, "rounds": rounds, "busy": busy, "busy_pinned": pinned,
+               "wait_quiet_s": wait_quiet,
                "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
                "loadavg_before": load, "loadavg_after": os.getloadavg(), "torch": torch.__version__,
                "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "rows": rows}
@@ -365,22 +424,27 @@ def _contention_table(results: dict[str, Any]) -> Any:
                         f"{r['cpu_affinity']} CPUs: {r['steps']} steps idle, then with {r['busy']} busy "
                         f"process{'es' if r['busy'] > 1 else ''}{' (pinned)' if r['busy_pinned'] else ''}, "
                         f"x{r['repeats']}, {r['rounds']} round(s), medians; load average "
-                        f"{r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after")
+                        f"{r['loadavg_before'][0]:.2f} before, {r['loadavg_after'][0]:.2f} after"
+                        + (f"; waited {sum(row['waited_s'] for row in r['rows']):.0f} s in all for the other "
+                           f"processes to go quiet" if r["wait_quiet_s"] else ""))
 
     def cores(v: float | None) -> str:
         return "-" if v is None else f"{v:.2f}"
 
-    for col in ("threads", "wait policy", "idle (img/s)", "contended (img/s)", "ratio",
+    for col in ("threads", "wait policy", "pairs (disturbed)", "idle (img/s)", "contended (img/s)", "ratio",
                 f"idle vs spin, {default_threads()} threads",
-                "own cores idle/contended", "busy cores", "others' cores idle/contended"):
+                "own cores idle/contended", "busy cores", "others' cores idle/contended",
+                "stolen cores idle/contended"):
         table.add_column(col, justify="right")
     for row in r["rows"]:
         name = row["policy"] + (" (FERBench's default)" if row["ferbench_default"] else "")
-        table.add_row(str(row["torch_threads"]), name, f"{row['idle_images_per_s']:,.0f}",
+        table.add_row(str(row["torch_threads"]), name, f"{row['pairs']} ({row['disturbed_pairs']})",
+                      f"{row['idle_images_per_s']:,.0f}",
                       f"{row['contended_images_per_s']:,.0f}", f"{row['ratio']:.2f}",
                       "-" if row["idle_vs_spin"] is None else f"{row['idle_vs_spin']:.2f}",
                       f"{cores(row['idle_own_cores'])}/{cores(row['contended_own_cores'])}", cores(row["busy_cores"]),
-                      f"{cores(row['idle_others_cores'])}/{cores(row['contended_others_cores'])}")
+                      f"{cores(row['idle_others_cores'])}/{cores(row['contended_others_cores'])}",
+                      f"{cores(row['idle_steal_cores'])}/{cores(row['contended_steal_cores'])}")
     return table
 
 
