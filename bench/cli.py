@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from bench.errors import FERBenchError
+from bench.startup import configure
 
 CONFIG_DIR = Path(__file__).with_name("configs")
 
@@ -297,13 +298,35 @@ BENCH_TRAIN_FLAGS = {"image_size": "data.image_size", "batch_size": "train.batch
                      "workers": "data.workers", "n_train": "data.synthfer.n_train", "cache_dir": "data.cache_dir"}
 
 
+#: `ferbench bench train` flags of the contention mode only
+CONTENTION_FLAGS = ("policies", "threads", "busy", "busy_pinned", "repeats", "rounds", "wait_quiet")
+
+
+def _int_list(flag: str, text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FERBenchError(f"bench train --{flag} {text!r}: expected whole numbers separated by commas") from None
+
+
 def _cmd_bench_train(args: argparse.Namespace) -> int:
-    from bench.benchmarks.train_speed import run_train_benchmark
+    from bench.benchmarks.train_speed import run_contention_benchmark, run_train_benchmark
 
     shortcuts = [f"{key}={str(v).lower() if isinstance(v, bool) else v}" for flag, key in BENCH_TRAIN_FLAGS.items()
                  if (v := getattr(args, flag)) is not None]
-    run_train_benchmark(args.method, shortcuts + args.overrides, steps=args.steps, warmup=args.warmup,
-                        cpu_path=not args.no_cpu_path, json_path=args.json, stage=args.stage)
+    if not args.contention:
+        given = [f"--{f.replace('_', '-')}" for f in CONTENTION_FLAGS if getattr(args, f) not in (None, False)]
+        if given:
+            raise FERBenchError(f"bench train: {', '.join(given)} only with --contention")
+        run_train_benchmark(args.method, shortcuts + args.overrides, steps=args.steps, warmup=args.warmup,
+                            cpu_path=not args.no_cpu_path, json_path=args.json, stage=args.stage)
+        return 0
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else None
+    threads = _int_list("threads", args.threads) if args.threads else None
+    run_contention_benchmark(args.method, shortcuts + args.overrides, steps=args.steps, warmup=args.warmup,
+                             policies=policies, threads=threads, busy=args.busy or 1, pinned=args.busy_pinned,
+                             repeats=args.repeats or 1, rounds=args.rounds or 1, wait_quiet=args.wait_quiet or 0.0,
+                             json_path=args.json, stage=args.stage)
     return 0
 
 
@@ -389,6 +412,23 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--no-cpu-path", action="store_true", help="skip the augment_on=cpu comparison")
     bt.add_argument("--json", default=None, help="also write the results here")
     bt.add_argument("--stage", default=None, help="a multi-stage method's stage to measure (default: its last)")
+    bt.add_argument("--contention", action="store_true",
+                    help="images/s idle and with busy processes holding cores, per OpenMP wait policy and thread "
+                         "count, each in a fresh process; prints the ratios")
+    bt.add_argument("--policies", default=None, help="--contention: wait policies, comma-separated: spin (libgomp's "
+                                                      "default), passive, active, spincount=N (default: spin, "
+                                                      "passive and spin counts 0 to 100000)")
+    bt.add_argument("--threads", default=None, help="--contention: thread counts, comma-separated (default: the "
+                                                     "cores this process may use, and 1)")
+    bt.add_argument("--busy", type=int, default=None, help="--contention: competing busy processes (default 1)")
+    bt.add_argument("--busy-pinned", action="store_true", help="--contention: pin each busy process to one CPU")
+    bt.add_argument("--repeats", type=int, default=None, help="--contention: idle/contended pairs per process "
+                                                               "(default 1)")
+    bt.add_argument("--rounds", type=int, default=None, help="--contention: passes over all settings, medians "
+                                                              "shown (default 1)")
+    bt.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
+                    help="--contention, on a shared machine: before each measurement, wait up to SECONDS for the "
+                         "other processes to use under 0.2 of this process's cores")
     bt.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.head=normalized")
     bt.set_defaults(fn=_cmd_bench_train)
 
@@ -468,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched at run time
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    configure()  # threads and OpenMP wait policy, before any command loads torch
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # dotted overrides may follow the flags (`sweep SPEC --dry-run data.root=X`)

@@ -5,10 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-from torch import Tensor, nn
+from bench.startup import configure
 
-from bench.method import ModelOutput
+# the suite's threads and OpenMP wait policy, as FERBench's own processes set them: before torch is imported here,
+# and inherited by every subprocess a test starts (a test's own OMP_* values win there)
+configure()
+
+import pytest  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from bench.method import ModelOutput  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import yaml
 from conftest import skip_or_fail
 
 from bench.cli import main
+from bench.startup import SPIN_COUNT, default_threads
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = {"image_size": 32, "synthfer": {"n_train": 280, "n_test": 140, "seed": 0, "size": 32}}
@@ -81,6 +83,13 @@ def test_array_sweep_status_failure_and_resubmission(slurm_cluster, shared_cache
     assert len(records) == 6
     # each single-task job uses the one CPU it was given, and is not set up as a distributed run
     assert {(r["host"]["torch_threads"], r["distributed"]["type"], r["world_size"]) for r in records} == {(1, "NO", 1)}
+    # ... with FERBench's wait policy, set in the job before torch loaded; the thread count this process exported
+    # to the jobs (its own, from conftest) gave way to the job's CPU
+    assert os.environ["OMP_NUM_THREADS"] == str(default_threads())
+    assert all(r["host"]["openmp"] == {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": None,
+                                       "GOMP_SPINCOUNT": str(SPIN_COUNT), "read_at_load": True,
+                                       "set_by": {"OMP_NUM_THREADS": "ferbench", "GOMP_SPINCOUNT": "ferbench"}}
+               for r in records)
     ids = set(_job_ids(out).values())
     assert len({i.split("_")[0] for i in ids}) == 1 and len(ids) == 6  # one array of 6 tasks
     # a run that fails at run time (the loss diverges), in the same folder
@@ -96,6 +105,26 @@ def test_array_sweep_status_failure_and_resubmission(slurm_cluster, shared_cache
     assert main(["sweep", str(spec), "--executor", "slurm"]) == 0
     assert "6 already done, 0 already submitted and not over, 0 to submit" in capsys.readouterr().out
     assert len((out / "jobs.jsonl").read_text().splitlines()) == 7
+
+
+def test_a_users_own_openmp_settings_reach_the_job(slurm_cluster, shared_cache: Path, tmp_path: Path) -> None:
+    """OMP_WAIT_POLICY and OMP_NUM_THREADS exported where the sweep is submitted (sbatch passes them on) win over
+    FERBench's policy and the job's CPU count; libgomp in the job prints what it read (OMP_DISPLAY_ENV)."""
+    out, threads = tmp_path / "out", str(default_threads() + 1)  # not the count FERBench would choose anywhere here
+    spec = _spec(tmp_path / "user.yaml", out, shared_cache, ["supervised"], [0], {"iterations": 2, "eval_every": 2})
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": threads, "OMP_DISPLAY_ENV": "VERBOSE",
+           "PYTHONPATH": str(REPO)}
+    res = subprocess.run([sys.executable, "-m", "bench.cli", "sweep", str(spec), "--executor", "slurm", "--wait"],
+                         env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (record,) = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
+    assert record["host"]["torch_threads"] == int(threads)
+    assert record["host"]["openmp"] == {"OMP_NUM_THREADS": threads, "OMP_WAIT_POLICY": "PASSIVE",
+                                        "GOMP_SPINCOUNT": None, "read_at_load": True,
+                                        "set_by": {"OMP_NUM_THREADS": "user", "OMP_WAIT_POLICY": "user"}}
+    logs = "".join(p.read_text() for p in (out / "logs").rglob("*.err"))
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in logs and "GOMP_SPINCOUNT = '0'" in logs
+    assert f"OMP_NUM_THREADS = '{threads}'" in logs
 
 
 def _interrupted_equals_uninterrupted(tmp_path: Path, cache: Path, interrupt) -> dict:

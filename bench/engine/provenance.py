@@ -41,8 +41,17 @@ def git_commit() -> str | None:
 
 
 def host_info() -> dict[str, object]:
+    """The machine, and the threads and OpenMP settings the run trained with (`bench.startup`): `openmp` holds
+    OMP_NUM_THREADS, OMP_WAIT_POLICY and GOMP_SPINCOUNT (null: unset, the runtime's default), who set each and
+    whether they were in place when the OpenMP runtime was loaded."""
     import torch
 
+    from bench.startup import in_effect
+
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    return {"platform": platform.platform(terse=True), "cpus": os.cpu_count(), "device": device,
-            "torch_threads": torch.get_num_threads()}
+    try:
+        affinity: int | None = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    return {"platform": platform.platform(terse=True), "cpus": os.cpu_count(), "cpu_affinity": affinity,
+            "device": device, "torch_threads": torch.get_num_threads(), "openmp": in_effect()}

@@ -23,6 +23,7 @@ import submitit
 
 from bench.launch.preemption import Preemption
 from bench.results.record import write_json_atomic
+from bench.startup import configure
 
 
 def status_path(output_dir: str | Path, run_id: str) -> Path:
@@ -97,6 +98,7 @@ class RunJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         from bench.config import config_from_dict, run_id
 
+        set_threads(allocated_cpus(self.threads))  # first: before anything loads torch and its OpenMP runtime
         try:
             tasks = submitit.JobEnvironment().num_tasks
         except RuntimeError:  # not inside a submitit job
@@ -105,7 +107,6 @@ class RunJob(submitit.helpers.Checkpointable):
             # single-task job exports nothing, or Accelerate would set up a 1-process "distributed" CPU run with
             # one thread per core of the node, whatever the job was given
             submitit.helpers.TorchDistributedEnvironment().export()
-        set_threads(allocated_cpus(self.threads))
         rid = run_id(config_from_dict(self.config))
         preemption = Preemption()  # defers submitit's requeue until a checkpoint is saved
         record = self.run(should_stop=preemption)
@@ -132,10 +133,7 @@ def allocated_cpus(fallback: int | None = None) -> int:
 
 
 def set_threads(n: int | None) -> None:
-    """torch's intra-op threads (the CPUs this run may use), when known; also OMP_NUM_THREADS, which
-    Accelerate's multi-process CPU set-up and worker processes read."""
-    if n:
-        import torch
-
-        os.environ["OMP_NUM_THREADS"] = str(n)
-        torch.set_num_threads(n)
+    """This run's threads (the CPUs it may use) and OpenMP wait policy (`bench.startup`), set before torch is
+    loaded; OMP_NUM_THREADS is also what Accelerate's multi-process CPU set-up and worker processes read. A value
+    the user exported wins."""
+    configure(n)

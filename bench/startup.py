@@ -1,0 +1,135 @@
+"""Process start-up: the OpenMP wait policy and thread count, decided before torch loads its OpenMP runtime.
+
+torch's OpenMP runtime (libgomp) reads OMP_WAIT_POLICY, GOMP_SPINCOUNT and OMP_NUM_THREADS once, when `import
+torch` loads it. By default a thread that waits for the others of a parallel region spins 300,000 times (a few
+milliseconds) before it sleeps. When another process holds one of the cores, the thread it waits for is parked
+behind that process while the spinning one burns the core it needs: a 2-core run trains 8-10x slower. A bounded
+spin count (`SPIN_COUNT`) gives the core back within microseconds and keeps the idle speed, where a passive policy
+(no spinning) costs a quarter of it; the figures behind the choice are in the README (Performance), measured with
+`ferbench bench train --contention`.
+
+Every FERBench process calls `configure()` before it imports torch: `bench.cli.main` (the CLI, `python -m
+bench.train`), submitit jobs and pack members (with the CPUs they were given), the test suite's conftest. Child
+processes (DataLoader workers, launcher children) inherit the environment. FERBENCH_OPENMP names the values
+FERBench set, so a child decides those again (a SLURM job's own CPUs, a GPU node) while a value the user exported
+always wins. A host with a GPU keeps its previous settings: nothing is measured there yet.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from pathlib import Path
+
+#: GOMP_SPINCOUNT on a CPU host: idle speed kept, under contention most of it (README, Performance)
+SPIN_COUNT = 10_000
+#: the variables decided here, all read by libgomp when it is loaded
+VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+#: names the values FERBench set ("NAME=VALUE NAME=VALUE"), for child processes to tell them from the user's
+MARKER = "FERBENCH_OPENMP"
+
+_in_effect: dict[str, object] | None = None  # what the OpenMP runtime of this process read, once known
+
+
+def _ours() -> dict[str, str]:
+    """The variables FERBench set (in this process or a parent) and still hold the value it gave them."""
+    pairs = (item.partition("=") for item in os.environ.get(MARKER, "").split())
+    return {k: v for k, _, v in pairs if k in VARIABLES and os.environ.get(k) == v}
+
+
+def users_own(name: str) -> bool:
+    """Whether `name` is set in the environment by someone other than FERBench (the user, a launcher)."""
+    return name in os.environ and name not in _ours()
+
+
+def openmp_loaded() -> bool:
+    """Whether an OpenMP runtime is already loaded here (then it has read its settings)."""
+    if "torch" in sys.modules:
+        return True
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    return any(lib in maps for lib in ("libgomp", "libiomp", "libomp"))
+
+
+def gpu_host() -> bool:
+    """Whether this process may train on a GPU, asked without importing torch: an NVIDIA or AMD device node,
+    unless CUDA_VISIBLE_DEVICES hides every device."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", "0").strip() in ("", "-1", "NoDevFiles"):
+        return False
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/kfd")
+
+
+def physical_cores(cpus: set[int], sysfs: Path = Path("/sys/devices/system/cpu")) -> int:
+    """How many cores the logical CPUs `cpus` belong to, SMT siblings counted once (torch's own default is one
+    thread per core); len(cpus) where the topology cannot be read."""
+    cores = set()
+    for cpu in cpus:
+        try:
+            cores.add((sysfs / f"cpu{cpu}" / "topology" / "thread_siblings_list").read_text().strip())
+        except OSError:
+            return len(cpus)
+    return len(cores) or len(cpus)
+
+
+def default_threads() -> int:
+    """The threads a run uses: SLURM_CPUS_PER_TASK inside a SLURM allocation, else the cores of this process's
+    CPU affinity (a container's cpuset, `taskset`), which torch's own default (every core of the machine)
+    ignores."""
+    n = int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
+    if n > 0:
+        return n
+    try:
+        return physical_cores(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
+def configure(threads: int | None = None) -> dict[str, object]:
+    """Set OMP_NUM_THREADS and the wait policy for this process and its children, unless the user set them.
+
+    `threads`: the CPUs this process was given (a job's or a pack member's share); by default `default_threads()`
+    on a CPU host and, on a GPU host, torch's own choice as before. torch's thread count follows when torch is
+    already loaded (an in-process job). Returns what is in effect (`in_effect()`).
+    """
+    global _in_effect
+    gpu = gpu_host()
+    ours = _ours()
+    for name in ours:  # decided again below: a parent's choice may not fit here (fewer CPUs, a GPU)
+        del os.environ[name]
+    set_here: dict[str, str] = {}
+    if threads is None and not gpu:
+        threads = default_threads()
+    if threads and not users_own("OMP_NUM_THREADS"):
+        set_here["OMP_NUM_THREADS"] = str(threads)
+    # a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT decides the waiting alone: GOMP_SPINCOUNT would override the policy
+    if not gpu and not users_own("OMP_WAIT_POLICY") and not users_own("GOMP_SPINCOUNT"):
+        set_here["GOMP_SPINCOUNT"] = str(SPIN_COUNT)
+    os.environ.update(set_here)
+    if set_here:
+        os.environ[MARKER] = " ".join(f"{k}={v}" for k, v in set_here.items())
+    else:
+        os.environ.pop(MARKER, None)
+    if "torch" in sys.modules and "OMP_NUM_THREADS" in set_here:
+        import torch
+
+        torch.set_num_threads(threads)
+    if not openmp_loaded():  # what the runtime will read when torch loads it (unless configured again first)
+        _in_effect = _snapshot(read_at_load=True)
+    return in_effect()
+
+
+def _snapshot(read_at_load: bool) -> dict[str, object]:
+    ours = _ours()
+    return {**{name: os.environ.get(name) for name in VARIABLES},
+            "set_by": {name: "ferbench" if name in ours else "user" for name in VARIABLES if name in os.environ},
+            "read_at_load": read_at_load}
+
+
+def in_effect() -> dict[str, object]:
+    """The OpenMP settings of this process, for its record: the variables, who set each (ferbench | user), and
+    `read_at_load`: true when they were in place before the OpenMP runtime was loaded, so these are what it read;
+    false when it was loaded first (then they are the environment's values now, which it may not have read)."""
+    return dict(_in_effect) if _in_effect is not None else _snapshot(read_at_load=False)
