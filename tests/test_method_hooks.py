@@ -18,6 +18,7 @@ from bench import registry
 from bench.cli import main
 from bench.config import build_config
 from bench.engine.streams import ClassBalancedStream, labeled_stream
+from bench.engine.fingerprint import current_fingerprint
 from bench.engine.trainer import validate
 from bench.errors import FERBenchError
 from bench.method import Batch, Method, MethodArgs, StepContext, StepOutput
@@ -90,6 +91,8 @@ def probe():
 
 def test_build_model_hook_modules_are_trained_emad_and_saved(probe, shared_cache: Path, tmp_path: Path) -> None:
     args = tiny_overrides(shared_cache, tmp_path, method="hook_probe", **{"train.ema_decay": 0.5})
+    current_fingerprint(build_config(overrides=args))  # the record's behavioural probe runs the hooks too: first
+    probe.seen_positions.clear()
     assert main(["run", "--quiet", *args]) == 0
     rec = json.loads(next((tmp_path / "records").glob("*.json")).read_text())
     assert rec["method_info"] == {"wrapped": True}
