@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 #: GOMP_SPINCOUNT on a CPU host: idle speed kept, under contention most of it (README, Performance)
-SPIN_COUNT = 10_000
+SPIN_COUNT = 4_000
 #: the variables decided here, all read by libgomp when it is loaded
 VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 #: names the values FERBench set ("NAME=VALUE NAME=VALUE"), for child processes to tell them from the user's
