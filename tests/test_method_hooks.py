@@ -17,8 +17,8 @@ from torch import nn
 from bench import registry
 from bench.cli import main
 from bench.config import build_config
-from bench.engine.streams import ClassBalancedStream, labeled_stream
 from bench.engine.fingerprint import current_fingerprint
+from bench.engine.streams import ClassBalancedStream, labeled_stream
 from bench.engine.trainer import validate
 from bench.errors import FERBenchError
 from bench.method import Batch, Method, MethodArgs, StepContext, StepOutput

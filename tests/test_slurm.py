@@ -260,7 +260,8 @@ def test_local_executor_runs_subprocesses_with_the_same_status_files(shared_cach
     assert sorted(s["state"] for s in statuses) == ["done", "done"]
     assert all(s["logs"]["stderr"].endswith("_0_log.err") and s["job_id"] for s in statuses)
     assert main(["status", str(out)]) == 0
-    assert capsys.readouterr().out.strip().splitlines()[-1] == "2 done, 0 stale, 0 running, 0 requeued, 0 pending, 0 failed"
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == "2 done, 0 stale, 0 running, 0 requeued, 0 pending, 0 failed"
 
 
 def test_concurrent_record_writers_never_overwrite_or_corrupt(tmp_path: Path) -> None:

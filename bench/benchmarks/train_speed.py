@@ -184,7 +184,8 @@ def _table(results: dict[str, Any]) -> Any:
 
 #: the wait policies compared by default: libgomp's default (spin 300,000 times, then sleep), passive (sleep at once)
 #: and bounded spin counts in between
-POLICIES = ("spin", "passive", "spincount=0", "spincount=1000", f"spincount={SPIN_COUNT}", "spincount=10000", "spincount=100000")
+POLICIES = ("spin", "passive", "spincount=0", "spincount=1000", f"spincount={SPIN_COUNT}", "spincount=10000",
+            "spincount=100000")
 
 
 def policy_env(policy: str) -> dict[str, str]:
