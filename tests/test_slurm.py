@@ -110,12 +110,16 @@ def test_array_sweep_status_failure_and_resubmission(slurm_cluster, shared_cache
 def test_a_users_own_openmp_settings_reach_the_job(slurm_cluster, shared_cache: Path, tmp_path: Path) -> None:
     """OMP_WAIT_POLICY and OMP_NUM_THREADS exported where the sweep is submitted (sbatch passes them on) win over
     FERBench's policy and the job's CPU count; libgomp in the job prints what it read (OMP_DISPLAY_ENV)."""
-    out, threads = tmp_path / "out", str(default_threads() + 1)  # not the count FERBench would choose anywhere here
+    if default_threads() < 2:
+        pytest.skip("needs 2 cores: the job is given 2 CPUs and the user asks for 1 thread")
+    # the job is given 2 CPUs (FERBench would train it on 2 threads); the user's 1 must win (torch itself caps a
+    # larger OMP_NUM_THREADS at the cores it finds, so a count below the job's CPUs is the one to test)
+    out, threads = tmp_path / "out", "1"
     spec = _spec(tmp_path / "user.yaml", out, shared_cache, ["supervised"], [0], {"iterations": 2, "eval_every": 2})
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "OMP_NUM_THREADS": threads, "OMP_DISPLAY_ENV": "VERBOSE",
            "PYTHONPATH": str(REPO)}
-    res = subprocess.run([sys.executable, "-m", "bench.cli", "sweep", str(spec), "--executor", "slurm", "--wait"],
-                         env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    res = subprocess.run([sys.executable, "-m", "bench.cli", "sweep", str(spec), "--executor", "slurm", "--wait",
+                          "--cpus-per-task", "2"], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     (record,) = [json.loads(p.read_text()) for p in (out / "records").glob("*.json")]
     assert record["host"]["torch_threads"] == int(threads)

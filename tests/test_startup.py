@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import tiny_overrides
 
 from bench.cli import main
-from bench.startup import MARKER, SPIN_COUNT, VARIABLES, default_threads, physical_cores
+from bench.startup import MARKER, SPIN_COUNT, VARIABLES, default_threads, physical_cores, users_own
 
 REPO = Path(__file__).resolve().parents[1]
 CORES = default_threads()
@@ -146,3 +147,32 @@ def test_threads_count_cores_not_smt_siblings(tmp_path: Path) -> None:
     assert physical_cores({0, 1, 2, 3}, tmp_path) == 2
     assert physical_cores({0, 2, 4, 5}, tmp_path) == 3
     assert physical_cores({0, 7}, tmp_path) == 2  # no topology for cpu7: every CPU counted
+
+
+class _SeenSettings(torch.utils.data.Dataset):
+    """Each item: the OpenMP variables of the process that produced it."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, i: int) -> dict[str, str | None]:
+        return {name: os.environ.get(name) for name in VARIABLES}
+
+
+def _seen_in_pool(_: int) -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in VARIABLES}
+
+
+def test_workers_and_preparation_processes_inherit_the_policy() -> None:
+    """DataLoader workers (the CPU data path) and the forkserver pools that prepare caches run with the
+    settings this process decided (conftest called `configure()`, as the CLI does)."""
+    import multiprocessing
+
+    if any(map(users_own, VARIABLES)):
+        pytest.skip("your own OpenMP settings are in the environment; they, not FERBench's, reach every process")
+    expected = {"OMP_NUM_THREADS": str(CORES), "OMP_WAIT_POLICY": None, "GOMP_SPINCOUNT": str(SPIN_COUNT)}
+    assert {name: os.environ.get(name) for name in VARIABLES} == expected
+    loader = torch.utils.data.DataLoader(_SeenSettings(), batch_size=None, num_workers=1)
+    assert list(loader) == [expected, expected]
+    with multiprocessing.get_context("forkserver").Pool(1) as pool:
+        assert pool.map(_seen_in_pool, [0]) == [expected]
