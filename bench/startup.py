@@ -3,10 +3,12 @@
 torch's OpenMP runtime (libgomp) reads OMP_WAIT_POLICY, GOMP_SPINCOUNT and OMP_NUM_THREADS once, when `import
 torch` loads it. By default a thread that waits for the others of a parallel region spins 300,000 times (a few
 milliseconds) before it sleeps. When another process holds one of the cores, the thread it waits for is parked
-behind that process while the spinning one burns the core it needs: a 2-core run trains 8-10x slower. A bounded
-spin count (`SPIN_COUNT`) gives the core back within microseconds and keeps the idle speed, where a passive policy
-(no spinning) costs a quarter of it; the figures behind the choice are in the README (Performance), measured with
-`ferbench bench train --contention`.
+behind that process while the spinning one burns the core it needs: a 2-core run trains 3-10x slower. A bounded
+spin count (`SPIN_COUNT`) gives the core back sooner; too small a count (1,000 and below, or the passive policy)
+puts threads to sleep between the many small parallel regions of a step and costs a third of the idle speed. The
+figures behind the choice are in the README (Performance, "A shared CPU"), measured with `ferbench bench train
+--contention`. The wait policy changes how fast, never what; the thread count changes the last bits of a run's
+numbers, so it follows the CPUs a process was given, never the load.
 
 Every FERBench process calls `configure()` before it imports torch: `bench.cli.main` (the CLI, `python -m
 bench.train`), submitit jobs and pack members (with the CPUs they were given), the test suite's conftest. Child
@@ -22,7 +24,8 @@ import os
 import sys
 from pathlib import Path
 
-#: GOMP_SPINCOUNT on a CPU host: idle speed kept, under contention most of it (README, Performance)
+#: GOMP_SPINCOUNT on a CPU host: between libgomp's 300,000 (fast idle, stalls when a core is taken) and
+#: 1,000 (robust, a third slower idle); README, Performance
 SPIN_COUNT = 4_000
 #: the variables decided here, all read by libgomp when it is loaded
 VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")

@@ -176,3 +176,20 @@ def test_workers_and_preparation_processes_inherit_the_policy() -> None:
     assert list(loader) == [expected, expected]
     with multiprocessing.get_context("forkserver").Pool(1) as pool:
         assert pool.map(_seen_in_pool, [0]) == [expected]
+
+
+def test_the_wait_policy_changes_how_fast_not_what(shared_cache: Path, tmp_path: Path) -> None:
+    """Two runs of one config on the same threads, one sleeping at once (GOMP_SPINCOUNT=0) and one spinning long
+    (libgomp's default): the same final weights, byte for byte, and the same metrics."""
+    if CORES < 2:
+        pytest.skip("one thread never waits for another")
+    records = []
+    for spins in ("0", "300000"):
+        out = tmp_path / spins
+        args = tiny_overrides(shared_cache, out, method="fixmatch", **{**SHORT, "train.iterations": 6})
+        _run(["-m", "bench.cli", "run", "--quiet", *args], _env(GOMP_SPINCOUNT=spins))
+        records.append(_record(out))
+    assert [r["host"]["openmp"]["GOMP_SPINCOUNT"] for r in records] == ["0", "300000"]
+    assert records[0]["host"]["torch_threads"] == records[1]["host"]["torch_threads"] == CORES
+    assert records[0]["artifacts"]["final_model"]["sha256"] == records[1]["artifacts"]["final_model"]["sha256"]
+    assert records[0]["metrics"] == records[1]["metrics"]

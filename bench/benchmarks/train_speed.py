@@ -157,7 +157,12 @@ def run_train_benchmark(method: str = "fixmatch", overrides: list[str] | None = 
         "end_to_end_images_per_s": head["end_to_end_images_per_s"],
         "ceiling_images_per_s": head["ceiling_images_per_s"], "ratio": head["ratio"], "rows": rows,
     }
-    console.print(_table(results))
+    return _report(console, _table(results), results, json_path)
+
+
+def _report(console: Any, table: Any, results: dict[str, Any], json_path: str | None) -> dict[str, Any]:
+    """Print a benchmark's table and, with `json_path`, write its results there."""
+    console.print(table)
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
     return results
@@ -410,10 +415,7 @@ def run_contention_benchmark(method: str = "fixmatch", overrides: list[str] | No
                "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
                "loadavg_before": load, "loadavg_after": os.getloadavg(), "torch": torch.__version__,
                "device_name": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu", "rows": rows}
-    console.print(_contention_table(results))
-    if json_path:
-        Path(json_path).write_text(json.dumps(results, indent=2) + "\n")
-    return results
+    return _report(console, _contention_table(results), results, json_path)
 
 
 def _contention_table(results: dict[str, Any]) -> Any:
