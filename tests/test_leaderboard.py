@@ -243,6 +243,9 @@ def test_no_delta_table_without_baseline_records_and_other_protocols(tmp_path):
     # a lone method is nobody's best: no bold, no mark
     header, rows, _ = section((tmp_path / "affectnet7.md").read_text(encoding="utf-8"), "top-1 accuracy")
     assert header == ["Method", "N=1000"] and rows == {"fixmatch": ["80.0 (n=1)"]}
+    lone = (tmp_path / "affectnet7.md").read_text(encoding="utf-8")
+    assert "No column has two entries to rank or compare." in lone and "**Bold**" not in lone
+    assert "Holm-adjusted over the 1 pairwise comparisons" in text  # rafdb: fixmatch vs flexmatch
 
 
 @pytest.mark.parametrize("protocol,budget,label", [

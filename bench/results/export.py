@@ -130,9 +130,10 @@ def _latex_protocol(dataset: str, t: ProtocolTable, interval: str) -> list[str]:
            rf"checkpoint on {tex_escape(images_words(t.n_test))}, mean{seeds} $\pm$ "
            rf"{tex_escape(interval_words(interval))}, which covers "
            rf"{tex_escape(covers_words(interval, t.n_test, t.n_groups))}. "
-           r"Bold: the highest mean of a column with at least 2 entries; $^\dagger$: not distinguishable from the "
-           r"best at 95\% (no entry of the column significantly above it; paired comparisons of all pairs of a "
-           rf"column, Holm-adjusted over the {family} of the table); neither: significantly below the best."
+           + (r"Bold: the highest mean of a column with at least 2 entries; $^\dagger$: not distinguishable from the "
+              r"best at 95\% (no entry of the column significantly above it; paired comparisons of all pairs of a "
+              rf"column, Holm-adjusted over the {family} of the table); neither: significantly below the best."
+              if family else "")
            + (r" $^\ddagger$: seed-only t-CI (a run without per-image predictions), which covers "
               + tex_escape(covers_words("seeds", t.n_test)) + "." if fallback else "")
            + (r" \textsuperscript{stale}: trained by code that behaved differently from the current code "

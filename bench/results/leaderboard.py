@@ -348,6 +348,8 @@ def _fingerprint_lines(t: ProtocolTable, runs: list[Run]) -> list[str]:
 
 def _best_legend(t: ProtocolTable, key: str) -> str:
     family = t.best_family.get(key, 0)
+    if family == 0:  # one entry per column: nothing is ranked, bolded or compared
+        return "No column has two entries to rank or compare. Best-on-test is not used for ranking."
     return (f"**Bold**: the highest mean of a column with ≥ 2 entries (the `{REFERENCE_METHOD}` reference "
             f"excluded). {TIE_MARK}: not distinguishable from the best at 95%: no entry of its column is "
             f"significantly above it, in paired comparisons of every pair of entries of a column (over shared seeds, "
