@@ -98,7 +98,7 @@ class RunJob(submitit.helpers.Checkpointable):
     def __call__(self) -> dict[str, Any]:
         from bench.config import config_from_dict, run_id
 
-        set_threads(allocated_cpus(self.threads))  # first: before anything loads torch and its OpenMP runtime
+        configure(allocated_cpus(self.threads))  # first: before anything loads torch and its OpenMP runtime
         try:
             tasks = submitit.JobEnvironment().num_tasks
         except RuntimeError:  # not inside a submitit job
@@ -130,10 +130,3 @@ def allocated_cpus(fallback: int | None = None) -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity on this platform
         return os.cpu_count() or 1
-
-
-def set_threads(n: int | None) -> None:
-    """This run's threads (the CPUs it may use) and OpenMP wait policy (`bench.startup`), set before torch is
-    loaded; OMP_NUM_THREADS is also what Accelerate's multi-process CPU set-up and worker processes read. A value
-    the user exported wins."""
-    configure(n)

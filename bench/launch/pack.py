@@ -21,8 +21,9 @@ from typing import Any
 import submitit
 
 from bench.errors import FERBenchError
-from bench.launch.jobs import RunJob, allocated_cpus, error_line, job_info, set_threads, status_path
+from bench.launch.jobs import RunJob, allocated_cpus, error_line, job_info, status_path
 from bench.launch.preemption import Preemption
+from bench.startup import configure
 
 #: exit status of a pack member that saved a checkpoint and stopped on a pre-emption signal
 STOPPED = 3
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = json.loads(sys.stdin.read())
     config = payload["config"]
     stop = Preemption()  # forwarded by the pack
-    set_threads(args.threads)
+    configure(args.threads)
     job = RunJob(config, args.threads, job_info=payload["job"])
     try:
         record = job.run(should_stop=stop)
