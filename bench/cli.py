@@ -226,7 +226,7 @@ def _progress():  # a live progress display for single runs
 def _cmd_status(args: argparse.Namespace) -> int:
     from bench.launch.status import print_status
 
-    print_status(args.output_dir)
+    print_status(args.output_dir, probe=not args.no_probe)
     return 0
 
 
@@ -249,7 +249,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     render_records(Path(args.records_dir), Path(args.output), args.baseline or "supervised", formats, args.interval,
                    Path(args.reported) if args.reported else None, baseline_given=args.baseline is not None,
-                   include_archived=args.include_archived)
+                   include_archived=args.include_archived, probe=not args.no_probe)
     return 0
 
 
@@ -465,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     st_ = sub.add_parser("status", help="done / running / pending / failed per run of a sweep's output folder")
     st_.add_argument("output_dir")
+    st_.add_argument("--no-probe", action="store_true",
+                     help="answer from the fingerprints cached for the code installed now; records whose key has none "
+                          "read unknown instead of done or stale (the probe runs once per code state otherwise)")
     st_.set_defaults(fn=_cmd_status)
 
     lb = sub.add_parser("leaderboard", help="render markdown + PNG leaderboards (and LaTeX, CSV) from run records")
@@ -477,6 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="accuracy interval shown: over seeds and test images (default), or the seed-only t-CI")
     lb.add_argument("--include-archived", action="store_true",
                     help="also the records `sweep --rerun-stale` archived (each in a row of its own)")
+    lb.add_argument("--no-probe", action="store_true",
+                    help="mark cells from the fingerprints cached for the code installed now, without probing")
     lb.add_argument("--reported", default=None, metavar="YAML",
                     help="published numbers for reference-recipe leaderboards (default: bench/results/reported.yaml)")
     lb.set_defaults(fn=_cmd_leaderboard)

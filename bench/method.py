@@ -100,6 +100,17 @@ class HookContext:
     predict_labeled: Callable[[], tuple[Tensor, Tensor]]
 
 
+@dataclass
+class ProbeView:
+    """Given to `Method.probe_state` by the fingerprint probe (bench/engine/probe.py): a classifier warmed on the
+    probe's labeled pool, and its softmax on unaugmented views of the unlabeled pool (in pool order) and of the
+    labeled pool, with the labels."""
+
+    unlabeled_probs: Tensor  # (num_unlabeled, C)
+    labeled_probs: Tensor  # (num_labeled, C)
+    labels: Tensor  # (num_labeled,)
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of a method's training: its own iterations, optimiser, schedule and views.
@@ -296,6 +307,12 @@ class Method:
         """The arguments the behavioural-fingerprint probe (bench/engine/fingerprint.py) runs the method with, given
         a run's: the same, unless some cannot run on the probe's tiny model and generated images (files to load)."""
         return dict(arguments)
+
+    def probe_state(self, view: ProbeView) -> None:
+        """Put the declared state where a run in progress holds it, from the predictions in `view`, so that the
+        fingerprint probe's few steps exercise the method's adaptive parts (class-wise thresholds, distribution
+        estimates, per-sample memories) rather than their starting values. Only the probe calls it; a method
+        whose state is live from the start (or that has none) leaves it as it is."""
 
     def setup(self, info: SetupInfo) -> None:
         """Allocate state whose size depends on the data (called before a checkpoint is restored)."""

@@ -23,6 +23,7 @@ from bench.method import (
     MethodArgs,
     NonNegative,
     Probability,
+    ProbeView,
     SetupInfo,
     StepContext,
     StepOutput,
@@ -50,6 +51,13 @@ class FlexMatch(Method):
     def setup(self, info: SetupInfo) -> None:
         self.add_state("selected_label", torch.full((info.num_unlabeled,), -1, dtype=torch.long))
         self.add_state("classwise_acc", torch.zeros(self.num_classes))
+
+    def probe_state(self, view: ProbeView) -> None:
+        """A run in progress: the unlabeled images above the lowest tenth of confidences hold their pseudo-labels (the
+        others none yet), and the class-wise learning effects follow from them."""
+        max_probs, pseudo = view.unlabeled_probs.max(dim=-1)
+        self.selected_label = torch.where(max_probs >= max_probs.quantile(0.1), pseudo, torch.full_like(pseudo, -1))
+        self._update_classwise_acc()
 
     def mask(self, probs: Tensor, idx: Tensor, gather: Callable[[Tensor], Tensor] = this_process_only) -> Tensor:
         """Mask from the current class-wise thresholds, then record the confident predictions of every process's

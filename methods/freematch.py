@@ -23,6 +23,7 @@ from bench.method import (
     Method,
     MethodArgs,
     NonNegative,
+    ProbeView,
     StepContext,
     StepOutput,
     arg,
@@ -71,6 +72,15 @@ class FreeMatch(Method):
         self.add_state("time_p", torch.tensor(1.0 / num_classes))
         self.add_state("p_model", torch.full((num_classes,), 1.0 / num_classes))
         self.add_state("label_hist", torch.full((num_classes,), 1.0 / num_classes))
+
+    def probe_state(self, view: ProbeView) -> None:
+        """A run in progress: the global threshold, class distribution and pseudo-label histogram at the unlabeled
+        pool's statistics."""
+        max_probs, pseudo = view.unlabeled_probs.max(dim=-1)
+        self.time_p = max_probs.mean()
+        self.p_model = view.unlabeled_probs.mean(dim=0)
+        hist = torch.bincount(pseudo, minlength=self.num_classes).to(self.p_model.dtype)
+        self.label_hist = hist / hist.sum()
 
     def mask(self, probs: Tensor, gather: Callable[[Tensor], Tensor] = this_process_only) -> Tensor:
         """Update the EMAs with every process's batch (`gather`, as USB's hook does under DDP), then threshold

@@ -27,6 +27,7 @@ from bench.method import (
     MethodArgs,
     NonNegative,
     Positive,
+    ProbeView,
     StepContext,
     StepOutput,
     arg,
@@ -62,6 +63,13 @@ class SoftMatch(Method):
         self.add_state("p_model_updated", torch.tensor(False), if_missing=torch.tensor(True))
         self.add_state("mu_t", torch.tensor(1.0 / num_classes))
         self.add_state("var_t", torch.tensor(1.0))
+
+    def probe_state(self, view: ProbeView) -> None:
+        """A run in progress: p^_model and the Gaussian's mean and variance at the unlabeled pool's statistics."""
+        max_probs = view.unlabeled_probs.max(dim=-1).values
+        self.p_model = view.unlabeled_probs.mean(dim=0)
+        self.p_model_updated = torch.ones_like(self.p_model_updated)
+        self.mu_t, self.var_t = max_probs.mean(), max_probs.var(unbiased=True)
 
     def weights(self, probs: Tensor, gather: Callable[[Tensor], Tensor] = this_process_only) -> Tensor:
         """Align (updating p^_model), update the Gaussian's EMAs, and weight each sample; the EMAs move with every

@@ -22,10 +22,11 @@ from bench.engine.fingerprint import (
     ATOL,
     RTOL,
     changed_values,
-    config_of_key,
+    config_of_fingerprint,
     current_fingerprints,
     digest,
     fingerprint_key,
+    key_settings,
     probe,
     same_behaviour,
 )
@@ -42,35 +43,72 @@ def test_the_probe_is_deterministic_and_leaves_the_callers_state_alone() -> None
     a = probe(cfg)
     after = torch.rand(3)
     b = probe(cfg)
-    assert a["vector"] == b["vector"] and a["digest"] == b["digest"] == digest(a["vector"])
+    assert a["vector"] == b["vector"] and a["digest"] == b["digest"] == digest(a["vector"], a["exact"])
     assert torch.equal(before, after)  # the run's random stream is where it was
     assert torch.get_num_threads() == threads and not torch.are_deterministic_algorithms_enabled()
-    # every part of the run it covers: each step's logged values, evaluation, weights, EMA, the method's state
+    # every part of the run it covers: each step's logged values, evaluations and the record's derived metrics,
+    # weights, EMA, the method's state, the split and the synthfer generator
     labels = set(a["labels"])
-    assert {"main.1.loss", "main.5.loss_u", "main.5.mask_rate", "main.eval.accuracy", "main.eval.logits.sum",
-            "main.weights.sumsq", "main.ema.sum", "main.state.sum"} <= labels
-    assert a["key"] == "flexmatch@harness" and len(a["vector"]) == len(a["labels"])
+    assert {"main.1.loss", "main.6.loss_u", "main.6.mask_rate", "main.eval2.accuracy", "main.eval6.macro_f1",
+            "main.final.recall0", "main.final.confusion0.0", "main.derived.best_accuracy",
+            "main.derived.last5_median_accuracy", "main.eval.logits.sum", "main.weights.sumsq", "main.ema.sum",
+            "main.state.sum", "data.synthfer.train.class0.mean"} <= labels
+    assert set(a["exact"]) == {"data.synthfer.identity", "data.split.manifest"}
+    assert a["key"].startswith("flexmatch@harness#") and len(a["vector"]) == len(a["labels"])
 
 
-def test_keys_name_the_protocol_and_the_arguments_that_differ_from_the_defaults() -> None:
-    assert fingerprint_key(build_config(overrides=["method=fixmatch", "method_args.threshold=0.95"])) == \
-        "fixmatch@harness"  # a default spelled out is the default
-    key = fingerprint_key(build_config(overrides=["method=fixmatch", "recipe=usb", "method_args.threshold=0.8"]))
-    assert key == 'fixmatch@usb{"threshold": 0.8}'
+def _key(*overrides: str) -> str:
+    return fingerprint_key(build_config(overrides=list(overrides)))
+
+
+def test_keys_name_the_protocol_and_the_arguments_and_stand_for_every_setting_but_scale() -> None:
+    base = _key("method=fixmatch")
+    assert _key("method=fixmatch", "method_args.threshold=0.95") == base  # a default spelled out is the default
+    assert base.startswith("fixmatch@harness#")
+    key = _key("method=fixmatch", "recipe=usb", "method_args.threshold=0.8")
+    assert key.startswith('fixmatch@usb{"threshold": 0.8}#')
     vit = build_config(overrides=["method=frpretrain", "model.backbone=vit_base_patch16_224"])
-    assert fingerprint_key(vit) == fingerprint_key(config_of_key("frpretrain@harness/vit")) == "frpretrain@harness/vit"
-    assert fingerprint_key(config_of_key(key)) == key
+    assert fingerprint_key(vit).startswith("frpretrain@harness/vit#")
+    # scale is the probe's own: the same key
+    for scale in ("seed=3", "split_seed=0", "data.budget=0.5", "train.iterations=50000", "train.batch_size=64",
+                  "train.eval_every=7", "data.image_size=100", "data.synthfer.n_train=900", "data.root=/x",
+                  "data.augment_on=cpu", "train.channels_last=true", "model.backbone=ferbench_cnn_tiny"):
+        if scale.startswith(("split_seed", "data.image_size")):
+            continue  # split_seed set and 100 px (probed at 48) differ from the default below
+        assert _key("method=fixmatch", scale) == base, scale
+    assert _key("method=fixmatch", "data.image_size=100") == _key("method=fixmatch", "data.image_size=224")
+    assert _key("method=fixmatch", "seed=1", "split_seed=0") == _key("method=fixmatch", "seed=4", "split_seed=9")
+    # everything else that changes numbers is another key
+    for setting in ("optim.name=adam", "optim.lr=0.01", "optim.schedule=constant", "model.head=normalized",
+                    "augment.crop_prob=0.5", "augment.crop=resized", "data.protocol=per_class", "split_seed=0",
+                    "train.ema_decay=0.99", "train.forward=separate", "train.mixed_precision=bf16",
+                    "data.synthfer.nuisance=0.3", "data.name=rafdb", "data.image_size=32", "preset=adacm",
+                    "model.pretrained_file=/w.pth", "train.mu=1", "model.drop_rate=0.5"):
+        assert _key("method=fixmatch", setting) != base, setting
+    # a key's settings rebuild a config of the same key
+    for overrides in (["method=fixmatch", "recipe=usb", "method_args.threshold=0.8"], ["method=dtasnl", "preset=adacm"],
+                      ["method=frpretrain", "model.backbone=vit_base_patch16_224", "train.mixed_precision=bf16"],
+                      ["method=sitfer", "data.name=affectnet8", "split_seed=2", "model.pretrained_file=/w.pth"]):
+        cfg = build_config(overrides=overrides)
+        assert fingerprint_key(config_of_fingerprint({"settings": key_settings(cfg)})) == fingerprint_key(cfg)
 
 
-def test_sameness_is_within_the_stated_tolerance() -> None:
-    base = {"key": "k", "probe": 1, "vector": [1.0, 2.0], "labels": ["a", "b"]}
+def test_sameness_is_within_the_stated_tolerance_and_a_new_logged_value_is_not_a_change() -> None:
+    base = {"key": "k", "probe": 2, "vector": [1.0, 2.0], "labels": ["a", "b"], "exact": {"data": "x"}}
     near = {**base, "vector": [1.0 * (1 + RTOL / 2), 2.0]}
     far = {**base, "vector": [1.0, 2.0 * (1 + 4 * RTOL) + ATOL]}
-    for fp in (base, near, far):
-        fp["digest"] = digest(fp["vector"])
-    assert same_behaviour(base, near) and not same_behaviour(base, far)
-    assert not same_behaviour(base, {**base, "key": "other"}) and not same_behaviour(base, None)
+    added = {**base, "vector": [1.0, 0.5, 2.0], "labels": ["a", "new", "b"]}
+    dropped = {**base, "vector": [1.0], "labels": ["a"]}
+    other_data = {**base, "exact": {"data": "y"}}
+    for fp in (base, near, far, added, dropped, other_data):
+        fp["digest"] = digest(fp["vector"], fp["exact"])
+    assert same_behaviour(base, near) and same_behaviour(base, added)
+    assert not same_behaviour(base, far) and not same_behaviour(base, dropped)
+    assert not same_behaviour(base, other_data) and not same_behaviour(base, None)
+    assert not same_behaviour(base, {**base, "key": "other"})
     assert changed_values(base, far) == ["b 2 -> 2.008"]
+    assert changed_values(base, dropped) == ["b no longer produced"]
+    assert changed_values(base, other_data) == ["data x -> y"]
 
 
 def test_a_cpu_run_carries_the_fingerprint_whatever_its_speed_settings_and_threads(shared_cache: Path,
@@ -85,7 +123,7 @@ def test_a_cpu_run_carries_the_fingerprint_whatever_its_speed_settings_and_threa
         fps.append(json.loads(next((tmp_path / path / "records").glob("*.json")).read_text())["fingerprint"])
     assert fps[0] == fps[1]
     code = ("import json, sys; from bench.config import build_config; from bench.engine.fingerprint import probe; "
-            "print(json.dumps(probe(build_config(overrides=['method=softmatch']))))")
+            f"print(json.dumps(probe(build_config(overrides={args!r}))))")
     env = {**os.environ, "OMP_NUM_THREADS": "2", "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -161,7 +199,7 @@ def test_a_change_of_numerics_marks_exactly_that_methods_cells_stale_and_rerun_s
     # every table's fixmatch row: accuracy, MCA, macro-F1, the Δ vs supervised, per-class recall, best-on-test
     assert len(fixmatch_rows) == 6 and all(ln.rstrip(" |").endswith("stale") for ln in fixmatch_rows)
     assert not any("stale" in ln for ln in md.splitlines() if ln.startswith("| supervised |"))
-    assert "`fixmatch@harness`: its records (commit unknown, fingerprint" in md and "loss_u" in md
+    assert "`fixmatch@harness#" in md and "`: its records (commit unknown, fingerprint" in md and "loss_u" in md
     assert {r["method"]: r["freshness"] for r in rows} == {"supervised": "current", "fixmatch": "stale"}
     assert r"\textsuperscript{stale}" in (tmp_path / "lb_stale" / "synthfer.tex").read_text()
 
@@ -203,14 +241,14 @@ def test_committed_leaderboards_list_the_fingerprints_they_were_built_from() -> 
     md_files = sorted((REPO / "leaderboards").rglob("*.md"))
     assert md_files and len(boards) == len(md_files)  # every committed board has its fingerprints beside it
     for path, entries in boards:
-        assert entries and all(e["vector"] and e["digest"] for e in entries.values()), path
+        assert entries and all(e["vector"] and e["digest"] and e["settings"] for e in entries.values()), path
 
 
 @pytest.mark.parametrize("board", [p.relative_to(REPO).as_posix() for p, _ in _committed_fingerprints()])
 def test_committed_leaderboards_are_current(board: str) -> None:
     """A change that alters a method's numerics must come with regenerated leaderboards (README, Leaderboards)."""
     entries = json.loads((REPO / board).read_text())
-    current = current_fingerprints([config_of_key(key) for key in entries])
+    current = current_fingerprints([config_of_fingerprint(e) for e in entries.values()])
     stale = [f"{key} ({'; '.join(changed_values(e, current[key]))})" for key, e in sorted(entries.items())
              if not same_behaviour(e, current[key])]
     assert not stale, f"{board} was built from code that behaved differently: {', '.join(stale)}; regenerate it"

@@ -5,9 +5,14 @@ one raw uint8 file, (N, H, W, 3) in C order, which training memory-maps: the ope
 images a batch touches, and a dataset larger than the job's memory (AffectNet-8 at 224 px: 43 GB) trains
 within about one copy of what it reads. (The images are not an Arrow column: a column written in many record
 batches can only be turned into one array by copying it, `combine_chunks`, which held the cache in memory
-twice or three times.) The cache folder is named by a fingerprint of the source (ids, labels, splits, boxes,
+twice or three times.) The cache folder is named by a stamp of the source (ids, labels, splits, boxes, paths,
 file sizes and mtimes), the image size and the cache format, so preparing twice reuses it and a changed
 source makes a new one.
+
+A prepared dataset's *identity* (`PreparedDataset.fingerprint`, in every split manifest and record) is made of its
+content only: the ids, splits, labels and decoded pixels (face boxes act through the pixels they crop), with the
+image size and label protocol. The same images in another folder, copied with new times, have the same identity on
+every machine; one changed pixel gives another.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from PIL import Image
 
 from bench.data.datasets import get_dataset
 from bench.data.records import ReadReport, SampleRecord
+from bench.data.splits import IDENTITY
 from bench.errors import FERBenchError
 
-PREPARE_VERSION = 1  # what decoding produces: part of the fingerprint, hence of every split manifest
+PREPARE_VERSION = 1  # what decoding produces: part of the identity, hence of every split manifest
 CACHE_FORMAT = 2  # how the folder stores it (2: pixels in a memory-mapped raw file); part of the folder's name
 SPLITS = ("train", "test")
 
@@ -84,7 +90,40 @@ def images_file(folder: Path, split: str) -> Path:
     return folder / f"{split}.images.u8"
 
 
+class IdentityHash:
+    """A dataset's identity, built image by image as the cache is written: sha256 of a salt (image size, label
+    protocol) and, per split, each image's id, label, native label and pixels."""
+
+    def __init__(self, salt: str) -> None:
+        self._h = hashlib.sha256(f"{IDENTITY}|{salt}".encode())
+
+    def split(self, name: str) -> None:
+        self._h.update(f"\n[{name}]\n".encode())
+
+    def add(self, id_: str, label: int, native: int, pixels: np.ndarray) -> None:
+        self._h.update(f"{id_}|{int(label)}|{int(native)}\n".encode())
+        self._h.update(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def content_identity(splits: dict[str, PreparedSplit], salt: str) -> str:
+    """The identity of prepared splits (`IdentityHash` over every image, in order)."""
+    h = IdentityHash(salt)
+    for name, s in splits.items():
+        h.split(name)
+        for i, (id_, label, native) in enumerate(zip(s.ids, s.labels, s.native_labels, strict=True)):
+            h.add(id_, label, native, s.images[i])
+    return h.hexdigest()
+
+
+def _identity_salt(image_size: int, label_protocol: str, version: int = PREPARE_VERSION) -> str:
+    return f"v{version}|size={image_size}|labels={label_protocol}"
+
+
 def source_fingerprint(records: list[SampleRecord], image_size: int, label_protocol: str = "") -> str:
+    """When a cache is rebuilt (its folder's name): the source's ids, labels, boxes, paths, sizes and times."""
     h = hashlib.sha256(f"v{PREPARE_VERSION}|size={image_size}|labels={label_protocol}".encode())
     stamps: dict[str, str] = {}  # formats with inline pixels list one file many times
     for r in records:
@@ -186,8 +225,10 @@ def prepare_dataset(
     bad: list[dict[str, str]] = []
     counts: dict[str, dict[str, Any]] = {}
     num_classes = spec.num_classes_for(protocol)
+    identity = IdentityHash(_identity_salt(image_size, protocol))
     try:
         for split in SPLITS:
+            identity.split(split)
             recs = [r for r in records if r.split == split]
             if not recs:
                 raise FERBenchError(f"dataset {name!r} at {root}: no {split} images found")
@@ -208,6 +249,7 @@ def prepare_dataset(
                         bad.append({"id": r.id, "path": r.path, "error": img})
                         continue
                     pixels.write(np.ascontiguousarray(img, dtype=np.uint8).tobytes())
+                    identity.add(r.id, r.label, r.native_label, img)
                     for k, v in (("id", r.id), ("label", r.label), ("native_label", r.native_label)):
                         batch[k].append(v)
                     per_class[r.label] += 1
@@ -225,7 +267,8 @@ def prepare_dataset(
             "root": str(root) if root else None,
             "options": options or {},
             "image_size": image_size,
-            "fingerprint": fp,
+            "source_stamp": fp,
+            "identity": identity.hexdigest(),
             "class_names": list(spec.class_names_for(protocol)),
             "native_codes": {str(c): code for c, code in spec.native_codes(protocol).items()},
             "counts": counts,
@@ -262,11 +305,22 @@ def load_prepared(path: str | Path) -> PreparedDataset:
             labels=table.column("label").to_numpy().astype(np.int64),
             native_labels=table.column("native_label").to_numpy().astype(np.int64),
         )
+    identity = info.get("identity")
+    if identity is None:  # a cache prepared before identities were made of content: computed once, kept
+        identity = content_identity(splits, _identity_salt(info['image_size'], info['label_protocol'],
+                                                               info.get('prepare_version', PREPARE_VERSION)))
+        info["identity"] = identity
+        tmp = path / f"info.json.tmp{os.getpid()}"
+        try:
+            tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, path / "info.json")
+        except OSError:  # a read-only cache: computed again next time
+            tmp.unlink(missing_ok=True)
     return PreparedDataset(
         name=info["dataset"],
         path=path,
         class_names=tuple(info["class_names"]),
-        fingerprint=info["fingerprint"],
+        fingerprint=identity,
         info=info,
         train=splits["train"],
         test=splits["test"],

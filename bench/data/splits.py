@@ -19,6 +19,9 @@ from bench.config import BUDGET_PROTOCOLS as PROTOCOLS
 from bench.errors import FERBenchError
 from bench.results.record import write_json_atomic
 
+#: how dataset identities are made (bench/data/cache.py): of content; manifests without it hashed paths and times
+IDENTITY = "content-v1"
+
 #: `total`: the rarest class is drawn at this rate relative to the others (Ada-CM's RAF-DB splits give
 #: Fear 10/40/100/200 labels where the other classes get 15/60/150/300).
 RARE_CLASS_WEIGHT = 2 / 3
@@ -140,6 +143,7 @@ def make_split(
     body = {
         "dataset": dataset,
         "dataset_fingerprint": dataset_fingerprint,
+        "identity": IDENTITY,  # the dataset fingerprint is made of content (bench/data/cache.py)
         "protocol": protocol,
         "budget": budget,
         "split_seed": split_seed,

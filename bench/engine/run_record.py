@@ -21,6 +21,14 @@ def scored_stage(run: RunSetup, results: list[StageResult]) -> StageResult:
     return scored[-1]
 
 
+def derived_metrics(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a record derives from its evaluations: the median of the last five, and the best-on-test (a flagged
+    secondary number) with its step."""
+    best = max(history, key=lambda h: h["accuracy"])
+    return {"last5_median_accuracy": float(np.median([h["accuracy"] for h in history][-5:])),
+            "best_accuracy": best["accuracy"], "best_step": best["step"]}
+
+
 def build_record(run: RunSetup, results: list[StageResult], *, pretrained: dict[str, Any] | None = None,
                  predictions: Predictions | None = None, artifacts: dict[str, dict[str, Any]] | None = None,
                  fingerprint: dict[str, Any] | None = None) -> Record:
@@ -29,8 +37,6 @@ def build_record(run: RunSetup, results: list[StageResult], *, pretrained: dict[
     behaviour of the code that trained it (bench/engine/fingerprint.py)."""
     last = scored_stage(run, results)
     cfg, data, manifest, final = run.cfg, run.data.data, run.data.manifest, last.final_metrics
-    accs = [h["accuracy"] for h in last.state.history]
-    best = max(last.state.history, key=lambda h: h["accuracy"])
     sc = last.cfg.train  # batch sizes: the stage's the metrics come from
     train_time_s = round(sum(r.state.train_time_s for r in results), 3)
     images_per_s = round(sum(r.state.images_seen for r in results) / max(train_time_s, 1e-9), 1)
@@ -69,9 +75,7 @@ def build_record(run: RunSetup, results: list[StageResult], *, pretrained: dict[
         "metrics": {
             "final": {k: final[k] for k in ("accuracy", "mean_class_accuracy", "macro_f1", "per_class_recall",
                                             "confusion_matrix")},
-            "last5_median_accuracy": float(np.median(accs[-5:])),
-            "best_accuracy": best["accuracy"],
-            "best_step": best["step"],
+            **derived_metrics(last.state.history),
             "n_test": len(data.test.ids),
         },
         "history": last.state.history,

@@ -198,7 +198,7 @@ class StageRun:
         self._logs: dict[str, list[Any]] = {}
         self._nonfinite: torch.Tensor | None = None  # whether a loss since `_checked` was nan or inf, on the device
         self._checked = 0
-        self._hook_every = self.method.hook_every()
+        self.hook_every = self.method.hook_every()  # the probe calls it sooner (bench/engine/probe.py)
         self._gather = acc.gather if world > 1 else this_process_only
         self._session_start = time.perf_counter()
         self._totals: dict[str, torch.Tensor] = {}  # "sum" method states combined over processes, for a checkpoint
@@ -248,8 +248,8 @@ class StageRun:
         if self.state.sessions:
             self.state.sessions[-1]["steps"] += 1
         self.state.images_seen += self.images_per_step * self.accelerator.num_processes
-        if self._hook_every and self.state.step % self._hook_every == 0:
-            self.method.on_hook(HookContext(step=self.state.step, epoch=self.state.step // self._hook_every,
+        if self.hook_every and self.state.step % self.hook_every == 0:
+            self.method.on_hook(HookContext(step=self.state.step, epoch=self.state.step // self.hook_every,
                                             predict_labeled=self.predict_labeled))
         self.state.train_time_s += time.perf_counter() - t0
         for k, v in {"loss": out.loss.detach(), **out.logs}.items():

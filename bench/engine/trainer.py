@@ -194,10 +194,9 @@ def train(cfg: RunConfig, progress: Any = None,
     if paths.record.exists():
         return finished_record(paths)
     accelerator = make_accelerator(cfg, paths.run_dir)
-    # the behaviour of the code that trains it, probed (or found cached) before training, never inside it
+    # the behaviour of the code that trains it, probed (or found cached) before training, never inside it; a probe
+    # that cannot run is recorded as such and never stops the run
     fingerprint = current_fingerprint(cfg) if accelerator.is_main_process else None
-    if fingerprint is not None and "error" in fingerprint:
-        raise FERBenchError(fingerprint["error"])
     run = set_up_run(cfg, accelerator, method_cls)
     slot = CheckpointSlot()
     accelerator.register_for_checkpointing(slot)

@@ -9,6 +9,7 @@ requeued, failed with the error line), the submissions log and, for SLURM jobs, 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +37,13 @@ def _last_line(path: str | None) -> str | None:
     return lines[-1] if lines else None
 
 
-def sweep_status(output_dir: str | Path) -> list[RunStatus]:
+def sweep_status(output_dir: str | Path, probe: bool = True) -> list[RunStatus]:
+    """Each run's state; `probe`: compute the current code's fingerprints that are not cached (else their records
+    read unknown rather than done or stale)."""
     out = Path(output_dir)
     found = [rec for _, rec in scan_records(out / "records").files] if (out / "records").is_dir() else []
     records = {rec["run_id"] for rec in found}
-    fresh = assess(found)
+    fresh = assess(found, probe=probe, announce=_say)
     statuses = {}
     for p in (out / "status").glob("*.json"):
         try:
@@ -79,16 +82,18 @@ def sweep_status(output_dir: str | Path) -> list[RunStatus]:
     return result
 
 
-def print_status(output_dir: str | Path) -> None:
-    """The table of `sweep_status` and a line of counts (done, stale, running, requeued, pending, failed)."""
-    import sys
+def _say(line: str) -> None:
+    print(f"status: {line}", file=sys.stderr, flush=True)
 
+
+def print_status(output_dir: str | Path, probe: bool = True) -> None:
+    """The table of `sweep_status` and a line of counts (done, stale, running, requeued, pending, failed)."""
     from rich.console import Console
     from rich.table import Table
 
     if not Path(output_dir).is_dir():
         raise FERBenchError(f"{output_dir}: sweep output folder not found")
-    rows = sweep_status(output_dir)
+    rows = sweep_status(output_dir, probe=probe)
     if not rows:
         raise FERBenchError(f"{output_dir}: no runs found (no records, status files or submissions)")
     table = Table(title=f"sweep {output_dir}")

@@ -3,12 +3,14 @@ protocol and arguments (bench/engine/fingerprint.py).
 
     current   the code installed now behaves as the code that trained it (within the probe's tolerance)
     stale     it does not: the run would give other numbers today (re-run with `ferbench sweep --rerun-stale`)
-    unknown   the record has no fingerprint (written before FERBench recorded one), or its method cannot be probed
+    unknown   the record has no fingerprint (written before FERBench recorded one), its probe could not run
+              (`fingerprint: {unavailable: why}`), its method cannot be probed now, or it was not probed (`--no-probe`
+              and no fingerprint cached for the code installed now)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +31,10 @@ class Freshness:
         return self.state
 
 
-def assess(records: Iterable[Mapping[str, Any]]) -> dict[str, Freshness]:
-    """run id -> the freshness of each record, probing each distinct key of the records once (cached)."""
+def assess(records: Iterable[Mapping[str, Any]], probe: bool = True,
+           announce: Callable[[str], None] | None = None) -> dict[str, Freshness]:
+    """run id -> the freshness of each record against the current code's fingerprints: those cached for this code
+    state, the others probed once (all in one process) unless `probe` is false; `announce` is told before a probe."""
     from bench.engine.fingerprint import changed_values, config_of_record, current_fingerprints, fingerprint_key
     from bench.errors import FERBenchError
 
@@ -39,6 +43,10 @@ def assess(records: Iterable[Mapping[str, Any]]) -> dict[str, Freshness]:
     out: dict[str, Freshness] = {}
     for rec in records:
         fp, rid, commit = rec.get("fingerprint"), rec["run_id"], rec.get("git_commit")
+        if isinstance(fp, Mapping) and "unavailable" in fp:
+            out[rid] = Freshness("unknown", fp.get("key"), commit=commit,
+                                 changed=(f"its probe could not run: {fp['unavailable']}",))
+            continue
         if not isinstance(fp, Mapping) or "vector" not in fp:
             out[rid] = Freshness("unknown", commit=commit, changed=("no fingerprint in the record",))
             continue
@@ -49,12 +57,17 @@ def assess(records: Iterable[Mapping[str, Any]]) -> dict[str, Freshness]:
             out[rid] = Freshness("unknown", fp.get("key"), fp.get("digest"), commit=commit, changed=(str(e),))
     if not keyed:
         return out
-    current = current_fingerprints([cfg for _, cfg, _ in keyed.values()])
+    current = current_fingerprints([cfg for _, cfg, _ in keyed.values()], compute=probe, announce=announce)
     for rid, (rec, _, key) in keyed.items():
-        fp, now = rec["fingerprint"], current[key]
+        fp, now = rec["fingerprint"], current.get(key)
         commit = rec.get("git_commit")
-        if "error" in now:
-            out[rid] = Freshness("unknown", key, fp.get("digest"), None, commit, (now["error"],))
+        if now is None:
+            out[rid] = Freshness("unknown", key, fp.get("digest"), None, commit,
+                                 ("not probed (--no-probe) and no fingerprint cached for the code installed now",))
+            continue
+        if "unavailable" in now:
+            out[rid] = Freshness("unknown", key, fp.get("digest"), None, commit,
+                                 (f"the current code's probe could not run: {now['unavailable']}",))
             continue
         from bench.engine.fingerprint import same_behaviour
 

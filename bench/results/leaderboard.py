@@ -519,8 +519,9 @@ def _fingerprints_file(path: Path, runs: list[Run]) -> Path | None:
     for r in runs:
         fp = r.record.get("fingerprint")
         if isinstance(fp, Mapping) and "vector" in fp:
-            entry = out.setdefault(fp["key"], {**{k: fp[k] for k in ("key", "probe", "digest", "vector", "labels")
-                                                  if k in fp}, "commits": []})
+            entry = out.setdefault(fp["key"], {**{k: fp[k] for k in ("key", "probe", "digest", "vector", "labels",
+                                                                     "exact", "settings") if k in fp},
+                                               "commits": []})
             commit = str(r.record.get("git_commit") or "unknown")
             if commit not in entry["commits"]:
                 entry["commits"] = sorted([*entry["commits"], commit])

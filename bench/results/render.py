@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from bench.errors import FERBenchError
 
 
+def _say(line: str) -> None:
+    print(f"leaderboard: {line}", file=sys.stderr, flush=True)
+
+
 def render_records(records_dir: Path, out: Path, baseline: str, formats: tuple[str, ...] = ("md",),
                    interval: str = "combined", reported: Path | None = None, baseline_given: bool = False,
-                   include_archived: bool = False) -> list[Path]:
+                   include_archived: bool = False, probe: bool = True) -> list[Path]:
     """Render every leaderboard of the records under `records_dir` into `out`, each cell marked when its records no
     longer describe the code (stale); prints what it wrote (and what it skipped) and returns the files. A
     `baseline` the user named (`baseline_given`) must be among the records' methods; otherwise a Δ table is drawn
@@ -36,7 +41,8 @@ def render_records(records_dir: Path, out: Path, baseline: str, formats: tuple[s
         raise FERBenchError(f"--baseline {baseline}: no record of that method in {records_dir} (its methods: "
                             f"{', '.join(methods)})")
     paths = render_leaderboards(records, out, baseline=baseline, predictions=predictions, formats=formats,
-                                interval=interval, reported=reported, freshness=assess(records))
+                                interval=interval, reported=reported,
+                                freshness=assess(records, probe=probe, announce=_say))
     for p in paths:
         print(f"wrote {p}")
     return paths
