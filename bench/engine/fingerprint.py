@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.config import RunConfig, _identity, apply_mapping, check_config, config_from_dict
+from bench.config import RunConfig, _identity, _stage_identity, apply_mapping, check_config, config_from_dict
 from bench.data.cache import default_cache_dir
 from bench.engine.codestate import PROBE_VERSION, code_state, plugin_files
 from bench.errors import FERBenchError
@@ -54,6 +54,7 @@ RTOL, ATOL = 1e-3, 1e-6
 DIGITS = 4
 SIDE_MAX = 48
 BATCH, MU_MAX = 8, 2
+EMA_TIME_SCALE = 350  # a probe step stands for this many of a run's, for the EMA (`probe_decay`)
 TINY_CNN = "ferbench_cnn_tiny"
 TINY_VIT = "ferbench_vit_tiny"
 #: the probe child's environment: every kernel library on the x86-64 baseline and one thread
@@ -127,7 +128,21 @@ def probe_config(cfg: RunConfig) -> RunConfig:
         if stage.name not in stages and stage.defaults:
             stages[stage.name] = {"train": dict(scale)}
     p.stages = stages
+    from bench.engine.stage import stage_config
+
+    for stage in method.stages():  # each stage's EMA on the probe's time scale (its decay is the stage's own)
+        decay = stage_config(p, stage).train.ema_decay
+        if stage.name in stages:
+            stages[stage.name]["train"]["ema_decay"] = probe_decay(decay)
+        else:
+            p.train.ema_decay = probe_decay(decay)
     return check_config(p)
+
+
+def probe_decay(decay: float) -> float:
+    """An EMA decay on the probe's time scale: `decay ** EMA_TIME_SCALE` (0.999 -> 0.70), so the EMA moves in a
+    few steps as it does over a run's thousands; a one-to-one map, so two decays stay two probes."""
+    return round(decay**EMA_TIME_SCALE, 12) if decay > 0 else 0.0
 
 
 def key_settings(cfg: RunConfig) -> dict[str, Any]:
@@ -137,6 +152,8 @@ def key_settings(cfg: RunConfig) -> dict[str, Any]:
     defaults = _hparams(cls, {})
     run_only = {"method_args": {k: v for k, v in _hparams(cls, dict(cfg.method_args)).items() if v != defaults[k]},
                 "mixed_precision": cfg.train.mixed_precision,
+                # the probe maps these to its own time scale: the run's values, so the settings rebuild them
+                "ema_decay": cfg.train.ema_decay, "stages": _stage_identity(copy.deepcopy(cfg.stages)),
                 "timm_kwargs": {k: v for k, v in cfg.model.timm_kwargs.items() if k not in ("img_size",)}}
     return {"probe": _identity(RunConfig, probe_config(cfg).to_dict()), "run": run_only}
 
@@ -145,6 +162,7 @@ def config_of_settings(settings: dict[str, Any]) -> RunConfig:
     """A run config whose probe config and key are those `settings` (`key_settings`) stand for."""
     cfg = apply_mapping(RunConfig(), copy.deepcopy(settings["probe"]))
     cfg.method_args = copy.deepcopy(settings["run"]["method_args"])
+    cfg.train.ema_decay, cfg.stages = settings["run"]["ema_decay"], copy.deepcopy(settings["run"]["stages"])
     cfg.train.mixed_precision = settings["run"]["mixed_precision"]
     cfg.model.timm_kwargs = copy.deepcopy(settings["run"]["timm_kwargs"])
     return check_config(cfg)

@@ -39,7 +39,7 @@ from bench.data.cache import PreparedDataset, PreparedSplit, content_identity
 from bench.engine.codestate import PROBE_VERSION
 from bench.engine.run_data import run_data_from
 from bench.engine.stage import RunSetup, StageRun, build_stage_model
-from bench.method import Method, ProbeView, SetupInfo
+from bench.method import Method, ProbeView, SetupInfo, frozen_batchnorm_stats
 from bench.registry import create_method, get_method_class
 
 STEPS, EVAL_EVERY, HOOK_EVERY = 6, 2, 2
@@ -47,7 +47,7 @@ N_TRAIN, N_TEST = 64, 32
 #: the classifier's warm-up on the labeled pool: full-batch Adam until its mean confidence there reaches
 #: `WARM_CONFIDENCE` (at most `WARM_STEPS`), so that predictions are confident on some unlabeled images and not on
 #: others, as mid-way through a run (a random start leaves every pseudo-label threshold unreached)
-WARM_STEPS, WARM_LR, WARM_CONFIDENCE = 60, 0.03, 0.97
+WARM_STEPS, WARM_LR, WARM_CONFIDENCE = 100, 0.03, 0.97
 PRETRAINED_MARK = "probe:generated"  # the probe config's stand-in for a run's pretrained file
 SYNTHFER_PROBE = {"n_train": 14, "n_test": 7, "seed": 0, "size": 32}
 
@@ -157,12 +157,19 @@ def _warm_start(model: torch.nn.Module, sr: StageRun) -> None:
     x = sr.views.make("none", data.images[torch.from_numpy(data.labeled_pool)])
     y = data.labels[torch.from_numpy(data.labeled_pool)]
     optimizer = torch.optim.Adam(model.parameters(), lr=WARM_LR)
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
     model.train()
     for _ in range(WARM_STEPS):
-        logits = model(x)
-        if float(logits.detach().softmax(-1).max(-1).values.mean()) >= WARM_CONFIDENCE:
+        # confidence as a training step sees it (batch statistics), without dropout's noise
+        for m in dropouts:
+            m.eval()
+        with torch.no_grad(), frozen_batchnorm_stats(model):
+            confident = float(model(x).softmax(-1).max(-1).values.mean()) >= WARM_CONFIDENCE
+        for m in dropouts:
+            m.train()
+        if confident:
             break
-        loss = torch.nn.functional.cross_entropy(logits, y)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -278,11 +285,12 @@ def probe_stages(pcfg: RunConfig, out: Vector, folder: Path) -> dict[str, Any]:
     for stage in method.stages():
         model, _ = build_stage_model(run, stage, previous)
         sr = StageRun(run, stage, model)
-        if stage.evaluate and model is not previous:  # a new classifier, not the previous stage's, handed on
+        # a new classifier, or one handed on to a stage with pseudo-labels: warmed (from the weights it has)
+        if stage.evaluate and (model is not previous or stage.views):
             _warm_start(sr.student, sr)
             if sr.ema is not None:
                 sr.ema.module.load_state_dict(sr.student.state_dict())
-        if stage.views:
+        if stage.views and stage.evaluate:  # a classifier with an unlabeled stream
             method.probe_state(_probe_view(sr))
         _train(sr, method, out, live)
         sr.finish()
