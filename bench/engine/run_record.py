@@ -57,6 +57,9 @@ def build_record(run: RunSetup, results: list[StageResult], *, pretrained: dict[
         "native_codes": data.info.get("native_codes"),  # canonical class -> the dataset's own label code
         "split": {
             "manifest_sha256": manifest["sha256"],
+            # the dataset's identity, made of its content (ids, labels, pixels: bench/data/cache.py)
+            "dataset_identity": manifest["dataset_fingerprint"],
+            "identity": manifest.get("identity"),
             "manifest_file": str(run.data.manifest_path) if run.data.manifest_path else None,
             "n_labeled": manifest["n_labeled"],
             "n_unlabeled": len(run.data.unlabeled_pool),

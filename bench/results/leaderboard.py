@@ -230,7 +230,12 @@ class _Markdown:
                  f"({len(t.runs)} runs + {len(t.ref_runs)} `{REFERENCE_METHOD}` runs)"), ""]
         lines.append(f"- git commit: {', '.join(f'`{c}`' for c in _distinct(runs, _short_commit))}")
         lines += _fingerprint_lines(t, runs)
-        lines.append("- split manifests (sha256, first 12 hex) by budget, `seed: sha`:")
+        path_based = sum(_get(r.record, "split.identity") is None for r in runs)
+        lines.append("- split manifests (sha256, first 12 hex) by budget, `seed: sha`"
+                     + (f" ({path_based} of {len(runs)} runs' manifests predate content identities: their sha256 "
+                        "depends on the folder and file times they were prepared from, not only on the data)"
+                        if path_based else "; identities of content, the same on any machine and in any folder")
+                     + ":")
         mismatch = False
         groups = [(budget_label(t.protocol, b), [r for r in t.runs if r.budget == b]) for b in t.budgets]
         if t.ref_runs:

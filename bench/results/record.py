@@ -29,6 +29,10 @@ SCHEMA_VERSION = 1
 class SplitInfo(TypedDict):
     manifest_sha256: str
     manifest_file: NotRequired[str | None]
+    # the dataset's identity and how it was made ("content-v1"); absent in records written before identities were
+    # made of content (their manifests hashed paths and file times)
+    dataset_identity: NotRequired[str]
+    identity: NotRequired[str | None]
     n_labeled: int
     n_unlabeled: int
     per_class_labeled: list[int]
@@ -104,7 +108,7 @@ class Record(TypedDict):
     versions: dict[str, str | None]
     git_commit: str | None
     # the behaviour of the code that trained it: key (method@recipe and non-default arguments), probe version,
-    # digest, vector, labels, source (bench/engine/fingerprint.py)
+    # digest, vector, labels, exact, settings, live, source (bench/engine/fingerprint.py); or `unavailable` with why
     fingerprint: NotRequired[dict[str, Any]]
     host: dict[str, Any]
     created_utc: str
