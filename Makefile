@@ -16,9 +16,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ferbench demo
 
+# The committed leaderboards' fingerprints are checked twice: natively, and from an empty fingerprint cache on an
+# emulated AVX2-only CPU (fingerprints mean the same on every x86-64 machine: docs/fingerprints.md).
+AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
+	NPY_DISABLE_CPU_FEATURES="AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR"
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+	cache=$$(mktemp -d) && env $(AVX2) FERBENCH_CACHE=$$cache $(PY) -m pytest -q tests/test_freshness.py \
+		-k committed_leaderboards; status=$$?; rm -rf $$cache; exit $$status
 
 clean:
 	rm -rf $(VENV) runs

@@ -163,10 +163,11 @@ class MethodArgs:
 
 
 def arg(default: Any = None, note: str = "", *, factory: Callable[[], Any] | None = None,
-        reconstructed: bool = False) -> Any:
-    """An argument field: its default, where that value comes from (`note`, shown by `ferbench methods`), and
-    whether it is a reconstruction rather than a value read in a paper or its code."""
-    meta = {"note": note, "reconstructed": reconstructed}
+        reconstructed: bool = False, per_step_decay: bool = False) -> Any:
+    """An argument field: its default, where that value comes from (`note`, shown by `ferbench methods`), whether
+    it is a reconstruction rather than a value read in a paper or its code, and whether it is a per-step decay (an
+    EMA momentum in [0, 1)), which the fingerprint probe puts on its own time scale as it does the model EMA's."""
+    meta = {"note": note, "reconstructed": reconstructed, "per_step_decay": per_step_decay}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -187,6 +188,11 @@ def parse_arguments(args_cls: type[MethodArgs], given: dict[str, Any], where: st
                             f"accepted: {', '.join(sorted(fields)) or 'none'}")
     hints = _argument_hints(args_cls)
     return args_cls(**{k: check_value(v, hints[k], f"{where}: method_args.{k}") for k, v in given.items()})
+
+
+def per_step_decays(args_cls: type[MethodArgs]) -> list[str]:
+    """The arguments of `args_cls` declared per-step decays (`arg(..., per_step_decay=True)`)."""
+    return [f.name for f in dataclasses.fields(args_cls) if f.metadata.get("per_step_decay")]
 
 
 @dataclass(frozen=True)

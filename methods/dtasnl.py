@@ -124,15 +124,15 @@ class DTASNLModel(nn.Module):
         return out if return_features else out.logits
 
 
-def _reconstructed(default: Any, note: str) -> Any:
-    return arg(default, note, reconstructed=True)
+def _reconstructed(default: Any, note: str, per_step_decay: bool = False) -> Any:
+    return arg(default, note, reconstructed=True, per_step_decay=per_step_decay)
 
 
 @dataclass
 class DTASNLArgs(MethodArgs):
     pseudo_label_source: Literal["teacher", "student"] = _reconstructed("teacher", "EMA teacher's weak-view probs")
     dta_init: Probability = _reconstructed(0.95, "mu_c at the start")
-    dta_momentum: Decay = _reconstructed(0.999, "EMA momentum m of mu_c")
+    dta_momentum: Decay = _reconstructed(0.999, "EMA momentum m of mu_c", per_step_decay=True)
     dta_beta: NonNegative = _reconstructed(1.0, "tau_c = clip(beta mu_c, tau_min, tau_max)")
     tau_min: Probability = _reconstructed(0.5, "lower clip of the class thresholds")
     tau_max: Probability = _reconstructed(0.95, "upper clip of the class thresholds")

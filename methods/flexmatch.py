@@ -59,13 +59,17 @@ class FlexMatch(Method):
         self.selected_label = torch.where(max_probs >= max_probs.quantile(0.1), pseudo, torch.full_like(pseudo, -1))
         self._update_classwise_acc()
 
+    def class_thresholds(self) -> Tensor:
+        """Each class's threshold: tau times the convex mapping beta / (2 - beta) of its learning effect."""
+        beta = self.classwise_acc
+        return self.args.threshold * (beta / (2.0 - beta))
+
     def mask(self, probs: Tensor, idx: Tensor, gather: Callable[[Tensor], Tensor] = this_process_only) -> Tensor:
         """Mask from the current class-wise thresholds, then record the confident predictions of every process's
         batch (`gather`, as USB's hook does under DDP), so all processes keep the same counts."""
         tau = self.args.threshold
         max_probs, pseudo = probs.max(dim=-1)
-        beta = self.classwise_acc[pseudo]
-        mask = (max_probs >= tau * (beta / (2.0 - beta))).float()
+        mask = (max_probs >= self.class_thresholds()[pseudo]).float()
         all_max, all_pseudo = gather(probs).max(dim=-1)
         all_idx = gather(idx)
         # selected rows write their pseudo-label, the others a spare slot past the end (no host read of the
@@ -92,4 +96,6 @@ class FlexMatch(Method):
         loss_u = cross_entropy_masked_mean(logits_us.float(), probs.argmax(-1), mask)
         loss = loss_x + self.args.lambda_u * loss_u
         return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(),
-                                 "mask_rate": mask.mean().detach()})
+                                 "mask_rate": mask.mean().detach(),
+                                 # the class-wise thresholds in force after this step's update
+                                 "threshold_mean": self.class_thresholds().mean().detach()})

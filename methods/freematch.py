@@ -58,7 +58,7 @@ def fairness_loss(mask: Tensor, logits_strong: Tensor, p_model: Tensor, label_hi
 class FreeMatchArgs(MethodArgs):
     lambda_u: NonNegative = arg(1.0, "USB freematch ulb_loss_ratio")
     lambda_e: NonNegative = arg(0.001, "USB freematch ent_loss_ratio (CIFAR-10-40 config; its argparse default: 0.01)")
-    ema_p: Decay = arg(0.999, "USB freematch ema_p")
+    ema_p: Decay = arg(0.999, "USB freematch ema_p", per_step_decay=True)
 
 
 @register_method("freematch")

@@ -41,7 +41,7 @@ from bench.registry import register_method
 @dataclass
 class SoftMatchArgs(MethodArgs):
     lambda_u: NonNegative = arg(1.0, "USB softmatch ulb_loss_ratio")
-    ema_p: Decay = arg(0.999, "USB softmatch ema_p")
+    ema_p: Decay = arg(0.999, "USB softmatch ema_p", per_step_decay=True)
     n_sigma: Positive = arg(2.0, "USB softmatch n_sigma")
     dist_align: bool = arg(True, "USB softmatch dist_align (uniform target)")
     dist_init: Literal["uniform", "first_batch"] = arg(

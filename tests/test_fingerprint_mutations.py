@@ -21,8 +21,15 @@ from pathlib import Path
 import pytest
 
 from bench.config import build_config
-from bench.engine.codestate import code_state
-from bench.engine.fingerprint import changed_values, fingerprint_key, pinned_env, probe_config, same_behaviour
+from bench.engine.codestate import PROBE_VERSION, code_state
+from bench.engine.fingerprint import (
+    changed_values,
+    digest,
+    fingerprint_key,
+    pinned_env,
+    probe_config,
+    same_behaviour,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,7 +63,7 @@ BEHAVIOURAL: list[tuple[str, str, str, str, list[str]]] = [
     ("FixMatch unlabeled weight", "methods/fixmatch.py", "loss = loss_x + self.args.lambda_u * loss_u",
      "loss = loss_x + 0.5 * self.args.lambda_u * loss_u", ["fixmatch"]),
     ("FlexMatch threshold mapping (convex -> linear)", "methods/flexmatch.py",
-     "mask = (max_probs >= tau * (beta / (2.0 - beta))).float()", "mask = (max_probs >= tau * beta).float()",
+     "return self.args.threshold * (beta / (2.0 - beta))", "return self.args.threshold * beta",
      ["flexmatch"]),
     ("FlexMatch warm-up denominator", "methods/flexmatch.py",
      "denom = counts.max() if self.args.thresh_warmup else per_class.max()", "denom = per_class.max()",
@@ -195,8 +202,13 @@ def _probe_in(code: Path, names: list[str]) -> list[dict]:
                          text=True, env=env, timeout=300 * len(names), cwd=code)
     line = next((ln for ln in reversed(res.stdout.splitlines()) if ln.startswith("FERBENCH-PROBE ")), None)
     assert res.returncode == 0 and line is not None, res.stderr[-3000:]
-    return [{"key": fingerprint_key(build_config(overrides=CONFIGS[n])), "probe": 2, **r}
-            for n, r in zip(names, json.loads(line[len("FERBENCH-PROBE "):]), strict=True)]
+    out = []
+    for n, r in zip(names, json.loads(line[len("FERBENCH-PROBE "):]), strict=True):
+        fp = {"key": fingerprint_key(build_config(overrides=CONFIGS[n])), "probe": PROBE_VERSION, **r}
+        if "vector" in fp:
+            fp["digest"] = digest(fp["vector"], fp["exact"])
+        out.append(fp)
+    return out
 
 
 @pytest.fixture(scope="module")

@@ -175,7 +175,9 @@ def test_an_edited_entry_point_plugin_is_stale_and_a_40px_method_has_its_fingerp
     # --no-probe answers from the cache only: after another edit, the record cannot be assessed, and says so
     _plugin(plugins, 3.0)
     res = ferbench("status", "--no-probe", str(out))
-    assert "computing" not in res.stderr and res.stdout.strip().splitlines()[-1].startswith("1 done, 0 stale")
+    last = res.stdout.strip().splitlines()[-1]
+    assert "computing" not in res.stderr and last.startswith("1 done, 0 stale")
+    assert last.endswith("(1 of the done not assessed: fingerprint unknown)") and "not probed" in res.stdout
 
 
 def test_sitfer_on_eight_classes_is_probed() -> None:

@@ -47,6 +47,7 @@ from bench.config import RunConfig, _identity, _stage_identity, apply_mapping, c
 from bench.data.cache import default_cache_dir
 from bench.engine.codestate import PROBE_VERSION, code_state, plugin_files
 from bench.errors import FERBenchError
+from bench.method import per_step_decays
 from bench.registry import create_method, get_method_class
 from bench.results.record import write_json_atomic
 
@@ -95,6 +96,8 @@ def probe_config(cfg: RunConfig) -> RunConfig:
     classes = spec.num_classes_for(spec.protocol(p.data.label_protocol))
     cls = get_method_class(p.method)
     given, defaults = _hparams(cls, cls.probe_arguments(dict(p.method_args))), _hparams(cls, {})
+    for name in per_step_decays(cls.Args):  # a method's own EMA momenta on the probe's time scale, as the model's
+        given[name] = probe_decay(given[name])
     p.method_args = {k: v for k, v in given.items() if v != defaults[k]}  # canonical: a default spelled out is none
     p.seed, p.split_seed, p.output_dir = 0, (None if cfg.split_seed is None else 1), "probe"
     side = min(p.data.image_size, SIDE_MAX)
@@ -254,7 +257,7 @@ def same_behaviour(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
         return False
     if "vector" not in a or "vector" not in b:
         return False
-    if a.get("digest") == b.get("digest") and a.get("labels") == b.get("labels"):
+    if a.get("digest") is not None and a.get("digest") == b.get("digest") and a.get("labels") == b.get("labels"):
         return True
     return not changed_values(a, b, most=1)
 
@@ -332,15 +335,3 @@ def config_of_fingerprint(fp: dict[str, Any]) -> RunConfig:
 def config_of_record(record: dict[str, Any]) -> RunConfig:
     """The config a record was trained with (its fingerprint key is computed from it)."""
     return config_from_dict(copy.deepcopy(record["config"]))
-
-
-def degenerate(fp: dict[str, Any]) -> list[str]:
-    """What shows a probe left a mechanism asleep: a stage whose logged mask rate is 0 or 1 at every step, a stage
-    with declared method state that never moved, or an EMA still equal to its student."""
-    out = []
-    for stage, live in (fp.get("live") or {}).items():
-        masks = live["mask_rate"]
-        if masks and all(m in (0.0, 1.0) for m in masks):
-            out.append(f"{stage}: mask rate {masks[0]:g} at every step")
-    return out
-

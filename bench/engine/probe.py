@@ -54,10 +54,14 @@ SYNTHFER_PROBE = {"n_train": 14, "n_test": 7, "seed": 0, "size": 32}
 
 def probe_data(class_names: tuple[str, ...], side: int) -> PreparedDataset:
     """Fixed generated images: each class a colour tint (the 7 non-empty sets of R, G and B; an eighth class adds
-    stripes), of a strength drawn per image (weak ones are ambiguous), over noise. A tint survives the weak view's
-    crop and flip, as a face's expression does. Only elementwise float arithmetic: the same bits anywhere."""
+    stripes) and a bright bar on the left (even classes) or right (odd), of a strength drawn per image (weak ones
+    are ambiguous), over noise. The tint survives the weak view's crop and flip, as a face's expression does; the
+    bar does not, so two views of one image are predicted differently, as in a run. Only elementwise float
+    arithmetic: the same bits anywhere."""
     k = len(class_names)
     rng = np.random.default_rng(20261207)
+    bar = slice(side // 8, side // 4) if side >= 8 else slice(0, 1)
+    mirrored = slice(side - bar.stop, side - bar.start)
 
     def split(n: int, prefix: str) -> PreparedSplit:
         labels = np.arange(n) % k
@@ -70,6 +74,7 @@ def probe_data(class_names: tuple[str, ...], side: int) -> PreparedDataset:
                     images[i, :, :, channel] += 90.0 * strength[i]
             if c >= 7:
                 images[i, ::2] += 60.0 * strength[i]
+            images[i, :, bar if c % 2 == 0 else mirrored] += 60.0 * strength[i]
         pixels = np.clip(images, 0, 255).astype(np.uint8)
         ids = [f"{prefix}{i}" for i in range(n)]
         return PreparedSplit(ids, pixels, labels.astype(np.int64), labels.astype(np.int64))

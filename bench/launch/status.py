@@ -62,6 +62,8 @@ def sweep_status(output_dir: str | Path, probe: bool = True) -> list[RunStatus]:
             f = fresh.get(rid)
             if f is not None and f.state == "stale":
                 result.append(RunStatus(rid, "stale", job_id, "; ".join(f.changed) or "the code's behaviour changed"))
+            elif f is not None and f.state == "unknown":  # done; whether it is current cannot be told
+                result.append(RunStatus(rid, "done", job_id, f"fingerprint unknown: {'; '.join(f.changed)}"))
             else:
                 result.append(RunStatus(rid, "done", job_id))
             continue
@@ -106,4 +108,6 @@ def print_status(output_dir: str | Path, probe: bool = True) -> None:
         table.add_row(r.run_id, f"[{colour[r.state]}]{r.state}[/]", r.job_id or "", detail)
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
     counts = {s: sum(r.state == s for r in rows) for s in STATES}
-    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    unknown = sum(r.state == "done" and (r.error or "").startswith("fingerprint unknown") for r in rows)
+    print(", ".join(f"{n} {s}" for s, n in counts.items())
+          + (f" ({unknown} of the done not assessed: fingerprint unknown)" if unknown else ""))
