@@ -100,10 +100,14 @@ class AdaCM(Method):
         probs, labels = ctx.predict_labeled()
         self.update_thresholds(probs, labels, ctx.epoch)
 
+    @staticmethod
+    def pseudo_probs(logits_w1: Tensor, logits_w2: Tensor) -> Tensor:
+        """The pseudo-label distribution: the mean of the two weak views' softmax (main.py), without gradient."""
+        return ((logits_w1.float().softmax(-1) + logits_w2.float().softmax(-1)) / 2).detach()
+
     def partition(self, logits_w1: Tensor, logits_w2: Tensor) -> tuple[Tensor, Tensor]:
         """(pseudo-labels y^, subset-I mask as bool) from the two weak views' logits."""
-        p = (logits_w1.float().softmax(-1) + logits_w2.float().softmax(-1)) / 2
-        max_p, pseudo = p.detach().max(dim=-1)
+        max_p, pseudo = self.pseudo_probs(logits_w1, logits_w2).max(dim=-1)
         return pseudo, max_p >= self.thresholds[pseudo]
 
     def contrastive(self, feat_w1: Tensor, feat_w2: Tensor, confident: Tensor) -> Tensor:
@@ -128,4 +132,6 @@ class AdaCM(Method):
         loss = a.lambda_x * loss_x + a.lambda_u * loss_u + a.lambda_s * loss_s
         return StepOutput(loss, {"loss_x": loss_x.detach(), "loss_u": loss_u.detach(), "loss_s": loss_s.detach(),
                                  "mask_rate": mask.mean().detach(),
-                                 "threshold_mean": self.thresholds.mean().detach()})
+                                 "threshold_mean": self.thresholds.mean().detach(),
+                                 # how confident the pseudo-labels are, thresholded or not
+                                 "confidence_mean": self.pseudo_probs(l1, l2).max(dim=-1).values.mean()})

@@ -53,10 +53,10 @@ class FlexMatch(Method):
         self.add_state("classwise_acc", torch.zeros(self.num_classes))
 
     def probe_state(self, view: ProbeView) -> None:
-        """A run in progress: the unlabeled images above the lowest tenth of confidences hold their pseudo-labels (the
-        others none yet), and the class-wise learning effects follow from them."""
+        """A run in progress: the unlabeled images above the lowest 40% of confidences hold their pseudo-labels
+        (the others none yet, still more than any one class holds), and the class-wise learning effects follow."""
         max_probs, pseudo = view.unlabeled_probs.max(dim=-1)
-        self.selected_label = torch.where(max_probs >= max_probs.quantile(0.1), pseudo, torch.full_like(pseudo, -1))
+        self.selected_label = torch.where(max_probs >= max_probs.quantile(0.4), pseudo, torch.full_like(pseudo, -1))
         self._update_classwise_acc()
 
     def class_thresholds(self) -> Tensor:

@@ -117,6 +117,15 @@ def probe_config(cfg: RunConfig) -> RunConfig:
              "checkpoint_every": 10**9, "stop_after": None, "compile": "none", "channels_last": False,
              "fused_optimizer": False}
     apply_mapping(p, {"train": {**scale, "mu": min(p.train.mu, MU_MAX)}})
+    _probe_stages(p, scale, classes)
+    return check_config(p)
+
+
+def _probe_stages(p: RunConfig, scale: dict[str, Any], classes: int) -> None:
+    """The run's stage overrides without their scale, the probe's scale for every stage that sets its own, and
+    each stage's EMA decay on the probe's time scale."""
+    from bench.engine.stage import stage_config
+
     stages = {}
     for name, sections in (p.stages or {}).items():
         sections = copy.deepcopy(sections) if isinstance(sections, dict) else {}
@@ -131,15 +140,10 @@ def probe_config(cfg: RunConfig) -> RunConfig:
         if stage.name not in stages and stage.defaults:
             stages[stage.name] = {"train": dict(scale)}
     p.stages = stages
-    from bench.engine.stage import stage_config
-
     for stage in method.stages():  # each stage's EMA on the probe's time scale (its decay is the stage's own)
-        decay = stage_config(p, stage).train.ema_decay
         if stage.name in stages:
-            stages[stage.name]["train"]["ema_decay"] = probe_decay(decay)
-        else:
-            p.train.ema_decay = probe_decay(decay)
-    return check_config(p)
+            stages[stage.name]["train"]["ema_decay"] = probe_decay(stage_config(p, stage).train.ema_decay)
+    p.train.ema_decay = probe_decay(p.train.ema_decay)  # the run's, for stages without their own section
 
 
 def probe_decay(decay: float) -> float:

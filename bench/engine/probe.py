@@ -42,7 +42,7 @@ from bench.engine.stage import RunSetup, StageRun, build_stage_model
 from bench.method import Method, ProbeView, SetupInfo, frozen_batchnorm_stats
 from bench.registry import create_method, get_method_class
 
-STEPS, EVAL_EVERY, HOOK_EVERY = 6, 2, 2
+STEPS, EVAL_EVERY, HOOK_EVERY = 6, 1, 2
 N_TRAIN, N_TEST = 64, 32
 #: the classifier's warm-up on the labeled pool: full-batch Adam until the median confidence on the unlabeled pool
 #: reaches `WARM_CONFIDENCE` (at most `WARM_STEPS`), so that about half the pseudo-labels pass a typical threshold,
