@@ -33,6 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -47,7 +49,7 @@ from bench.config import RunConfig, _identity, _stage_identity, apply_mapping, c
 from bench.data.cache import default_cache_dir
 from bench.engine.codestate import PROBE_VERSION, code_state, plugin_files
 from bench.errors import FERBenchError
-from bench.method import per_step_decays
+from bench.method import parse_arguments, per_step_decays
 from bench.registry import create_method, get_method_class
 from bench.results.record import write_json_atomic
 
@@ -70,6 +72,7 @@ PROBE_TIMEOUT_S = 300  # per config
 # ---- the probe's config and the key -----------------------------------------------------------------------------
 
 
+@functools.cache
 def is_vit(backbone: str) -> bool:
     import timm
     import torch
@@ -95,10 +98,10 @@ def probe_config(cfg: RunConfig) -> RunConfig:
     spec = get_dataset(p.data.name)
     classes = spec.num_classes_for(spec.protocol(p.data.label_protocol))
     cls = get_method_class(p.method)
-    given, defaults = _hparams(cls, cls.probe_arguments(dict(p.method_args))), _hparams(cls, {})
+    given = _hparams(cls, cls.probe_arguments(dict(p.method_args)))
     for name in per_step_decays(cls.Args):  # a method's own EMA momenta on the probe's time scale, as the model's
         given[name] = probe_decay(given[name])
-    p.method_args = {k: v for k, v in given.items() if v != defaults[k]}  # canonical: a default spelled out is none
+    p.method_args = _non_default(cls, given)
     p.seed, p.split_seed, p.output_dir = 0, (None if cfg.split_seed is None else 1), "probe"
     side = min(p.data.image_size, SIDE_MAX)
     p.data.image_size, p.data.budget = side, _scaled_budget(p.data.protocol, classes)
@@ -156,8 +159,7 @@ def key_settings(cfg: RunConfig) -> dict[str, Any]:
     """What the key stands for: the probe config's identity (its run-id fields) and the run's settings that enter
     the key only. `config_of_settings` rebuilds a config with the same probe config and key from it."""
     cls = get_method_class(cfg.method)
-    defaults = _hparams(cls, {})
-    run_only = {"method_args": {k: v for k, v in _hparams(cls, dict(cfg.method_args)).items() if v != defaults[k]},
+    run_only = {"method_args": _non_default(cls, _hparams(cls, dict(cfg.method_args))),
                 "mixed_precision": cfg.train.mixed_precision,
                 # the probe maps these to its own time scale: the run's values, so the settings rebuild them
                 "ema_decay": cfg.train.ema_decay, "stages": _stage_identity(copy.deepcopy(cfg.stages)),
@@ -179,8 +181,7 @@ def fingerprint_key(cfg: RunConfig) -> str:
     """`method@recipe`, `/vit` for a vision-transformer run, the method's arguments that differ from their
     defaults (canonical JSON), then `#` and 8 hex digits of the key's settings (`key_settings`)."""
     cls = get_method_class(cfg.method)
-    defaults = _hparams(cls, {})
-    changed = {k: v for k, v in _hparams(cls, dict(cfg.method_args)).items() if v != defaults[k]}
+    changed = _non_default(cls, _hparams(cls, dict(cfg.method_args)))
     family = "/vit" if is_vit(cfg.model.backbone) else ""
     settings = json.dumps(key_settings(cfg), sort_keys=True, default=str)
     args = json.dumps(changed, sort_keys=True, default=str) if changed else ""
@@ -188,11 +189,14 @@ def fingerprint_key(cfg: RunConfig) -> str:
 
 
 def _hparams(cls: type, given: dict[str, Any]) -> dict[str, Any]:
-    import dataclasses
-
-    from bench.method import parse_arguments
-
+    """Every argument of method class `cls` (defaults included), `given` checked and canonical."""
     return dataclasses.asdict(parse_arguments(cls.Args, given, f"method {cls.name!r}"))
+
+
+def _non_default(cls: type, hparams: dict[str, Any]) -> dict[str, Any]:
+    """The arguments in `hparams` that differ from `cls`'s defaults: a default spelled out is none."""
+    defaults = _hparams(cls, {})
+    return {k: v for k, v in hparams.items() if v != defaults[k]}
 
 
 # ---- running probes ---------------------------------------------------------------------------------------------
