@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,8 @@ from bench.engine.fingerprint import (
     probe,
     same_behaviour,
 )
+from bench.errors import FERBenchError
+from bench.results.leaderboard import read_board_fingerprints
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -233,7 +236,8 @@ def test_a_change_of_numerics_marks_exactly_that_methods_cells_stale_and_rerun_s
 
 
 def _committed_fingerprints() -> list[tuple[Path, dict]]:
-    return [(p, json.loads(p.read_text())) for p in sorted((REPO / "leaderboards").rglob("*.fingerprints.json"))]
+    """Each committed board's fingerprints, checked against the board (whole, unedited, its own)."""
+    return [(p, read_board_fingerprints(p)) for p in sorted((REPO / "leaderboards").rglob("*.fingerprints.json"))]
 
 
 def test_committed_leaderboards_list_the_fingerprints_they_were_built_from() -> None:
@@ -247,8 +251,44 @@ def test_committed_leaderboards_list_the_fingerprints_they_were_built_from() -> 
 @pytest.mark.parametrize("board", [p.relative_to(REPO).as_posix() for p, _ in _committed_fingerprints()])
 def test_committed_leaderboards_are_current(board: str) -> None:
     """A change that alters a method's numerics must come with regenerated leaderboards (README, Leaderboards)."""
-    entries = json.loads((REPO / board).read_text())
+    entries = read_board_fingerprints(REPO / board)
     current = current_fingerprints([config_of_fingerprint(e) for e in entries.values()])
     stale = [f"{key} ({'; '.join(changed_values(e, current[key]))})" for key, e in sorted(entries.items())
              if not same_behaviour(e, current[key])]
     assert not stale, f"{board} was built from code that behaved differently: {', '.join(stale)}; regenerate it"
+
+
+def test_a_boards_fingerprints_file_edited_or_swapped_is_refused(tmp_path: Path) -> None:
+    """The committed-board check reads what the board was built from: a fingerprints file copied from another board,
+    a value changed under its old digest, or an entry filed under another key is one line naming the file."""
+    boards = sorted((REPO / "leaderboards").rglob("*.fingerprints.json"))
+    assert len(boards) >= 2
+    own, other = tmp_path / "own", tmp_path / "other"
+    for folder, src in ((own, boards[0]), (other, boards[1])):
+        folder.mkdir()
+        shutil.copy(src, folder / src.name)
+        shutil.copy(src.with_name(src.name.replace(".fingerprints.json", ".md")), folder)
+    fp_file = own / boards[0].name
+    assert read_board_fingerprints(fp_file)  # a copy of the pair is fine
+
+    def refused(entries: object, match: str) -> None:
+        fp_file.write_text(json.dumps(entries))
+        with pytest.raises(FERBenchError, match=match):
+            read_board_fingerprints(fp_file)
+
+    original = json.loads(boards[0].read_text())
+    refused(json.loads(boards[1].read_text()), "does not belong to its board")  # another board's file
+    key = sorted(original)[0]
+    edited = json.loads(json.dumps(original))
+    edited[key]["vector"][-1] += 1.0
+    refused(edited, f"entry '{re.escape(key)}': digest: .* does not name its values")
+    swapped = json.loads(json.dumps(original))
+    if len(swapped) >= 2:
+        a, b = sorted(swapped)[:2]
+        swapped[a], swapped[b] = swapped[b], swapped[a]
+        refused(swapped, "key: the fingerprint of")
+    refused({key: {**original[key], "vector": ["1.0"] * len(original[key]["vector"])}}, "vector.0: input should be")
+    refused([original[key]], "expected a non-empty mapping")
+    fp_file.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(FERBenchError, match="not a text file"):
+        read_board_fingerprints(fp_file)

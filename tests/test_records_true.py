@@ -136,9 +136,9 @@ def test_records_of_a_newer_schema_are_counted_not_silently_dropped(tmp_path: Pa
     (records / "future.json").write_text(json.dumps(future))
     (records / "notes.json").write_text(json.dumps({"comment": "not a record"}))
     assert main(["leaderboard", str(records), "-o", str(tmp_path / "lb")]) == 0
-    out = capsys.readouterr().out
-    assert "skipped 1 record(s) of a newer schema than this FERBench reads (ferbench.record/1)" in out
-    assert "passed over 1 JSON file(s) that are not run records" in out
+    err = capsys.readouterr().err  # a warning, where a script reading the output looks for one
+    assert "skipped 1 record(s) of a newer schema than this FERBench reads (ferbench.record/1)" in err
+    assert "passed over 1 JSON file(s) that are not run records" in err
     assert "fixmatch" not in (tmp_path / "lb" / "synthfer.md").read_text()
 
 

@@ -51,10 +51,9 @@ from bench.engine.codestate import PROBE_VERSION, code_state, plugin_files
 from bench.errors import FERBenchError
 from bench.method import parse_arguments, per_step_decays
 from bench.registry import create_method, get_method_class
-from bench.results.record import write_json_atomic
+from bench.results.record import digest, fingerprint_problem, read_json_file, write_json_atomic
 
 RTOL, ATOL = 1e-3, 1e-6
-DIGITS = 4
 SIDE_MAX = 48
 BATCH, MU_MAX = 8, 2
 EMA_TIME_SCALE = 350  # a probe step stands for this many of a run's, for the EMA (`probe_decay`)
@@ -251,13 +250,6 @@ def probe(cfg: RunConfig) -> dict[str, Any]:
     return _fingerprint(cfg, run_probes([cfg])[0], code_state())
 
 
-def digest(vector: list[float], exact: dict[str, str] | None = None) -> str:
-    """The short name of a fingerprint: the sha256 (first 12 hex) of its values rounded to `DIGITS` significant
-    digits and its exact entries."""
-    rounded = [float(f"{v:.{DIGITS - 1}e}") if math.isfinite(v) else str(v) for v in vector]
-    return hashlib.sha256(json.dumps([rounded, sorted((exact or {}).items())]).encode()).hexdigest()[:12]
-
-
 def same_behaviour(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
     """Whether `b` (newer) behaves as `a` (older): same key and probe version, every value of `a` present in `b`
     and equal within tolerance (values `b` adds are new logs, not changes), every exact entry equal."""
@@ -302,13 +294,42 @@ def current_fingerprint(cfg: RunConfig) -> dict[str, Any]:
 
 
 def cached_fingerprints() -> tuple[str, dict[str, dict[str, Any]]]:
-    """(the code state, the fingerprints cached for it by key)."""
+    """(the code state, the fingerprints cached for it by key). A damaged cache is never trusted: an entry that is
+    not a fingerprint of its own key, this probe version and this code state is dropped (and so probed again),
+    with one line on stderr saying which file and why."""
     state = code_state()
     path = _cache_file(state)
+    if not path.is_file():
+        return state, {}
     try:
-        return state, json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, json.JSONDecodeError):
-        return state, {}  # a damaged cache is recomputed, never trusted
+        data = read_json_file(path, "a fingerprint cache (fingerprints by key)")
+    except FERBenchError as e:
+        print(f"ferbench: {e}; its fingerprints are computed again", file=sys.stderr)
+        return state, {}
+    if not isinstance(data, dict):
+        print(f"ferbench: {path}: not a mapping of keys to fingerprints (a {type(data).__name__}); its fingerprints "
+              "are computed again", file=sys.stderr)
+        return state, {}
+    problems = {key: why for key, fp in data.items() if (why := _cache_entry_problem(key, fp, state))}
+    if problems:
+        key, why = next(iter(problems.items()))
+        print(f"ferbench: {path}: {len(problems)} of {len(data)} cached fingerprint(s) not valid (entry {key!r}: "
+              f"{why}); they are computed again", file=sys.stderr)
+    return state, {k: fp for k, fp in data.items() if k not in problems}
+
+
+def _cache_entry_problem(key: str, fp: Any, state: str) -> str | None:
+    """Why cache entry `fp` filed under `key` cannot be used for code state `state`, or None."""
+    problem = fingerprint_problem(fp)
+    if problem:
+        return problem
+    if fp.get("key") != key:
+        return f"key: the fingerprint of {fp.get('key')!r}"
+    if fp.get("probe") != PROBE_VERSION:
+        return f"probe: version {fp.get('probe')}, not this code's {PROBE_VERSION}"
+    if fp.get("source") != state[:16]:
+        return f"source: code state {fp.get('source')}, not {state[:16]}"
+    return None
 
 
 def current_fingerprints(cfgs: list[RunConfig], compute: bool = True,

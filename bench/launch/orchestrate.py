@@ -72,13 +72,12 @@ def run_sweep(req: SweepRequest) -> int:
 def _archive_stale(spec: SweepSpec, runs: list[RunConfig], dry_run: bool) -> None:
     """Move the records of the sweep's stale cells (their code's behaviour changed since) into an archive, so the
     sweep runs those cells again; nothing is deleted or overwritten (`ferbench leaderboard --include-archived`)."""
-    import json
-
     from bench.engine.trainer import run_paths
     from bench.results.archive import archive_runs
     from bench.results.freshness import assess
+    from bench.results.record import read_record_file
 
-    done = [json.loads(p.read_text()) for c in runs if (p := run_paths(c).record).exists()]
+    done = [read_record_file(p) for c in runs if (p := run_paths(c).record).exists()]
     fresh = assess(done)
     stale = sorted(rid for rid, f in fresh.items() if f.state == "stale")
     if not stale:

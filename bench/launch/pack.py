@@ -23,6 +23,7 @@ import submitit
 from bench.errors import FERBenchError
 from bench.launch.jobs import RunJob, allocated_cpus, error_line, job_info, status_path
 from bench.launch.preemption import Preemption
+from bench.results.record import read_record_file
 from bench.startup import configure
 
 #: exit status of a pack member that saved a checkpoint and stopped on a pre-emption signal
@@ -74,7 +75,7 @@ class PackJob(submitit.helpers.Checkpointable):
             run = config_from_dict(cfg)
             rid = run_id(run)
             if p.returncode == 0 and run_paths(run).record.exists():
-                record = json.loads(run_paths(run).record.read_text())
+                record = read_record_file(run_paths(run).record)
                 results.append({"run_id": rid, "accuracy": record["metrics"]["final"]["accuracy"]})
             elif p.returncode == STOPPED:
                 stopped = True

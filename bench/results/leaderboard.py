@@ -15,7 +15,9 @@ own `<dataset>_recipe-<recipe>.md` etc., which opens every protocol section with
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -332,6 +334,11 @@ def _freshness_legend(t: ProtocolTable) -> list[str]:
     return [line for x in out for line in (x, "")]
 
 
+#: the start of a board's provenance line naming each fingerprint its records carry (`read_board_fingerprints`)
+FINGERPRINTS_LINE = "- fingerprints (key, digest: current / stale / unknown against the code installed when rendered"
+_LISTED = re.compile(r"`([^`]+)` `([0-9a-f]{12})`")
+
+
 def _fingerprint_lines(t: ProtocolTable, runs: list[Run]) -> list[str]:
     """Provenance: each fingerprint the table's records carry, and whether it is the current code's."""
     seen: dict[str, set[str]] = {}
@@ -343,7 +350,7 @@ def _fingerprint_lines(t: ProtocolTable, runs: list[Run]) -> list[str]:
         seen.setdefault(f"`{key}` `{digest}`", set()).add(state)
     counts = {s: sum(t.freshness[r.run_id].state == s for r in runs if r.run_id in t.freshness)
               for s in ("current", "stale", "unknown")}
-    head = "- fingerprints (key, digest: current / stale / unknown against the code installed when rendered"
+    head = FINGERPRINTS_LINE
     head += ")" if t.freshness else ", not assessed)"
     lines = [f"{head}: " + ", ".join(f"{k} ({'/'.join(sorted(v))})" for k, v in sorted(seen.items()))]
     if t.freshness:
@@ -534,8 +541,6 @@ def _fingerprints_file(path: Path, runs: list[Run]) -> Path | None:
                 entry.setdefault("other_digests", sorted({*entry.get("other_digests", []), fp.get("digest")}))
     if not out:
         return None
-    import json
-
     path.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
@@ -609,3 +614,37 @@ def render_leaderboards(records: list[dict], out_dir: Path, baseline: str = "sup
     if not written:
         raise FERBenchError("leaderboard: no records to render")
     return sorted(written)
+
+
+def read_board_fingerprints(path: str | Path) -> dict[str, dict]:
+    """The fingerprints a rendered board was built from (`<stem>.fingerprints.json`), checked against the board
+    beside it (`<stem>.md`): every entry a whole fingerprint of its own key whose digest names its values, and the
+    (key, digest) pairs exactly those the board's provenance lists. Raises FERBenchError naming the file and what
+    does not hold: a file edited after rendering, or one copied from another board."""
+    from bench.results.record import fingerprint_problem, read_json_file
+
+    path = Path(path)
+    entries = read_json_file(path, "a leaderboard's fingerprints (fingerprints by key)")
+    if not isinstance(entries, dict) or not entries:
+        raise FERBenchError(f"{path}: expected a non-empty mapping of keys to fingerprints")
+    pairs = set()
+    for key, fp in entries.items():
+        problem = fingerprint_problem({k: v for k, v in fp.items() if k not in ("commits", "other_digests")}
+                                      if isinstance(fp, dict) else fp)
+        if problem is None and fp.get("key") != key:
+            problem = f"key: the fingerprint of {fp.get('key')!r}"
+        if problem:
+            raise FERBenchError(f"{path}: entry {key!r}: {problem}")
+        pairs |= {(key, d) for d in [fp["digest"], *fp.get("other_digests", [])]}
+    board = path.with_name(path.name.removesuffix(".fingerprints.json") + ".md")
+    if not board.is_file():
+        raise FERBenchError(f"{path}: its board {board.name} is not beside it")
+    listed = {pair for line in board.read_text(encoding="utf-8").splitlines() if line.startswith(FINGERPRINTS_LINE)
+              for pair in _LISTED.findall(line)}
+    if listed != pairs:
+        odd = sorted(pairs ^ listed)[0]
+        where = "is not listed in" if odd in pairs else "is listed in"
+        raise FERBenchError(f"{path}: fingerprint {odd[0]} {odd[1]} {where} {board.name}"
+                            + ("" if odd in pairs else " but not in this file")
+                            + ": the file does not belong to its board (edited or copied after rendering)")
+    return entries

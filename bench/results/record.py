@@ -8,16 +8,22 @@ readers say how many they skipped and why).
 
 
 # no `from __future__ import annotations`: TypedDict reads NotRequired from evaluated annotations only
+import functools
 import hashlib
 import json
+import math
 import os
 import re
+import sys
 import tempfile
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict
+from typing import Any
+
+# pydantic reads NotRequired only from typing_extensions' TypedDict before Python 3.12
+from typing_extensions import NotRequired, TypedDict
 
 from bench.errors import FERBenchError
 
@@ -64,6 +70,34 @@ class Predictions(TypedDict):
     test_ids_sha256: str
 
 
+class ProbedFingerprint(TypedDict):
+    """The behaviour of the code that trained a run (bench/engine/fingerprint.py); `digest` names `vector` and
+    `exact` (`digest()`), `labels` names each value."""
+
+    key: str
+    probe: int
+    digest: str
+    vector: list[float]
+    labels: list[str]
+    exact: NotRequired[dict[str, str]]
+    settings: NotRequired[dict[str, Any]]
+    source: NotRequired[str]
+    live: NotRequired[dict[str, Any]]
+
+
+class UnavailableFingerprint(TypedDict):
+    """A probe that could not run, and why."""
+
+    unavailable: str
+    key: NotRequired[str]
+    probe: NotRequired[int]
+    settings: NotRequired[dict[str, Any]]
+    source: NotRequired[str]
+
+
+Fingerprint = ProbedFingerprint | UnavailableFingerprint
+
+
 class Record(TypedDict):
     schema: str  # "ferbench.record/1"
     run_id: str  # "<method>[-<recipe>]_<dataset>_<protocol><budget>_s<seed>_<hash10>"
@@ -108,7 +142,8 @@ class Record(TypedDict):
     versions: dict[str, str | None]
     git_commit: str | None
     # the behaviour of the code that trained it: key (method@recipe and non-default arguments), probe version,
-    # digest, vector, labels, exact, settings, live, source (bench/engine/fingerprint.py); or `unavailable` with why
+    # digest, vector, labels, exact, settings, live, source (bench/engine/fingerprint.py); or `unavailable` with why.
+    # Checked as a `Fingerprint` of its own (`fingerprint_problem`)
     fingerprint: NotRequired[dict[str, Any]]
     host: dict[str, Any]
     created_utc: str
@@ -133,9 +168,66 @@ def _missing(data: dict[str, Any], schema: type, where: str) -> list[str]:
     return out
 
 
+#: significant digits of a fingerprint's digest
+DIGITS = 4
+
+
+def digest(vector: list[float], exact: dict[str, str] | None = None) -> str:
+    """The short name of a fingerprint: the sha256 (first 12 hex) of its values rounded to `DIGITS` significant
+    digits and its exact entries."""
+    rounded = [float(f"{v:.{DIGITS - 1}e}") if math.isfinite(v) else str(v) for v in vector]
+    return hashlib.sha256(json.dumps([rounded, sorted((exact or {}).items())]).encode()).hexdigest()[:12]
+
+
+@functools.cache
+def _adapter(schema: Any) -> Any:
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(schema)
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def type_problem(data: Any, schema: Any) -> str | None:
+    """The first place where `data` (parsed JSON) is not of type `schema` (a TypedDict of this module, or any type
+    pydantic checks), as "field.path: what is wrong (got value)"; None when it is. Strict: values as JSON writes
+    them, nothing coerced ("1" is not a number)."""
+    from pydantic import ValidationError
+
+    try:
+        _adapter(schema).validate_python(data, strict=True)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        where = ".".join(str(x) for x in err["loc"]) or "the whole file"
+        got = "" if err["type"] == "missing" else f" (got {_shown(err['input'])})"
+        return f"{where}: {err['msg'][0].lower()}{err['msg'][1:]}{got}"
+    return None
+
+
+def fingerprint_problem(fp: Any) -> str | None:
+    """What makes `fp` not a fingerprint (in a record, the fingerprint cache or beside a committed leaderboard), or
+    None: a field of the wrong type, no values, values and labels of different lengths, or a digest that does not
+    name its values (they were edited after it was computed)."""
+    kind = UnavailableFingerprint if isinstance(fp, dict) and "unavailable" in fp else ProbedFingerprint
+    problem = type_problem(fp, kind)
+    if problem or kind is UnavailableFingerprint:
+        return problem
+    if not fp["vector"]:
+        return "vector: no values"
+    if len(fp["labels"]) != len(fp["vector"]):
+        return f"labels: {len(fp['labels'])} labels for {len(fp['vector'])} values"
+    if digest(fp["vector"], fp.get("exact")) != fp["digest"]:
+        return f"digest: {fp['digest']} does not name its values (they were changed after it was computed)"
+    return None
+
+
 def read_record(data: Any, path: Path | str) -> Record:
-    """`data` (a parsed record file) as a `Record`: every required key present (one line naming the file and the
-    first missing key otherwise); a newer schema raises `FutureRecord`."""
+    """`data` (a parsed record file) as a `Record`: every required key present and every field of its type, its
+    fingerprint whole (one line naming the file and the first field that is not, otherwise); a newer schema raises
+    `FutureRecord`."""
     version = schema_version(data)
     if version is None:
         raise FERBenchError(f"{path}: not a run record (no 'schema': '{SCHEMA}')")
@@ -145,7 +237,30 @@ def read_record(data: Any, path: Path | str) -> Record:
     if missing:
         raise FERBenchError(f"{path}: not a complete run record: no {missing[0]}"
                             + (f" (and {len(missing) - 1} more keys)" if len(missing) > 1 else ""))
+    problem = type_problem(data, Record)
+    if problem is None and "fingerprint" in data:
+        problem = (fp := fingerprint_problem(data["fingerprint"])) and f"fingerprint.{fp}"
+    if problem:
+        raise FERBenchError(f"{path}: not a valid run record: {problem}")
     return data
+
+
+def read_json_file(path: Path | str, what: str = "a run record") -> Any:
+    """The parsed JSON of file `path`; a file that cannot be read, or is not UTF-8 JSON, is one line naming it and
+    `what` was expected there."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise FERBenchError(f"{path}: cannot be read ({e.strerror or e}); expected {what}") from e
+    except UnicodeDecodeError as e:
+        raise FERBenchError(f"{path}: not a text file (byte {e.start} is not UTF-8); expected {what}") from e
+    except json.JSONDecodeError as e:
+        raise FERBenchError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}); expected {what}") from e
+
+
+def read_record_file(path: Path | str) -> Record:
+    """The run record in file `path`, checked (`read_record`)."""
+    return read_record(read_json_file(path), path)
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], object]) -> Path:
@@ -274,7 +389,7 @@ def load_with_predictions(records_dir: str | Path) -> tuple[list[Record], dict[s
         raise FERBenchError(f"{records_dir}: records folder not found")
     scan = scan_records(records_dir)
     for note in scan.notes():
-        print(f"ferbench: {note}")
+        print(f"ferbench: {note}", file=sys.stderr)
     if not scan.files:
         raise FERBenchError(f"{records_dir}: no run records found")
     predictions = {rec["run_id"]: a for path, rec in scan.files if (a := read_predictions(path, rec)) is not None}
@@ -307,13 +422,10 @@ class RecordScan:
 
 def scan_records(records_dir: str | Path) -> RecordScan:
     """Every run record under `records_dir` (recursively). JSON files that are not run records are passed over; a
-    file that is not JSON, or a record missing a required key, is one line naming it."""
+    file that is not JSON, or a record that is not valid (`read_record`), is one line naming it."""
     scan = RecordScan()
     for p in sorted(Path(records_dir).rglob("*.json")):
-        try:
-            data = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise FERBenchError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}); expected a run record") from e
+        data = read_json_file(p)
         if schema_version(data) is None:
             scan.not_records.append(p)
             continue
