@@ -92,6 +92,13 @@ def check_identity(folder: Path, identity: dict[str, str]) -> bool:
     return True
 
 
+def check_owner(path: Path, identity: dict[str, str]) -> None:
+    """Refuse, in one line, a checkpoint of `path` written by another run or stage, without loading anything: a
+    run checks this before it writes anything of its own (trackers' event files), so a refusal leaves no trace."""
+    for folder, _ in complete_checkpoints(path):
+        check_identity(folder, identity)
+
+
 def load_checkpoint(accelerator: Accelerator, path: Path, identity: dict[str, str]) -> tuple[Path, bool] | None:
     """Restore the newest complete checkpoint of `path` (falling back to the previous one when it cannot be
     read): (its folder, whether its marker names this run), or None when there is none. Every checkpoint

@@ -195,7 +195,8 @@ class StageRun:
         self.state = LoopState()
         self.final_metrics: dict[str, Any] | None = None
         self.last_logs: dict[str, float] = {}
-        self._logs: dict[str, list[Any]] = {}
+        self._logs: dict[str, list[Any]] = {}  # the log window: each step's values since the last log
+        self._window_lost = 0  # steps of the window a checkpoint without it could not restore
         self._nonfinite: torch.Tensor | None = None  # whether a loss since `_checked` was nan or inf, on the device
         self._checked = 0
         self.hook_every = self.method.hook_every()  # the probe calls it sooner (bench/engine/probe.py)
@@ -336,6 +337,8 @@ class StageRun:
         self.state.sessions.append({"start_step": self.state.step, "steps": 0})
         if loaded is not None and not loaded[1]:
             self.state.sessions[-1]["unverified_checkpoint"] = True  # written before checkpoints named their run
+        if self._window_lost:  # the next logged means average only the steps trained since this resume
+            self.state.sessions[-1]["log_window_lost_steps"] = self._window_lost
         self._checked = self.state.step
         self._session_start = time.perf_counter()
 
@@ -359,10 +362,12 @@ class StageRun:
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint keeps besides model and optimiser (which Accelerate saves): the stage, the schedule,
-        the loop state, the method's state and the EMA."""
+        the loop state, the method's state, the EMA and the log window (each step's logged values since the last
+        log, as the host reads them at the next log: a resumed run logs the very means of an uninterrupted one)."""
         method = {**self.method.state_dict(), **{k: v.cpu() for k, v in self._totals.items()}}
         return {"stage": self.stage.name, "scheduler": self.scheduler.state_dict(), "trainer": self.state.state_dict(),
-                "method": method, "ema": self.ema.state_dict() if self.ema is not None else None}
+                "method": method, "ema": self.ema.state_dict() if self.ema is not None else None,
+                "log_window": read_logs(self._logs)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["stage"] != self.stage.name:
@@ -377,6 +382,11 @@ class StageRun:
                     setattr(self.method, s.name, torch.zeros_like(getattr(self.method, s.name)))
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        window = state.get("log_window")
+        self._logs = {k: list(v) for k, v in (window or {}).items()}
+        # a checkpoint written before windows were saved: the steps since its last log are not in the next means
+        last_log = self.state.curves[-1]["step"] if self.state.curves else 0
+        self._window_lost = 0 if window is not None else self.state.step - last_log
 
     # ---- the end ---------------------------------------------------------------------------------------------
 

@@ -21,10 +21,10 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
-from bench.config import RunConfig, run_id
+from bench.config import RunConfig, config_hash, run_id
 from bench.data.datasets import get_dataset
 from bench.data.splits import check_budget
-from bench.engine.checkpoints import remove_checkpoints
+from bench.engine.checkpoints import check_owner, remove_checkpoints
 from bench.engine.fingerprint import current_fingerprint
 from bench.engine.model import check_model
 from bench.engine.run_data import prepare_run_data
@@ -193,6 +193,7 @@ def train(cfg: RunConfig, progress: Any = None,
     paths = run_paths(cfg)
     if paths.record.exists():
         return finished_record(paths)
+    refuse_foreign_checkpoints(cfg, method_cls, paths)
     accelerator = make_accelerator(cfg, paths.run_dir)
     # the behaviour of the code that trains it, probed (or found cached) before training, never inside it; a probe
     # that cannot run is recorded as such and never stops the run
@@ -226,6 +227,19 @@ def train(cfg: RunConfig, progress: Any = None,
     record = _finish_run(run, results, paths, pretrained=pretrained, fingerprint=fingerprint)
     accelerator.end_training()
     return record
+
+
+def refuse_foreign_checkpoints(cfg: RunConfig, method_cls: type[Method], paths: RunPaths) -> None:
+    """Another run's checkpoint where a stage of this run would resume is refused before anything is written (the
+    stage's resume would refuse it too, but only after the trackers had written their event files)."""
+    num_classes = get_dataset(cfg.data.name).num_classes_for(cfg.data.label_protocol)
+    stages = method_cls(num_classes=num_classes, **cfg.method_args).stages()  # as `validate` builds it
+    multi = len(stages) > 1
+    identity = {"run_id": run_id(cfg), "config_sha256": config_hash(cfg)}
+    for stage in stages:
+        stage_dir = paths.stage_dir(stage, multi)
+        if not (multi and (stage_dir / "stage.json").is_file()):  # a finished stage is not resumed
+            check_owner(stage_dir / "checkpoint", {**identity, "stage": stage.name})
 
 
 def _finished_stage(run: RunSetup, stage: Stage, model: torch.nn.Module, stage_dir: Path) -> StageResult:

@@ -37,13 +37,8 @@ def _last_line(path: str | None) -> str | None:
     return lines[-1] if lines else None
 
 
-def sweep_status(output_dir: str | Path, probe: bool = True) -> list[RunStatus]:
-    """Each run's state; `probe`: compute the current code's fingerprints that are not cached (else their records
-    read unknown rather than done or stale)."""
-    out = Path(output_dir)
-    found = [rec for _, rec in scan_records(out / "records").files] if (out / "records").is_dir() else []
-    records = {rec["run_id"] for rec in found}
-    fresh = assess(found, probe=probe, announce=_say)
+def _read_statuses(out: Path) -> dict[str, dict]:
+    """run id -> the status file its job keeps."""
     statuses = {}
     for p in (out / "status").glob("*.json"):
         try:
@@ -51,8 +46,22 @@ def sweep_status(output_dir: str | Path, probe: bool = True) -> list[RunStatus]:
         except json.JSONDecodeError as e:
             raise FERBenchError(f"{p}: a truncated or damaged status file ({e.msg} at line {e.lineno}); delete it "
                                 "(its run's record or job decides its state)") from e
+    return statuses
+
+
+def sweep_status(output_dir: str | Path, probe: bool = True) -> list[RunStatus]:
+    """Each run's state; `probe`: compute the current code's fingerprints that are not cached (else their records
+    read unknown rather than done or stale)."""
+    out = Path(output_dir)
+    # The jobs' states before the records: a job writes its record before it ends (and before its "done" status),
+    # so a job seen over whose record is not found afterwards did end without one. Read the other way round, a job
+    # that finished between the two reads was "failed without a record".
+    statuses = _read_statuses(out)
     jobs = read_jobs(out)
     sacct = slurm_states([j["job_id"] for j in jobs.values() if j["executor"] == "slurm"])
+    found = [rec for _, rec in scan_records(out / "records").files] if (out / "records").is_dir() else []
+    records = {rec["run_id"] for rec in found}
+    fresh = assess(found, probe=probe, announce=_say)
     result = []
     for rid in sorted(records | set(statuses) | set(jobs)):
         job, st = jobs.get(rid, {}), statuses.get(rid, {})
