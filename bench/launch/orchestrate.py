@@ -44,6 +44,7 @@ def run_sweep(req: SweepRequest) -> int:
     runs = [cfg for _, cfg in labelled]
     settle_output_dir(spec, runs)  # an output_dir override moves the submission log and job logs too
     validate_cells(spec, labelled)  # every cell, before any data is prepared, run started or job submitted
+    _settle_archive(spec, req.dry_run)
     if req.rerun_stale:
         _archive_stale(spec, runs, req.dry_run)
     out = req.leaderboard_dir or spec.leaderboard_dir
@@ -69,6 +70,17 @@ def run_sweep(req: SweepRequest) -> int:
     return 1 if failures else 0
 
 
+def _settle_archive(spec: SweepSpec, dry_run: bool) -> None:
+    """Put back what an interrupted `--rerun-stale` left half-archived, before the sweep decides what is done."""
+    from bench.results.archive import ARCHIVE, STAGING, settle
+
+    if dry_run:
+        if any((Path(spec.output_dir) / ARCHIVE).glob(f"{STAGING}*")):
+            print(f"sweep {spec.name}: an interrupted archive would be rolled back first")
+    elif settle(spec.output_dir):
+        print(f"sweep {spec.name}: rolled back an interrupted archive (every record back in place)")
+
+
 def _archive_stale(spec: SweepSpec, runs: list[RunConfig], dry_run: bool) -> None:
     """Move the records of the sweep's stale cells (their code's behaviour changed since) into an archive, so the
     sweep runs those cells again; nothing is deleted or overwritten (`ferbench leaderboard --include-archived`)."""
@@ -87,6 +99,9 @@ def _archive_stale(spec: SweepSpec, runs: list[RunConfig], dry_run: bool) -> Non
         print(f"sweep {spec.name}: {len(stale)} stale record(s) would be archived and run again: {', '.join(stale)}")
         return
     folder = archive_runs(spec.output_dir, stale)
+    if folder is None:  # another --rerun-stale archived them meanwhile
+        print(f"sweep {spec.name}: the stale records were archived meanwhile by another process")
+        return
     print(f"sweep {spec.name}: archived {len(stale)} stale record(s) under {folder}; they run again")
 
 

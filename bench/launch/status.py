@@ -15,6 +15,7 @@ from pathlib import Path
 
 from bench.errors import FERBenchError
 from bench.launch.executor import LIVE_STATES, read_jobs, slurm_states
+from bench.results.archive import settle
 from bench.results.freshness import assess
 from bench.results.record import scan_records
 
@@ -59,7 +60,12 @@ def sweep_status(output_dir: str | Path, probe: bool = True) -> list[RunStatus]:
     statuses = _read_statuses(out)
     jobs = read_jobs(out)
     sacct = slurm_states([j["job_id"] for j in jobs.values() if j["executor"] == "slurm"])
-    found = [rec for _, rec in scan_records(out / "records").files] if (out / "records").is_dir() else []
+    if settle(out):
+        _say("rolled back an interrupted archive of stale records (every record back in place)")
+    scan = scan_records(out / "records") if (out / "records").is_dir() else None
+    for note in scan.notes() if scan else []:
+        _say(note)
+    found = [rec for _, rec in scan.files] if scan else []
     records = {rec["run_id"] for rec in found}
     fresh = assess(found, probe=probe, announce=_say)
     result = []

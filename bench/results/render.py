@@ -20,7 +20,7 @@ def render_records(records_dir: Path, out: Path, baseline: str, formats: tuple[s
     `baseline` the user named (`baseline_given`) must be among the records' methods; otherwise a Δ table is drawn
     only when the default baseline ran. `include_archived`: also the records `--rerun-stale` archived, each in a row
     of its own."""
-    from bench.results.archive import archived_record_dirs, as_archived
+    from bench.results.archive import archived_record_dirs, as_archived, settle
     from bench.results.freshness import assess
     from bench.results.leaderboard import render_leaderboards
     from bench.results.record import load_with_predictions
@@ -29,6 +29,8 @@ def render_records(records_dir: Path, out: Path, baseline: str, formats: tuple[s
         raise FERBenchError(f"{out}: exists and is not a folder; the leaderboards go into a folder (-o FOLDER)")
     if reported is not None and not reported.is_file():
         raise FERBenchError(f"--reported {reported}: file not found")
+    if settle(Path(records_dir).parent):
+        _say("rolled back an interrupted archive of stale records (every record back in place)")
     records, predictions = load_with_predictions(records_dir)
     if include_archived:
         for folder in archived_record_dirs(records_dir):
