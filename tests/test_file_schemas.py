@@ -163,3 +163,11 @@ def test_a_run_never_records_a_cached_fingerprint_of_another_key(shared_cache: P
             path.write_bytes(kept)
     rec = read_record_file(next((tmp_path / "out" / "records").glob("*.json")))
     assert rec["fingerprint"]["key"] == key and "vector" in rec["fingerprint"]
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00binary", b'["running"]'], ids=["binary", "list"])
+def test_a_binary_or_mistyped_status_file_is_one_line(tmp_path: Path, capsys, content: bytes) -> None:
+    (tmp_path / "status").mkdir()
+    (tmp_path / "status" / "fixmatch_x.json").write_bytes(content)
+    assert main(["status", str(tmp_path), "--no-probe"]) == 2
+    assert "a truncated or damaged status file" in _one_error(capsys.readouterr().err)

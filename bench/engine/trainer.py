@@ -45,7 +45,7 @@ from bench.registry import create_method, get_method_class
 from bench.results.record import (
     Record,
     read_predictions,
-    read_record,
+    read_record_file,
     record_path,
     save_torch_atomic,
     sha256_file,
@@ -307,7 +307,7 @@ def _save_model(model: torch.nn.Module, paths: RunPaths) -> dict[str, Any]:
 def finished_record(paths: RunPaths) -> Record:
     """The record of a finished run, once every file it names is there and whole: otherwise one line saying what
     is missing or changed, and how to run it again."""
-    rec = read_record(json.loads(paths.record.read_text()), paths.record)
+    rec = read_record_file(paths.record)
     problem = None
     try:
         read_predictions(paths.record, rec)

@@ -43,10 +43,15 @@ def _read_statuses(out: Path) -> dict[str, dict]:
     statuses = {}
     for p in (out / "status").glob("*.json"):
         try:
-            statuses[p.stem] = json.loads(p.read_text())
-        except json.JSONDecodeError as e:
-            raise FERBenchError(f"{p}: a truncated or damaged status file ({e.msg} at line {e.lineno}); delete it "
-                                "(its run's record or job decides its state)") from e
+            status = json.loads(p.read_bytes().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            status, why = None, f"{type(e).__name__}: {e}"
+        else:
+            why = f"a {type(status).__name__}, not a mapping"
+        if not isinstance(status, dict):
+            raise FERBenchError(f"{p}: a truncated or damaged status file ({why}); delete it (its run's record or "
+                                "job decides its state)")
+        statuses[p.stem] = status
     return statuses
 
 
