@@ -12,7 +12,8 @@ A bundle file holds:
 
 How each kind applies (bench.config):
 - a **preset** (`preset=NAME`) sets its values where it appears: first in a YAML mapping, in order among
-  command-line overrides; the record keeps its name, and its values are in the run id like any other;
+  command-line overrides; the record keeps its name, and its values are in the run id like any other. A run has
+  one preset: the last one named replaces any other (an earlier one's, the recipe's) wholly (bench.config.layered);
 - a **recipe** (`recipe=NAME`) is a protocol, the official code's whole training step for a method: its values sit
   under everything the user writes (bench.config.layered); its name is part of the run id and the record, and
   leaderboards never put two protocols in one table. `harness` (the default) is the protocol of no recipe: one

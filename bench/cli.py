@@ -10,12 +10,42 @@ import json
 import os
 import sys
 import time
+import typing
+from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated, Any
 
+from bench.checks import Interval, check_value, describe
+from bench.config import Count, ImageSide, NonNegative, NonNegativeInt, Positive
 from bench.errors import FERBenchError
 from bench.startup import configure
 
 CONFIG_DIR = Path(__file__).with_name("configs")
+
+# Ranges of command-line numbers that no config field has
+Fraction = Annotated[float, Interval("(0, 1)")]
+Points = Annotated[float, Interval("(0, 100]")]  # an accuracy difference or its SD: at most 100 points
+PointsOrZero = Annotated[float, Interval("[0, 100]")]
+
+
+def _add_number(parser: argparse.ArgumentParser, flag: str, hint: Any, **kwargs: Any) -> None:
+    """A number option of `parser`, checked against `hint` as it is parsed (`_number`); errors name the command."""
+    parser.add_argument(flag, type=_number(hint, f"{parser.prog.removeprefix('ferbench ')} {flag}"), **kwargs)
+
+
+def _number(hint: Any, flag: str) -> Callable[[str], Any]:
+    """argparse `type` of a number option: parsed, then checked by the config's own checker (bench/checks.py), so a
+    value out of range is one line naming the option and the value as typed (a FERBenchError, which argparse lets
+    through), never argparse's usage text and never a value quietly changed."""
+    kind = typing.get_args(hint)[0] if typing.get_origin(hint) is Annotated else hint
+
+    def parse(text: str) -> Any:
+        try:
+            return check_value(kind(text), hint, flag)
+        except (ValueError, FERBenchError):
+            raise FERBenchError(f"{flag} {text}: expected {describe(hint)}") from None
+
+    return parse
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -275,8 +305,6 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench_prepare(args: argparse.Namespace) -> int:
     from bench.benchmarks.prepare_speed import run_prepare_benchmark
 
-    if args.n < 14 or args.workers < 1:
-        raise FERBenchError(f"bench prepare: expected --n >= 14 and --workers >= 1, got {args.n} and {args.workers}")
     run_prepare_benchmark(args.n, args.size, args.image_size, args.workers, args.work_dir, args.json)
     return 0
 
@@ -284,9 +312,6 @@ def _cmd_bench_prepare(args: argparse.Namespace) -> int:
 def _cmd_bench_memory(args: argparse.Namespace) -> int:
     from bench.benchmarks.memory import run_memory_benchmark
 
-    if args.n < 70 or args.iterations < 1 or not 8 <= args.image_size <= 1024:
-        raise FERBenchError(f"bench memory: expected --n >= 70, --iterations >= 1, 8 <= --image-size <= 1024; got "
-                            f"{args.n}, {args.iterations}, {args.image_size}")
     run_memory_benchmark(args.n, args.size, args.image_size, args.iterations, args.work_dir, args.json)
     return 0
 
@@ -300,13 +325,15 @@ BENCH_TRAIN_FLAGS = {"image_size": "data.image_size", "batch_size": "train.batch
 
 #: `ferbench bench train` flags of the contention mode only
 CONTENTION_FLAGS = ("policies", "threads", "busy", "busy_pinned", "repeats", "rounds", "wait_quiet")
+CONTENTION_NUMBERS = ("busy", "repeats", "rounds", "wait_quiet")
 
 
 def _int_list(flag: str, text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise FERBenchError(f"bench train --{flag} {text!r}: expected whole numbers separated by commas") from None
+        return check_value([int(v) for v in text.split(",") if v.strip()], list[Count], flag)
+    except (ValueError, FERBenchError):
+        raise FERBenchError(f"bench train --{flag} {text!r}: expected whole numbers separated by commas, each "
+                            f"{describe(Count)}") from None
 
 
 def _cmd_bench_train(args: argparse.Namespace) -> int:
@@ -324,9 +351,9 @@ def _cmd_bench_train(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()] if args.policies else None
     threads = _int_list("threads", args.threads) if args.threads else None
     run_contention_benchmark(args.method, shortcuts + args.overrides, steps=args.steps, warmup=args.warmup,
-                             policies=policies, threads=threads, busy=args.busy or 1, pinned=args.busy_pinned,
-                             repeats=args.repeats or 1, rounds=args.rounds or 1, wait_quiet=args.wait_quiet or 0.0,
-                             json_path=args.json, stage=args.stage)
+                             policies=policies, threads=threads, pinned=args.busy_pinned, json_path=args.json,
+                             stage=args.stage, **{f: getattr(args, f) for f in CONTENTION_NUMBERS
+                                                  if getattr(args, f) is not None})  # unset: the function's default
     return 0
 
 
@@ -350,54 +377,55 @@ def build_parser() -> argparse.ArgumentParser:
                         help="reader option, e.g. images=original (rafdb), train_with_valid=true (ferplus), "
                              "layout=csv|npy (affectnet)")
         sp.add_argument("--cache-dir", default=None)
-        sp.add_argument("--n-train", type=int, default=6000, help="synthfer only")
-        sp.add_argument("--n-test", type=int, default=1500, help="synthfer only")
-        sp.add_argument("--synth-seed", type=int, default=0, help="synthfer only")
+        _add_number(sp, "--n-train", Count, default=6000, help="synthfer only")
+        _add_number(sp, "--n-test", Count, default=1500, help="synthfer only")
+        _add_number(sp, "--synth-seed", NonNegativeInt, default=0, help="synthfer only")
 
     ver = dsub.add_parser("verify", help="check the layout, every label entry and every image; writes nothing")
     dataset_args(ver)
-    ver.add_argument("--workers", type=int, default=None)
-    ver.add_argument("--show", type=int, default=10, help="problems listed per kind")
+    _add_number(ver, "--workers", Count, default=None)
+    _add_number(ver, "--show", NonNegativeInt, default=10, help="problems listed per kind")
     ver.set_defaults(fn=_cmd_data_verify)
     st = dsub.add_parser("stats", help="images per split and class, what the protocol drops, and a bar chart")
     dataset_args(st)
     st.add_argument("--budget-protocol", default="fraction", choices=("fraction", "total", "per_class"))
-    st.add_argument("--budget", type=float, default=None, help="also show the labeled counts of this budget")
+    _add_number(st, "--budget", Positive, default=None, help="also show the labeled counts of this budget")
     st.add_argument("--out", default=None, help="PNG path (default: <dataset>-stats.png)")
     st.set_defaults(fn=_cmd_data_stats)
     prep = dsub.add_parser("prepare", help="decode a dataset into the prepared cache (reused when unchanged)")
     dataset_args(prep)
-    prep.add_argument("--image-size", type=int, default=48)
+    _add_number(prep, "--image-size", ImageSide, default=48)
     prep.add_argument("--on-bad-image", choices=("fail", "skip"), default="fail")
-    prep.add_argument("--workers", type=int, default=None)
+    _add_number(prep, "--workers", Count, default=None)
     prep.set_defaults(fn=_cmd_data_prepare)
 
     b = sub.add_parser("bench", help="speed benchmarks")
     bsub = b.add_subparsers(dest="bench_command", required=True)
     bp = bsub.add_parser("prepare", help="images/s of preparing JPEGs into the cache, 1 vs N workers")
-    bp.add_argument("--n", type=int, default=20000, help="number of JPEGs")
-    bp.add_argument("--size", type=int, default=100, help="JPEG side in pixels")
-    bp.add_argument("--image-size", type=int, default=100, help="prepared image side")
-    bp.add_argument("--workers", type=int, default=2)
+    _add_number(bp, "--n", Annotated[int, Interval("[14, inf)")], default=20000, help="number of JPEGs")
+    _add_number(bp, "--size", ImageSide, default=100, help="JPEG side in pixels")
+    _add_number(bp, "--image-size", ImageSide, default=100, help="prepared image side")
+    _add_number(bp, "--workers", Count, default=2)
     bp.add_argument("--work-dir", default=None, help="where to write the JPEGs (default: the system temp folder)")
     bp.add_argument("--json", default=None, help="also write the results here")
     bp.set_defaults(fn=_cmd_bench_prepare)
     bm = bsub.add_parser("memory", help="peak RSS of a short training run against the size of its prepared cache")
-    bm.add_argument("--n", type=int, default=150_000, help="number of JPEGs (a tenth are test images)")
-    bm.add_argument("--size", type=int, default=64, help="JPEG side in pixels")
-    bm.add_argument("--image-size", type=int, default=64, help="prepared image side")
-    bm.add_argument("--iterations", type=int, default=50, help="training iterations of the measured run")
+    _add_number(bm, "--n", Annotated[int, Interval("[70, inf)")], default=150_000,
+                help="number of JPEGs (a tenth are test images)")
+    _add_number(bm, "--size", ImageSide, default=64, help="JPEG side in pixels")
+    _add_number(bm, "--image-size", Annotated[int, Interval("[8, 1024]")], default=64, help="prepared image side")
+    _add_number(bm, "--iterations", Count, default=50, help="training iterations of the measured run")
     bm.add_argument("--work-dir", default=None, help="where to write the JPEGs and the cache (default: temp)")
     bm.add_argument("--json", default=None, help="also write the results here")
     bm.set_defaults(fn=_cmd_bench_memory)
     bt = bsub.add_parser("train", help="images/s of N training steps end to end vs the pure-compute ceiling")
     bt.add_argument("method")
-    bt.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
-    bt.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, workers starting)")
-    bt.add_argument("--image-size", type=int, default=None, help="data.image_size (default 112)")
-    bt.add_argument("--batch-size", type=int, default=None, help="train.batch_size: labeled B, unlabeled mu * B "
-                                                                  "(default 128)")
-    bt.add_argument("--mu", type=int, default=None, help="train.mu (default 7)")
+    _add_number(bt, "--steps", Count, default=20, help="timed steps per measurement")
+    _add_number(bt, "--warmup", NonNegativeInt, default=3, help="untimed steps first (compilation, workers starting)")
+    _add_number(bt, "--image-size", ImageSide, default=None, help="data.image_size (default 112)")
+    _add_number(bt, "--batch-size", Count, default=None, help="train.batch_size: labeled B, unlabeled mu * B "
+                                                              "(default 128)")
+    _add_number(bt, "--mu", NonNegativeInt, default=None, help="train.mu (default 7)")
     bt.add_argument("--backbone", default=None, help="model.backbone (default resnet18)")
     bt.add_argument("--augment-on", default=None, help="data.augment_on, measured first: device | cpu")
     bt.add_argument("--compile", default=None, help="train.compile: none | default | reduce-overhead")
@@ -405,9 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="train.channels_last (default: on with CUDA)")
     bt.add_argument("--mixed-precision", default=None, help="train.mixed_precision: no | bf16 | fp16 (default: bf16 "
                                                              "with CUDA, else no)")
-    bt.add_argument("--workers", type=int, default=None, help="data.workers of the CPU path (default: CPUs - 1)")
-    bt.add_argument("--n-train", type=int, default=None, help="data.synthfer.n_train: images generated (default "
-                                                               "2000)")
+    _add_number(bt, "--workers", NonNegativeInt, default=None, help="data.workers of the CPU path (default: CPUs - 1)")
+    _add_number(bt, "--n-train", Count, default=None, help="data.synthfer.n_train: images generated (default "
+                                                           "2000)")
     bt.add_argument("--cache-dir", default=None, help="data.cache_dir")
     bt.add_argument("--no-cpu-path", action="store_true", help="skip the augment_on=cpu comparison")
     bt.add_argument("--json", default=None, help="also write the results here")
@@ -420,14 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "passive and spin counts 0 to 100000)")
     bt.add_argument("--threads", default=None, help="--contention: thread counts, comma-separated (default: the "
                                                      "cores this process may use, and 1)")
-    bt.add_argument("--busy", type=int, default=None, help="--contention: competing busy processes (default 1)")
+    _add_number(bt, "--busy", Count, default=None, help="--contention: competing busy processes (default 1)")
     bt.add_argument("--busy-pinned", action="store_true", help="--contention: pin each busy process to one CPU")
-    bt.add_argument("--repeats", type=int, default=None, help="--contention: idle/contended pairs per process "
-                                                               "(default 1)")
-    bt.add_argument("--rounds", type=int, default=None, help="--contention: passes over all settings, medians "
-                                                              "shown (default 1)")
-    bt.add_argument("--wait-quiet", type=float, default=None, metavar="SECONDS",
-                    help="--contention, on a shared machine: before each measurement, wait up to SECONDS for the "
+    _add_number(bt, "--repeats", Count, default=None, help="--contention: idle/contended pairs per process "
+                                                           "(default 1)")
+    _add_number(bt, "--rounds", Count, default=None, help="--contention: passes over all settings, medians "
+                                                          "shown (default 1)")
+    _add_number(bt, "--wait-quiet", NonNegative, default=None, metavar="SECONDS",
+                help="--contention, on a shared machine: before each measurement, wait up to SECONDS for the "
                          "other processes to use under 0.2 of this process's cores")
     bt.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.head=normalized")
     bt.set_defaults(fn=_cmd_bench_train)
@@ -450,13 +478,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "local: submitit subprocesses; debug: submitit in this process")
     s.add_argument("--wait", action="store_true", help="slurm/local: wait for the jobs, then render the leaderboard")
     s.add_argument("--partition", default=None)
-    s.add_argument("--time-min", type=int, default=None, help="time limit per run, minutes")
-    s.add_argument("--cpus-per-task", type=int, default=None)
-    s.add_argument("--gpus-per-node", type=int, default=None, help="one task (process) per GPU")
-    s.add_argument("--mem-gb", type=float, default=None)
-    s.add_argument("--array-parallelism", type=int, default=None, help="most jobs at a time")
-    s.add_argument("--runs-per-gpu", type=int, default=None, metavar="K",
-                   help="pack K runs into each job, running concurrently on its GPU (default: the spec's, or 1)")
+    _add_number(s, "--time-min", Count, default=None, help="time limit per run, minutes")
+    _add_number(s, "--cpus-per-task", Count, default=None)
+    _add_number(s, "--gpus-per-node", NonNegativeInt, default=None, help="one task (process) per GPU")
+    _add_number(s, "--mem-gb", Positive, default=None)
+    _add_number(s, "--array-parallelism", Count, default=None, help="most jobs at a time")
+    _add_number(s, "--runs-per-gpu", Count, default=None, metavar="K",
+                help="pack K runs into each job, running concurrently on its GPU (default: the spec's, or 1)")
     s.add_argument("--rerun-stale", action="store_true",
                    help="archive the records whose code's behaviour has changed since (stale), then run those cells "
                         "again; the archived records stay readable (`leaderboard --include-archived`)")
@@ -491,14 +519,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a pilot sweep's records: plans from the variance of each of its comparisons")
     ps.add_argument("--delta", default="1,2,3,5", help="target differences, percentage points (default 1,2,3,5)")
     ps.add_argument("--baseline", default="supervised")
-    ps.add_argument("--power", type=float, default=0.8)
-    ps.add_argument("--alpha", type=float, default=0.05)
-    ps.add_argument("--comparisons", type=int, default=1, metavar="M",
-                    help="plan for alpha / M, to stay significant after Holm's correction over M comparisons")
-    ps.add_argument("--sd-seed", type=float, default=None, metavar="POINTS",
-                    help="instead of records: SD of one seed's paired difference (a CSV's delta_sd_seed)")
-    ps.add_argument("--se-image", type=float, default=0.0, metavar="POINTS",
-                    help="with --sd-seed: SE of the difference from the test images (a CSV's delta_se_image)")
+    _add_number(ps, "--power", Fraction, default=0.8)
+    _add_number(ps, "--alpha", Fraction, default=0.05)
+    _add_number(ps, "--comparisons", Count, default=1, metavar="M",
+                help="plan for alpha / M, to stay significant after Holm's correction over M comparisons")
+    _add_number(ps, "--sd-seed", Points, default=None, metavar="POINTS",
+                help="instead of records: SD of one seed's paired difference (a CSV's delta_sd_seed)")
+    _add_number(ps, "--se-image", PointsOrZero, default=0.0, metavar="POINTS",
+                help="with --sd-seed: SE of the difference from the test images (a CSV's delta_se_image)")
     ps.set_defaults(fn=_cmd_plan_seeds)
 
     dm = sub.add_parser("demo", help="supervised vs FixMatch on synthfer, 2 budgets x 3 seeds, + leaderboard")
@@ -510,18 +538,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched at run time
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    configure()  # threads and OpenMP wait policy, before any command loads torch
+def _dispatch(argv: list[str] | None) -> int:
+    # threads and OpenMP wait policy, before any command loads torch; a setting that cannot be read stops here
+    configure()
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
+    args, extra = parser.parse_known_args(argv)  # numbers are checked as they are parsed (`_number`)
     if extra:  # dotted overrides may follow the flags (`sweep SPEC --dry-run data.root=X`)
         if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    return args.fn(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is fetched at run time
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
-        return args.fn(args)
+        return _dispatch(argv)
     except FERBenchError as e:
         print(f"ferbench: error: {e}", file=sys.stderr)
         return 2

@@ -13,12 +13,13 @@ import hashlib
 import json
 import typing
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from bench.bundles import check_recipe, get_preset, get_recipe
-from bench.checks import Interval, check_fields
+from bench.checks import Interval, check_fields, check_value
 from bench.errors import FERBenchError
 from bench.yamlfile import load_yaml, parse_yaml
 
@@ -32,6 +33,9 @@ Decay = Annotated[float, Interval("[0, 1)")]
 Count = Annotated[int, Interval("[1, inf)")]
 NonNegativeInt = Annotated[int, Interval("[0, inf)")]
 AreaFraction = Annotated[float, Interval("(0, 1]")]
+ImageSide = Annotated[int, Interval("[8, inf)")]
+#: a seed torch's generators take as it is (`torch.Generator.manual_seed`: a signed or unsigned 64-bit integer)
+TorchSeed = Annotated[int, Interval("[-9223372036854775808, 18446744073709551616)")]
 
 # Enumerations, in one place (the engine modules import them from here).
 BUDGET_PROTOCOLS = ("fraction", "total", "per_class")
@@ -86,7 +90,7 @@ class DataConfig:
     root: str | None = unhashed(None)  # raw dataset folder; synthfer is generated into the cache when None
     protocol: Literal[BUDGET_PROTOCOLS] = hashed("fraction")
     budget: float = hashed(0.1)  # its range depends on the protocol: bench/data/splits.py check_budget
-    image_size: Annotated[int, Interval("[8, inf)")] = hashed(48)
+    image_size: ImageSide = hashed(48)
     # "all": every training image is also unlabeled (USB); "rest": the others
     unlabeled: Literal["all", "rest"] = hashed("all")
     cache_dir: str | None = unhashed(None)  # default: $FERBENCH_CACHE or ~/.cache/ferbench
@@ -154,7 +158,7 @@ class AugmentConfig:
     pad_rounding: Literal[PAD_ROUNDINGS] = hashed_when_set("nearest")
     # Resize every view (evaluation's too) to this side after RandAugment and Cutout and before the weak crop, as
     # the Ada-CM lineage's Resize(224) of its 100x100 faces; None: views keep the stored data.image_size.
-    resize_to: Annotated[int, Interval("[8, inf)")] | None = hashed_when_set(None)
+    resize_to: ImageSide | None = hashed_when_set(None)
     # "bgr": the network sees BGR (cv2.imread without conversion)
     channels: Literal[CHANNEL_ORDERS] = hashed_when_set("rgb")
     # The strong view: "randaugment_first" = RandAugment + Cutout, then the weak pipeline (the Ada-CM lineage);
@@ -349,11 +353,30 @@ def _apply(obj: Any, key_path: list[str], value: Any, where: str, from_cli: bool
     setattr(obj, head, value)
 
 
-def apply_preset(cfg: RunConfig, name: str | None) -> RunConfig:
-    if name is None:
-        cfg.preset = None
-        return cfg
-    apply_mapping(cfg, get_preset(name).mapping(), source=f"preset {name}")
+@dataclass
+class _PresetLayer:
+    """The presets named while the user's layer is applied (`layered`), and the one application whose values count."""
+
+    keep: int | None  # index into `named` of the application that sets values; None: each one, in turn
+    named: list[str | None] = dataclasses.field(default_factory=list)
+
+
+_LAYER: ContextVar[_PresetLayer | None] = ContextVar("ferbench_preset_layer", default=None)
+
+
+def apply_preset(cfg: RunConfig, name: Any, where: str = "preset") -> RunConfig:
+    """Set preset `name`'s values (None: no preset) and name it in `cfg.preset`; `where` names it in errors.
+
+    A run has one preset, so a record never names a preset whose values are not the ones in effect: while the user's
+    layer is applied by `layered`, only the last preset named sets values; every earlier one leaves none behind."""
+    name = check_value(name, str | None, where)  # a list or mapping would otherwise reach the file lookup
+    layer = _LAYER.get()
+    if layer is not None:
+        layer.named.append(name)
+        if layer.keep is not None and len(layer.named) - 1 != layer.keep:
+            return cfg
+    if name is not None:
+        apply_mapping(cfg, get_preset(name).mapping(), source=f"preset {name}")
     cfg.preset = name
     return cfg
 
@@ -361,7 +384,7 @@ def apply_preset(cfg: RunConfig, name: str | None) -> RunConfig:
 def apply_mapping(cfg: RunConfig, mapping: dict[str, Any], source: str = "config") -> RunConfig:
     """Merge a nested mapping (e.g. a parsed YAML file) into `cfg`; its `preset`, if any, goes first."""
     if "preset" in mapping:
-        apply_preset(cfg, mapping["preset"])
+        apply_preset(cfg, mapping["preset"], "preset" if source == "config" else f"{source}:preset")
     for k, v in mapping.items():
         if k == "preset":
             continue
@@ -379,7 +402,7 @@ def apply_overrides(cfg: RunConfig, overrides: list[str]) -> RunConfig:
             raise FERBenchError(f"override {item!r}: no config key before '='; expected KEY=VALUE, e.g. "
                                 "train.iterations=500")
         if key.strip() == "preset":
-            apply_preset(cfg, parse_yaml(value, f"override {item!r}"))
+            apply_preset(cfg, parse_yaml(value, f"override {item!r}"), "override preset")
             continue
         _apply(cfg, key.strip().split("."), value, key.strip(), from_cli=True)
     return cfg
@@ -400,15 +423,38 @@ def build_config(
     return layered(user)
 
 
+def _user_layer(cfg: RunConfig, user: Callable[[RunConfig], None], keep: int | None) -> list[str | None]:
+    """Apply `user` to `cfg`, only the `keep`-th preset it names setting values (None: each); the presets named."""
+    layer = _PresetLayer(keep)
+    token = _LAYER.set(layer)
+    try:
+        user(cfg)
+    finally:
+        _LAYER.reset(token)
+    return layer.named
+
+
 def layered(user: Callable[[RunConfig], None]) -> RunConfig:
     """The config `user` writes (it applies the user's mappings and overrides to a config), on top of the recipe
-    it names: a first pass finds the recipe and method, the second starts from the recipe's values for them."""
+    it names: a first pass finds the recipe and method, the second starts from the recipe's values for them.
+
+    The last preset the user names replaces any other wholly (an earlier one's, the recipe's): the config is built
+    again from the defaults with that one alone, in its place. A config naming one preset is built as it always was,
+    so its run id stays."""
     probe = RunConfig()
-    user(probe)
+    named = _user_layer(probe, user, None)
+    keep = len(named) - 1 if len(named) > 1 else None
+    if keep is not None:
+        probe = RunConfig()
+        _user_layer(probe, user, keep)
+    check_config(probe)  # the user's values are checked before any is used (a recipe named by a list)
     if probe.recipe == "harness":
-        return check_config(probe)
-    cfg = apply_mapping(RunConfig(), get_recipe(probe.recipe).mapping(probe.method), source=f"recipe {probe.recipe}")
-    user(cfg)
+        return probe
+    recipe = get_recipe(probe.recipe).mapping(probe.method)
+    if named:
+        recipe.pop("preset", None)
+    cfg = apply_mapping(RunConfig(), recipe, source=f"recipe {probe.recipe}")
+    _user_layer(cfg, user, keep)
     return check_config(cfg)
 
 

@@ -34,14 +34,14 @@ import torch
 from torch import Tensor, nn
 
 from bench.checks import Interval, check_value, describe
-from bench.config import AreaFraction, Count, Decay, NonNegative, NonNegativeInt, Positive, Probability
+from bench.config import AreaFraction, Count, Decay, NonNegative, NonNegativeInt, Positive, Probability, TorchSeed
 from bench.data.faceboxes import box_iou, box_provider
 from bench.engine.pretrained import load_pretrained
 from bench.errors import FERBenchError
 
 __all__ = [  # the value types of arguments, and what the engine offers methods, re-exported for plugins
     "AreaFraction", "Count", "Decay", "Interval", "NonNegative", "NonNegativeInt", "Positive", "Probability",
-    "box_iou", "box_provider", "load_pretrained",
+    "TorchSeed", "box_iou", "box_provider", "load_pretrained",
 ]
 
 

@@ -15,14 +15,25 @@ bench.train`), submitit jobs and pack members (with the CPUs they were given), t
 processes (DataLoader workers, launcher children) inherit the environment. FERBENCH_OPENMP names the values
 FERBench set, so a child decides those again (a SLURM job's own CPUs, a GPU node) while a value the user exported
 always wins. A host with a GPU keeps its previous settings: nothing is measured there yet.
+
+Values are checked before anything runs (`check_environment`), against what libgomp 4.5 (torch's) reads: a value it
+cannot read (OMP_NUM_THREADS=abc, 0 or -1; GOMP_SPINCOUNT=garbage or a negative number, which it wraps round to an
+endless spin; OMP_WAIT_POLICY=sometimes) it ignores with a warning and runs on its defaults, so FERBench refuses it in
+one line rather than train on settings nobody asked for. A value it reads but that is then not what runs is kept and
+recorded as what is in effect, with the user's text beside it (`in_effect`): torch sets OpenMP's thread count to
+MKL's, which caps OMP_NUM_THREADS at the machine's cores (99999 trains with 2 threads on 2 cores). Thread counts
+FERBench decides itself (SLURM_CPUS_PER_TASK, a job's share) are capped at the CPUs this process may use.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 from pathlib import Path
+
+from bench.errors import FERBenchError
 
 #: GOMP_SPINCOUNT on a CPU host: between libgomp's 300,000 (fast idle, stalls when a core is taken) and
 #: 1,000 (robust, a third slower idle); README, Performance
@@ -33,6 +44,43 @@ VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 MARKER = "FERBENCH_OPENMP"
 
 _in_effect: dict[str, object] | None = None  # what the OpenMP runtime of this process read, once known
+
+# libgomp's grammar (env.c): OMP_NUM_THREADS a list of counts >= 1, one per nesting level (the first is what runs);
+# GOMP_SPINCOUNT a count with an optional k/M/G/T multiplier, or infinite/infinity; OMP_WAIT_POLICY active or passive
+_THREADS = re.compile(r"\s*\+?([0-9]+)\s*(?:,\s*\+?[0-9]+\s*)*")
+_SPINS = re.compile(r"\s*(?:(infinite|infinity)|\+?([0-9]+)\s*([kmgt]?))\s*", re.IGNORECASE)
+_MULTIPLIERS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+_ULONG_MAX = 2**64 - 1
+_EXPECTED = {"OMP_NUM_THREADS": "a whole number of threads >= 1 (or a comma-separated list of them)",
+             "OMP_WAIT_POLICY": "active or passive",
+             "GOMP_SPINCOUNT": "a whole number >= 0, optionally with k, M, G or T, or infinite"}
+
+
+def _as_read(name: str, text: str) -> str:
+    """`text` of variable `name` as the OpenMP runtime reads it ("10k" -> "10000", " passive" -> "PASSIVE"), or a
+    FERBenchError naming the variable and value when it would ignore it (and silently run on its default)."""
+    if name == "OMP_NUM_THREADS" and (m := _THREADS.fullmatch(text)):
+        counts = [int(c) for c in text.replace("+", "").split(",")]
+        if min(counts) >= 1 and max(counts) <= _ULONG_MAX:
+            return str(int(m.group(1)))
+    elif name == "OMP_WAIT_POLICY" and text.strip().lower() in ("active", "passive"):
+        return text.strip().upper()
+    elif name == "GOMP_SPINCOUNT" and (m := _SPINS.fullmatch(text)):
+        if m.group(1):
+            return str(_ULONG_MAX)
+        if int(m.group(2)) <= _ULONG_MAX:  # libgomp saturates a multiplied count, as here
+            return str(min(int(m.group(2)) * _MULTIPLIERS[m.group(3).lower()], _ULONG_MAX))
+    raise FERBenchError(f"{name}={text!r}: expected {_EXPECTED[name]} (torch's OpenMP runtime would not use it as "
+                        "written)")
+
+
+def check_environment() -> None:
+    """A FERBenchError (one line naming the variable and its value) for an OpenMP setting the runtime cannot read or
+    a SLURM_CPUS_PER_TASK that is no count of CPUs."""
+    for name in VARIABLES:
+        if name in os.environ:
+            _as_read(name, os.environ[name])
+    slurm_cpus()
 
 
 def _ours() -> dict[str, str]:
@@ -77,12 +125,31 @@ def physical_cores(cpus: set[int], sysfs: Path = Path("/sys/devices/system/cpu")
     return len(cores) or len(cpus)
 
 
+def usable_cpus() -> int:
+    """The logical CPUs this process may run on (its affinity: a container's cpuset, `taskset`, a SLURM job's)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on this platform
+        return os.cpu_count() or 1
+
+
+def slurm_cpus() -> int | None:
+    """SLURM_CPUS_PER_TASK (None when unset), at most `usable_cpus()`: a larger count would only oversubscribe the
+    CPUs there are. Anything but a whole number >= 1 is a FERBenchError naming the variable."""
+    text = os.environ.get("SLURM_CPUS_PER_TASK")
+    if text is None:
+        return None
+    if not re.fullmatch(r"\s*[0-9]+\s*", text) or int(text) < 1:
+        raise FERBenchError(f"SLURM_CPUS_PER_TASK={text!r}: expected a whole number of CPUs >= 1")
+    return min(int(text), usable_cpus())
+
+
 def default_threads() -> int:
     """The threads a run uses: SLURM_CPUS_PER_TASK inside a SLURM allocation, else the cores of this process's
     CPU affinity (a container's cpuset, `taskset`), which torch's own default (every core of the machine)
     ignores."""
-    n = int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
-    if n > 0:
+    n = slurm_cpus()
+    if n is not None:
         return n
     try:
         return physical_cores(os.sched_getaffinity(0))
@@ -94,10 +161,12 @@ def configure(threads: int | None = None) -> dict[str, object]:
     """Set OMP_NUM_THREADS and the wait policy for this process and its children, unless the user set them.
 
     `threads`: the CPUs this process was given (a job's or a pack member's share); by default `default_threads()`
-    on a CPU host and, on a GPU host, torch's own choice as before. torch's thread count follows when torch is
-    already loaded (an in-process job). Returns what is in effect (`in_effect()`).
+    on a CPU host and, on a GPU host, torch's own choice as before; at most `usable_cpus()`. torch's thread count
+    follows when torch is already loaded (an in-process job). Returns what is in effect (`in_effect()`). An OpenMP
+    variable or SLURM_CPUS_PER_TASK that cannot be read is a FERBenchError, raised before anything is set.
     """
     global _in_effect
+    check_environment()
     gpu = gpu_host()
     ours = _ours()
     for name in ours:  # decided again below: a parent's choice may not fit here (fewer CPUs, a GPU)
@@ -105,6 +174,8 @@ def configure(threads: int | None = None) -> dict[str, object]:
     set_here: dict[str, str] = {}
     if threads is None and not gpu:
         threads = default_threads()
+    if threads:
+        threads = min(threads, usable_cpus())
     if threads and not users_own("OMP_NUM_THREADS"):
         set_here["OMP_NUM_THREADS"] = str(threads)
     # a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT decides the waiting alone: GOMP_SPINCOUNT would override the policy
@@ -134,5 +205,25 @@ def _snapshot(read_at_load: bool) -> dict[str, object]:
 def in_effect() -> dict[str, object]:
     """The OpenMP settings of this process, for its record: the variables, who set each (ferbench | user), and
     `read_at_load`: true when they were in place before the OpenMP runtime was loaded, so these are what it read;
-    false when it was loaded first (then they are the environment's values now, which it may not have read)."""
-    return dict(_in_effect) if _in_effect is not None else _snapshot(read_at_load=False)
+    false when it was loaded first (then they are the environment's values now, which it may not have read).
+
+    Each variable is given as the runtime reads it, OMP_NUM_THREADS as the threads torch runs with once it is loaded
+    (MKL caps the variable at the machine's cores); `requested` (only when one differs) holds the text in the
+    environment, so a record never gives the user's value as the one in effect."""
+    out = dict(_in_effect) if _in_effect is not None else _snapshot(read_at_load=False)
+    requested = {}
+    for name in VARIABLES:
+        text = out[name]
+        if text is None:
+            continue
+        try:
+            value = _as_read(name, text)
+        except FERBenchError:  # set after start-up, never read by the runtime (read_at_load false): left as it is
+            continue
+        if name == "OMP_NUM_THREADS" and "torch" in sys.modules:
+            value = str(sys.modules["torch"].get_num_threads())
+        if value != text:
+            out[name], requested[name] = value, text
+    if requested:
+        out["requested"] = requested
+    return out

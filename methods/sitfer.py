@@ -80,6 +80,7 @@ from bench.method import (
     SetupInfo,
     StepContext,
     StepOutput,
+    TorchSeed,
     arg,
     joint_forward,
     unwrap_model,
@@ -270,7 +271,7 @@ class SITFERArgs(MethodArgs):
         "random", "'random_transformer' is the released code's never-trained encoder (FERBench's default: random)")
     text_encoder_path: str | None = arg(None, "a local model folder (clip, sentence-transformers)")
     text_projection: Literal["fixed", "learned"] = arg("fixed", "embeddings of another width: a seeded map, or learned")
-    text_seed: int | None = arg(None, "seed of the anchors; null: drawn from the run's generator")
+    text_seed: TorchSeed | None = arg(None, "seed of the anchors; null: drawn from the run's generator")
     prompt: str = arg("This is a face image of {}", "the code's prompt")
     class_words: list[str] | None = arg(None, "null: the code's words, in FERBench's class order")
     class_prompts: list[str] | None = arg(None, "explicit prompts instead of `prompt` and `class_words`")

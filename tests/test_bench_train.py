@@ -38,7 +38,7 @@ def test_bench_train_writes_rates_and_their_ratio(shared_cache: Path, tmp_path: 
 
 def test_bench_train_refuses_bad_settings(tmp_path: Path, capsys) -> None:
     assert main(["bench", "train", "fixmatch", "--steps", "0", "--cache-dir", str(tmp_path)]) == 2
-    assert "expected --steps >= 1" in capsys.readouterr().err
+    assert "bench train --steps 0: expected an integer in [1, inf)" in capsys.readouterr().err
     assert main(["bench", "train", "fixmatch", "--compile", "fast", "--cache-dir", str(tmp_path)]) == 2
     assert "train.compile='fast'" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing generated
@@ -107,7 +107,8 @@ def test_bench_train_contention_measures_each_setting_in_its_own_process(shared_
 @pytest.mark.parametrize("args, message", [
     (["--contention", "--policies", "spin,lazy"], "'lazy': expected spin, passive, active or spincount=N"),
     (["--contention", "--threads", "2,x"], "--threads '2,x': expected whole numbers"),
-    (["--contention", "--threads", "0"], "every --threads >= 1"),
+    (["--contention", "--threads", "0"], "--threads '0': expected whole numbers separated by commas, each an "
+                                         "integer in [1, inf)"),
     (["--busy", "2"], "--busy only with --contention"),
 ])
 def test_bench_train_contention_refuses_bad_settings(tmp_path: Path, capsys, args: list[str], message: str) -> None:

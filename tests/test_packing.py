@@ -80,8 +80,9 @@ def test_runs_per_gpu_below_one_is_refused_before_anything_runs(tmp_path: Path, 
     spec = _spec(tmp_path / "s.yaml", tmp_path / "out", tmp_path / "cache", ["supervised"], [0], **top)
     assert main(["sweep", str(spec), "--executor", "local", *args]) == 2
     err = capsys.readouterr().err.strip()
-    prefix = f"{spec}: " if where == "spec" else "--"
-    assert err == f"ferbench: error: {prefix}runs_per_gpu=0: expected an integer >= 1 (runs sharing one GPU)"
+    expected = f"{spec}: runs_per_gpu=0: expected an integer >= 1 (runs sharing one GPU)" if where == "spec" \
+        else "sweep --runs-per-gpu 0: expected an integer in [1, inf)"  # a flag: checked as parsed, like every number
+    assert err == f"ferbench: error: {expected}"
     assert not (tmp_path / "out").exists()
 
 

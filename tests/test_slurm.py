@@ -248,7 +248,7 @@ def test_status_needs_a_sweep_folder(tmp_path: Path, capsys) -> None:
 def test_cluster_flags_are_checked_before_submitting(tmp_path: Path, shared_cache: Path, capsys) -> None:
     spec = _spec(tmp_path / "s.yaml", tmp_path / "out", shared_cache, ["supervised"], [0], {"iterations": 2})
     assert main(["sweep", str(spec), "--executor", "slurm", "--cpus-per-task", "0"]) == 2
-    assert "cluster cpus_per_task=0 must be at least 1" in capsys.readouterr().err
+    assert "sweep --cpus-per-task 0: expected an integer in [1, inf)" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert main(["sweep", str(spec), "--executor", "slurm", "--dry-run", "--partition", "gpu"]) == 0
     assert "1 to submit (slurm)" in capsys.readouterr().out

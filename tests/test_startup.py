@@ -128,7 +128,8 @@ def test_a_gpu_host_keeps_its_previous_settings(tmp_path: Path) -> None:
     """No wait policy and torch's own thread count where a GPU may train (not measured there); a job still gets its
     CPUs. Values set by a FERBench parent on a CPU host are taken back; a GPU hidden by CUDA_VISIBLE_DEVICES is no
     GPU."""
-    probe = ("import json, os, bench.startup as s; s.gpu_host = lambda: True; a = s.configure(); "
+    probe = ("import json, os, bench.startup as s; s.gpu_host = lambda: True; s.usable_cpus = lambda: 8; "
+             "a = s.configure(); "
              "b = s.configure(3); print(json.dumps([a, b, {k: os.environ.get(k) for k in s.VARIABLES}]))")
     res = _run(["-c", probe], _env(inherit=True))
     cli, job, env = json.loads(res.stdout)

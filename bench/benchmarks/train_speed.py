@@ -30,7 +30,8 @@ from typing import Any
 
 import torch
 
-from bench.config import RunConfig, build_config, config_from_dict
+from bench.checks import check_value
+from bench.config import Count, NonNegative, NonNegativeInt, RunConfig, build_config, config_from_dict
 from bench.data.datasets import get_dataset
 from bench.engine.stage import RunSetup, StageRun, build_stage_model
 from bench.engine.trainer import make_accelerator, set_up_run, validate
@@ -56,6 +57,17 @@ def _random_like(batch: Batch) -> Batch:
             return None
         return {k: torch.randn_like(v) if v.is_floating_point() else v.clone() for k, v in group.items()}
     return Batch(rnd(batch.labeled), rnd(batch.unlabeled))
+
+
+#: the ranges of the benchmark's settings (the CLI checks its flags against the same types as it parses them)
+SETTINGS = {"steps": Count, "warmup": NonNegativeInt, "busy": Count, "repeats": Count, "rounds": Count,
+            "wait_quiet": NonNegative, "threads": list[Count]}
+
+
+def check_settings(**values: Any) -> None:
+    """Each setting in its range (`SETTINGS`), by the config's checker: one line naming the flag and the value."""
+    for name, value in values.items():
+        check_value(value, SETTINGS[name], f"bench train --{name.replace('_', '-')}")
 
 
 def _rate(step: Callable[[], Any], steps: int, warmup: int, images_per_step: int, device: torch.device) -> float:
@@ -113,8 +125,7 @@ def run_train_benchmark(method: str = "fixmatch", overrides: list[str] | None = 
     """Measure and print end-to-end vs ceiling images/s; returns (and optionally writes) the results."""
     from rich.console import Console
 
-    if steps < 1 or warmup < 0:
-        raise FERBenchError(f"bench train: expected --steps >= 1 and --warmup >= 0; got {steps} and {warmup}")
+    check_settings(steps=steps, warmup=warmup)
     cfg = bench_config(method, list(overrides or []), warmup + steps)
     if cfg.data.name != "synthfer" or cfg.data.synthfer.get("n_train", 14) < 14:
         raise FERBenchError("bench train: measures on synthfer with data.synthfer.n_train >= 14")
@@ -353,10 +364,8 @@ def run_contention_benchmark(method: str = "fixmatch", overrides: list[str] | No
     policies = list(policies or POLICIES)
     threads = list(threads or dict.fromkeys([default_threads(), 1]))
     envs = {p: policy_env(p) for p in policies}
-    if steps < 1 or warmup < 0 or busy < 1 or repeats < 1 or rounds < 1 or min(threads) < 1 or wait_quiet < 0:
-        raise FERBenchError(f"bench train --contention: expected --steps, --busy, --repeats, --rounds and every "
-                            f"--threads >= 1, --warmup and --wait-quiet >= 0; got {steps}, {busy}, {repeats}, "
-                            f"{rounds}, {','.join(map(str, threads))}, {warmup} and {wait_quiet}")
+    check_settings(steps=steps, warmup=warmup, busy=busy, repeats=repeats, rounds=rounds, wait_quiet=wait_quiet,
+                   threads=threads)
     overrides = list(overrides or [])
     cfg = bench_config(method, overrides, warmup + repeats * steps)
     if cfg.data.name != "synthfer" or cfg.data.synthfer.get("n_train", 14) < 14:

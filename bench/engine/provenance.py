@@ -42,8 +42,9 @@ def git_commit() -> str | None:
 
 def host_info() -> dict[str, object]:
     """The machine, and the threads and OpenMP settings the run trained with (`bench.startup`): `openmp` holds
-    OMP_NUM_THREADS, OMP_WAIT_POLICY and GOMP_SPINCOUNT (null: unset, the runtime's default), who set each and
-    whether they were in place when the OpenMP runtime was loaded."""
+    OMP_NUM_THREADS, OMP_WAIT_POLICY and GOMP_SPINCOUNT as in effect (null: unset, the runtime's default), who set
+    each, whether they were in place when the OpenMP runtime was loaded, and the environment's own text under
+    `requested` where it differs from what is in effect."""
     import torch
 
     from bench.startup import in_effect

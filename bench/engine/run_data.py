@@ -14,6 +14,7 @@ from accelerate import Accelerator
 from bench.config import RunConfig
 from bench.data.cache import default_cache_dir, load_prepared, prepare_dataset
 from bench.data.splits import make_split, save_manifest
+from bench.errors import FERBenchError
 from bench.method import Method, Stage
 
 
@@ -64,10 +65,12 @@ def run_data_from(data: Any, cfg: RunConfig, method_cls: type[Method], manifest_
         data.name, data.fingerprint, data.train.ids, data.train.labels, data.num_classes,
         protocol, budget, cfg.effective_split_seed, data.class_names,
     )
-    manifest_path = save_manifest(manifest, manifest_dir) if manifest_dir is not None else None
     labeled_pool = np.asarray(manifest["labeled_index"], dtype=np.int64)
     all_train = np.arange(len(data.train.ids))
     unlabeled_pool = all_train if cfg.data.unlabeled == "all" else np.setdiff1d(all_train, labeled_pool)
+    if not len(unlabeled_pool):  # checked before the manifest or anything of the run is written
+        _check_unlabeled_left(cfg, method_cls, data.num_classes, manifest)
+    manifest_path = save_manifest(manifest, manifest_dir) if manifest_dir is not None else None
     # Methods see an unlabeled image's position in the pool, so per-sample state has exactly one slot each.
     pool_position = np.full(len(all_train), -1, dtype=np.int64)
     pool_position[unlabeled_pool] = np.arange(len(unlabeled_pool))
@@ -78,6 +81,18 @@ def run_data_from(data: Any, cfg: RunConfig, method_cls: type[Method], manifest_
                    # a view of the memory-mapped cache, not a copy: pages are read as batches touch them
                    torch.from_numpy(data.train.images).permute(0, 3, 1, 2),
                    torch.from_numpy(data.train.labels), pool_position, labeled_position)
+
+
+def _check_unlabeled_left(cfg: RunConfig, method_cls: type[Method], num_classes: int,
+                          manifest: dict[str, Any]) -> None:
+    """A FERBenchError when the split labels every training image under data.unlabeled=rest while a stage of the
+    method draws unlabeled images from the training set (one with extra image folders has its own)."""
+    stages = method_cls(num_classes=num_classes, **cfg.method_args).stages()
+    if any(stage.views and not stage.extra_unlabeled for stage in stages):
+        raise FERBenchError(
+            f"data.unlabeled='rest' with data.budget={manifest['budget']:g} (protocol {manifest['protocol']!r}) labels "
+            f"all {manifest['n_labeled']} training images of {manifest['dataset']!r}: none is left for the unlabeled "
+            f"views of method {cfg.method!r}; use data.unlabeled=all or a smaller budget")
 
 
 def stage_run_data(cfg: RunConfig, stage: Stage, run: RunData, accelerator: Accelerator) -> RunData:

@@ -44,9 +44,11 @@ class Plan:
 
 
 def check_targets(deltas: Sequence[float], power: float, alpha: float, comparisons: int) -> None:
-    if not deltas or any(not math.isfinite(d) or d <= 0 for d in deltas):
+    """The targets and test settings, as fractions; accuracies differ by at most 1 (100 points), and a larger
+    target would overflow the power computation (its square)."""
+    if not deltas or any(not 0 < d <= 1 for d in deltas):  # false for nan too
         raise FERBenchError(f"plan-seeds: --delta {','.join(f'{d * 100:g}' for d in deltas) or '(none)'}: expected "
-                            "positive differences in percentage points, e.g. --delta 1,3")
+                            "positive differences in percentage points, at most 100, e.g. --delta 1,3")
     if not 0 < alpha < 1 or not alpha < power < 1:
         raise FERBenchError(f"plan-seeds: expected 0 < --alpha < --power < 1, got alpha={alpha:g}, power={power:g}")
     if comparisons < 1:
@@ -155,9 +157,9 @@ def plan_command(records_dir: str | None, delta: str, baseline: str, power: floa
         records, predictions = load_with_predictions(records_dir)
         plans = plan_records(records, predictions, baseline, deltas, power, alpha, comparisons)
         return format_plans(plans, deltas, power, alpha, comparisons, baseline)
-    if not sd_seed > 0 or not se_image >= 0 or not math.isfinite(sd_seed + se_image):
-        raise FERBenchError(f"plan-seeds: expected --sd-seed > 0 and --se-image >= 0 (points), got {sd_seed:g} and "
-                            f"{se_image:g}")
+    if not 0 < sd_seed <= 100 or not 0 <= se_image <= 100:  # SDs of accuracy differences; squared below
+        raise FERBenchError(f"plan-seeds: expected 0 < --sd-seed <= 100 and 0 <= --se-image <= 100 (points), got "
+                            f"{sd_seed:g} and {se_image:g}")
     seeds, _ = plan(sd_seed / 100, se_image / 100, deltas, power, alpha, comparisons)
     given = Plan("given", "—", "—", 0, None, sd_seed / 100, se_image / 100, math.inf, None, seeds, {})
     return format_plans([given], deltas, power, alpha, comparisons, None)
