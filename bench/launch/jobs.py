@@ -23,7 +23,7 @@ import submitit
 
 from bench.launch.preemption import Preemption
 from bench.results.record import write_json_atomic
-from bench.startup import configure
+from bench.startup import configure, slurm_cpus
 
 
 def status_path(output_dir: str | Path, run_id: str) -> Path:
@@ -120,9 +120,10 @@ class RunJob(submitit.helpers.Checkpointable):
 
 
 def allocated_cpus(fallback: int | None = None) -> int:
-    """The CPUs this process was given: SLURM_CPUS_PER_TASK, else `fallback`, else its CPU affinity."""
-    n = int(os.environ.get("SLURM_CPUS_PER_TASK", "0") or 0)
-    if n > 0:
+    """The CPUs this process was given: SLURM_CPUS_PER_TASK (checked, as a run reads it), else `fallback`, else its
+    CPU affinity."""
+    n = slurm_cpus()
+    if n is not None:
         return n
     if fallback:
         return fallback
