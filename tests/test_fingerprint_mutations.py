@@ -11,10 +11,12 @@ masks strictly between 0 and 1 at some step, declared state that moves, an EMA t
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -195,14 +197,83 @@ def _copy(tmp: Path, name: str) -> Path:
     return root
 
 
-def _probe_in(code: Path, names: list[str]) -> list[dict]:
-    """The probe results of `names` with the code in `code` (a pinned probe child, as `run_probes` starts it)."""
+#: a probe server: imports the probe's third-party libraries once, under the pinned environment, then forks one child
+#: per request; the child imports FERBench from the code copy the request names and runs the probe's main, as a
+#: probe process started afresh would (without importing torch, timm and evaluate again for each of ~50 probes)
+SERVER = """
+import json, os, runpy, sys, traceback
+import accelerate, datasets, evaluate, numpy, timm, torch, torchvision  # noqa: F401 - shared by every child
+for line in sys.stdin:
+    job = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.dup2(os.open(job["request"], os.O_RDONLY), 0)
+            os.dup2(os.open(job["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 1)
+            os.dup2(1, 2)
+            sys.stdin, sys.stdout, sys.stderr = open(0), open(1, "w"), open(2, "w")
+            os.chdir(job["code"])
+            sys.path.insert(0, job["code"])
+            runpy.run_module("bench.engine.probe", run_name="__main__", alter_sys=True)
+            code = 0
+        except SystemExit as e:
+            code = e.code or 0
+        except BaseException:
+            traceback.print_exc()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    print(json.dumps({"rc": os.waitstatus_to_exitcode(status)}), flush=True)
+"""
+
+
+class ProbeServers:
+    """One probe server per calling thread (the tests probe two copies at a time; each child runs one thread)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.local, self.all = folder, threading.local(), []
+        self.count = itertools.count()
+
+    def run(self, code: Path, request: dict) -> tuple[int, str]:
+        """(exit status, output) of the probe's main for `request` with the code in `code`."""
+        server = getattr(self.local, "server", None)
+        if server is None:
+            env = {**pinned_env(), "PYTHONWARNINGS": "ignore"}
+            env.pop("PYTHONPATH")  # FERBench comes from each request's copy, never from here
+            server = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      text=True, env=env, cwd=self.folder)
+            self.local.server = server
+            self.all.append(server)
+        n = next(self.count)
+        job = {"code": str(code), "request": str(self.folder / f"request{n}.json"),
+               "out": str(self.folder / f"out{n}.txt")}
+        Path(job["request"]).write_text(json.dumps(request))
+        server.stdin.write(json.dumps(job) + "\n")
+        server.stdin.flush()
+        rc = json.loads(server.stdout.readline())["rc"]
+        return rc, Path(job["out"]).read_text()
+
+    def close(self) -> None:
+        for server in self.all:
+            server.stdin.close()
+            server.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> ProbeServers:
+    pool = ProbeServers(tmp_path_factory.mktemp("probe-servers"))
+    yield pool
+    pool.close()
+
+
+def _probe_in(servers: ProbeServers, code: Path, names: list[str]) -> list[dict]:
+    """The probe results of `names` with the code in `code` (the probe's main, in the pinned environment)."""
     request = {"configs": [probe_config(build_config(overrides=CONFIGS[n])).to_dict() for n in names], "modules": []}
-    env = {**pinned_env(), "PYTHONPATH": str(code), "PYTHONWARNINGS": "ignore"}
-    res = subprocess.run([sys.executable, "-m", "bench.engine.probe"], input=json.dumps(request), capture_output=True,
-                         text=True, env=env, timeout=300 * len(names), cwd=code)
-    line = next((ln for ln in reversed(res.stdout.splitlines()) if ln.startswith("FERBENCH-PROBE ")), None)
-    assert res.returncode == 0 and line is not None, res.stderr[-3000:]
+    rc, output = servers.run(code, request)
+    line = next((ln for ln in reversed(output.splitlines()) if ln.startswith("FERBENCH-PROBE ")), None)
+    assert rc == 0 and line is not None, output[-3000:]
     out = []
     for n, r in zip(names, json.loads(line[len("FERBENCH-PROBE "):]), strict=True):
         fp = {"key": fingerprint_key(build_config(overrides=CONFIGS[n])), "probe": PROBE_VERSION, **r}
@@ -212,11 +283,20 @@ def _probe_in(code: Path, names: list[str]) -> list[dict]:
     return out
 
 
+def _probe_split(servers: ProbeServers, code: Path, names: list[str]) -> list[dict]:
+    """`_probe_in`, its configs shared by two servers at once."""
+    halves = [names[::2], names[1::2]]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        even, odd = pool.map(lambda half: _probe_in(servers, code, half), halves)
+    by_name = dict(zip(halves[0] + halves[1], even + odd, strict=True))
+    return [by_name[n] for n in names]
+
+
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+def baseline(tmp_path_factory: pytest.TempPathFactory, servers: ProbeServers) -> dict[str, dict]:
     code = _copy(tmp_path_factory.mktemp("mutations"), "baseline")
     names = list(CONFIGS)
-    return dict(zip(names, _probe_in(code, names), strict=True))
+    return dict(zip(names, _probe_split(servers, code, names), strict=True))
 
 
 def test_every_probe_exercises_its_methods_mechanism(baseline: dict[str, dict]) -> None:
@@ -246,14 +326,15 @@ def test_every_probe_exercises_its_methods_mechanism(baseline: dict[str, dict]) 
         assert labels["main.6.threshold_mean"] > 0.8 + 1e-6, name
 
 
-def test_every_behavioural_mutation_is_caught(baseline: dict[str, dict], tmp_path: Path) -> None:
+def test_every_behavioural_mutation_is_caught(baseline: dict[str, dict], servers: ProbeServers,
+                                              tmp_path: Path) -> None:
     assert len(BEHAVIOURAL) >= 25
 
     def check(i: int) -> list[str]:
         what, path, old, new, names = BEHAVIOURAL[i]
         code = _copy(tmp_path, f"m{i}")
         _edit(code, path, old, new)
-        mutated = _probe_in(code, names)
+        mutated = _probe_in(servers, code, names)
         missed = [n for n, fp in zip(names, mutated, strict=True)
                   if "unavailable" in fp or same_behaviour(baseline[n], fp)]
         shutil.rmtree(code)
@@ -265,14 +346,14 @@ def test_every_behavioural_mutation_is_caught(baseline: dict[str, dict], tmp_pat
 
 
 def test_neutral_edits_and_a_new_logged_value_change_no_fingerprint(baseline: dict[str, dict],
-                                                                     tmp_path: Path) -> None:
+                                                                     servers: ProbeServers, tmp_path: Path) -> None:
     assert len(NEUTRAL) >= 10
     code = _copy(tmp_path, "neutral")
     for _, path, old, new in NEUTRAL:
         _edit(code, path, old, new)
     names = ["fixmatch", "flexmatch", "softmatch", "dtasnl", "adacm", "leaf", "sitfer", "supervised"]
-    changed = [f"{n}: {changed_values(baseline[n], fp)}" for n, fp in zip(names, _probe_in(code, names), strict=True)
-               if not same_behaviour(baseline[n], fp)]
+    probed = zip(names, _probe_split(servers, code, names), strict=True)
+    changed = [f"{n}: {changed_values(baseline[n], fp)}" for n, fp in probed if not same_behaviour(baseline[n], fp)]
     assert not changed, "; ".join(changed)
 
 
