@@ -16,6 +16,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/ferbench demo
 
+# The suite runs on two workers, each test file on one (its module fixtures built once); the subprocess, launch
+# and SLURM tests wait much of their time, so one worker alone left half of the two-core reference machine idle.
 # The committed leaderboards' fingerprints are checked twice: natively, and from an empty fingerprint cache on an
 # emulated AVX2-only CPU (fingerprints mean the same on every x86-64 machine: docs/fingerprints.md).
 AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
@@ -23,7 +25,7 @@ AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 	cache=$$(mktemp -d) && env $(AVX2) FERBENCH_CACHE=$$cache $(PY) -m pytest -q tests/test_freshness.py \
 		-k committed_leaderboards; status=$$?; rm -rf $$cache; exit $$status
 
