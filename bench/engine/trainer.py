@@ -110,6 +110,12 @@ def _check_stage(cfg: RunConfig, cls: type[Method], stage: Stage) -> None:
         raise FERBenchError(f"method {cfg.method!r} trains against an EMA teacher: train.ema_decay must be > 0{where}")
     if stage.views and t.mu < 1:
         raise FERBenchError(f"method {cfg.method!r} needs unlabeled data{where}: train.mu must be >= 1")
+    d = cfg.data
+    if stage.views and not stage.extra_unlabeled and d.unlabeled == "rest" and d.protocol == "fraction" \
+            and d.budget >= 1.0:  # known before any data is prepared (other protocols: when the split is drawn)
+        raise FERBenchError(f"data.unlabeled='rest' with data.budget={d.budget:g} (protocol 'fraction') labels every "
+                            f"training image: none is left for the unlabeled views of method {cfg.method!r}{where}; "
+                            "use data.unlabeled=all or a smaller budget")
     lo, hi = scfg.augment.rrc_scale
     if lo > hi:
         raise FERBenchError(f"augment.rrc_scale={[lo, hi]}{where}: expected [smallest, largest] area fraction")
