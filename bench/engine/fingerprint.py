@@ -320,11 +320,9 @@ def cached_fingerprints() -> tuple[str, dict[str, dict[str, Any]]]:
 
 def _cache_entry_problem(key: str, fp: Any, state: str) -> str | None:
     """Why cache entry `fp` filed under `key` cannot be used for code state `state`, or None."""
-    problem = fingerprint_problem(fp)
+    problem = fingerprint_problem(fp, key)
     if problem:
         return problem
-    if fp.get("key") != key:
-        return f"key: the fingerprint of {fp.get('key')!r}"
     if fp.get("probe") != PROBE_VERSION:
         return f"probe: version {fp.get('probe')}, not this code's {PROBE_VERSION}"
     if fp.get("source") != state[:16]:

@@ -630,9 +630,7 @@ def read_board_fingerprints(path: str | Path) -> dict[str, dict]:
     pairs = set()
     for key, fp in entries.items():
         problem = fingerprint_problem({k: v for k, v in fp.items() if k not in ("commits", "other_digests")}
-                                      if isinstance(fp, dict) else fp)
-        if problem is None and fp.get("key") != key:
-            problem = f"key: the fingerprint of {fp.get('key')!r}"
+                                      if isinstance(fp, dict) else fp, key)
         if problem:
             raise FERBenchError(f"{path}: entry {key!r}: {problem}")
         pairs |= {(key, d) for d in [fp["digest"], *fp.get("other_digests", [])]}

@@ -207,12 +207,14 @@ def type_problem(data: Any, schema: Any) -> str | None:
     return None
 
 
-def fingerprint_problem(fp: Any) -> str | None:
+def fingerprint_problem(fp: Any, key: str | None = None) -> str | None:
     """What makes `fp` not a fingerprint (in a record, the fingerprint cache or beside a committed leaderboard), or
-    None: a field of the wrong type, no values, values and labels of different lengths, or a digest that does not
-    name its values (they were edited after it was computed)."""
+    None: a field of the wrong type, another key's when filed under `key`, no values, values and labels of different
+    lengths, or a digest that does not name its values (they were edited after it was computed)."""
     kind = UnavailableFingerprint if isinstance(fp, dict) and "unavailable" in fp else ProbedFingerprint
     problem = type_problem(fp, kind)
+    if problem is None and key is not None and fp.get("key") != key:
+        problem = f"key: the fingerprint of {fp.get('key')!r}"
     if problem or kind is UnavailableFingerprint:
         return problem
     if not fp["vector"]:
