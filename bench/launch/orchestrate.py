@@ -114,7 +114,7 @@ def _list(todo: list[RunConfig]) -> None:
 def _render(spec: SweepSpec, out: str) -> None:
     from bench.results.render import render_records
 
-    render_records(Path(spec.output_dir) / "records", Path(out), SWEEP_BASELINE, SWEEP_FORMATS)
+    render_records(Path(spec.output_dir) / "records", Path(out), SWEEP_BASELINE, formats=SWEEP_FORMATS)
 
 
 def _submit(spec: SweepSpec, runs: list[RunConfig], req: SweepRequest, out: str | None) -> int:

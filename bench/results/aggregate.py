@@ -519,7 +519,8 @@ def _reproduction(t: ProtocolTable, reported: Sequence[Reported]) -> list[Reprod
             keys.add((e.method, e.budget))
     order = {m: i for i, m in enumerate(t.methods)}
     rows = sorted(keys, key=lambda k: (order.get(k[0], len(order)), k[0], k[1]))
-    return [Reproduction(m, b, lookup(mine, t.dataset, t.recipe, t.protocol, m, b), t.cell(m, b)) for m, b in rows]
+    return [Reproduction(m, b, lookup(mine, dataset=t.dataset, recipe=t.recipe, protocol=t.protocol, method=m,
+                                      budget=b), t.cell(m, b)) for m, b in rows]
 
 
 def build_tables(runs: list[Run], baseline: str,

@@ -545,7 +545,7 @@ def _fingerprints_file(path: Path, runs: list[Run]) -> Path | None:
     return path
 
 
-def render_leaderboards(records: list[dict], out_dir: Path, baseline: str = "supervised",
+def render_leaderboards(records: list[dict], out_dir: Path, baseline: str = "supervised", *,
                         predictions: Mapping[str, np.ndarray] | None = None, formats: Sequence[str] = ("md",),
                         interval: str = "combined",
                         reported: Sequence[Reported] | str | Path | None = None,

@@ -43,27 +43,43 @@ class Plan:
     seeds_upper: dict[float, int | None]  # the same with the seed SD at its 80% upper confidence bound
 
 
-def check_targets(deltas: Sequence[float], power: float, alpha: float, comparisons: int) -> None:
-    """The targets and test settings, as fractions; accuracies differ by at most 1 (100 points), and a larger
-    target would overflow the power computation (its square)."""
-    if not deltas or any(not 0 < d <= 1 for d in deltas):  # false for nan too
-        raise FERBenchError(f"plan-seeds: --delta {','.join(f'{d * 100:g}' for d in deltas) or '(none)'}: expected "
-                            "positive differences in percentage points, at most 100, e.g. --delta 1,3")
-    if not 0 < alpha < 1 or not alpha < power < 1:
-        raise FERBenchError(f"plan-seeds: expected 0 < --alpha < --power < 1, got alpha={alpha:g}, power={power:g}")
-    if comparisons < 1:
-        raise FERBenchError(f"plan-seeds: --comparisons {comparisons}: expected at least 1")
+@dataclass(frozen=True)
+class Targets:
+    """What a plan aims at: the differences to detect (fractions), with what power, at what level, over how many
+    comparisons (Holm)."""
+
+    deltas: tuple[float, ...]
+    power: float = 0.8
+    alpha: float = 0.05
+    comparisons: int = 1
+
+    @property
+    def level(self) -> float:
+        """alpha / comparisons (Bonferroni: enough for Holm's correction over that many comparisons, whichever step
+        it lands on)."""
+        return self.alpha / self.comparisons
+
+    def check(self) -> None:
+        """The targets and test settings, as fractions; accuracies differ by at most 1 (100 points), and a larger
+        target would overflow the power computation (its square)."""
+        deltas, power, alpha = self.deltas, self.power, self.alpha
+        if not deltas or any(not 0 < d <= 1 for d in deltas):  # false for nan too
+            raise FERBenchError(f"plan-seeds: --delta {','.join(f'{d * 100:g}' for d in deltas) or '(none)'}: "
+                                "expected positive differences in percentage points, at most 100, e.g. --delta 1,3")
+        if not 0 < alpha < 1 or not alpha < power < 1:
+            raise FERBenchError(f"plan-seeds: expected 0 < --alpha < --power < 1, got alpha={alpha:g}, "
+                                f"power={power:g}")
+        if self.comparisons < 1:
+            raise FERBenchError(f"plan-seeds: --comparisons {self.comparisons}: expected at least 1")
 
 
-def plan(sd_seed: float, se_image: float, deltas: Sequence[float], power: float = 0.8, alpha: float = 0.05,
-         comparisons: int = 1, n: int = 0, image_df: float = math.inf) -> tuple[dict, dict]:
+def plan(sd_seed: float, se_image: float, targets: Targets, *, n: int = 0,
+         image_df: float = math.inf) -> tuple[dict, dict]:
     """(target -> seeds needed, target -> seeds needed with the seed SD at its 80% upper bound from n - 1 degrees
-    of freedom; empty when n < 2), at level alpha / comparisons (Bonferroni: enough for Holm's correction over
-    that many comparisons, whichever step it lands on)."""
-    level = alpha / comparisons
-
+    of freedom; empty when n < 2), at level `targets.level`."""
     def needed(var1: float) -> dict[float, int | None]:
-        return {d: seeds_needed(d, var1, se_image**2, power, level, image_df, MAX_SEEDS) for d in deltas}
+        return {d: seeds_needed(d, var1, se_image**2, targets.power, targets.level, image_df=image_df,
+                                max_seeds=MAX_SEEDS) for d in targets.deltas}
 
     upper = {}
     if n >= 2:
@@ -71,8 +87,7 @@ def plan(sd_seed: float, se_image: float, deltas: Sequence[float], power: float 
     return needed(sd_seed**2), upper
 
 
-def plan_tables(tables: Sequence[ProtocolTable], deltas: Sequence[float], power: float = 0.8, alpha: float = 0.05,
-                comparisons: int = 1) -> list[Plan]:
+def plan_tables(tables: Sequence[ProtocolTable], targets: Targets) -> list[Plan]:
     """A plan for every Δ comparison (method vs baseline at a budget, >= 2 shared seeds) of `tables`."""
     out = []
     for t in tables:
@@ -84,19 +99,18 @@ def plan_tables(tables: Sequence[ProtocolTable], deltas: Sequence[float], power:
                     continue
                 e = c.delta.est
                 sd, se = math.sqrt(e.v_seed * e.n_seeds), math.sqrt(e.v_image)
-                seeds, upper = plan(sd, se, deltas, power, alpha, comparisons, e.n_seeds, e.image_df)
-                mdd = minimum_detectable(e.v_seed, e.v_image, e.n_seeds, power, alpha / comparisons, e.image_df)
+                seeds, upper = plan(sd, se, targets, n=e.n_seeds, image_df=e.image_df)
+                mdd = minimum_detectable(e.v_seed, e.v_image, e.n_seeds, targets.power, targets.level, e.image_df)
                 out.append(Plan(where, m, budget_label(t.protocol, b), e.n_seeds, e.mean, sd, se, e.image_df, mdd,
                                 seeds, upper))
     return out
 
 
-def plan_records(records: Sequence[dict], predictions: dict, baseline: str, deltas: Sequence[float],
-                 power: float = 0.8, alpha: float = 0.05, comparisons: int = 1) -> list[Plan]:
+def plan_records(records: Sequence[dict], predictions: dict, baseline: str, targets: Targets) -> list[Plan]:
     """Plans for the Δ comparisons of the leaderboards `records` make (as `render_leaderboards` builds them)."""
     runs = [parse_run(rec, i, predictions.get(rec.get("run_id"))) for i, rec in enumerate(records)]
     tables = [t for ts in build_recipe_tables(sorted(runs, key=lambda r: r.run_id), baseline).values() for t in ts]
-    plans = plan_tables(tables, deltas, power, alpha, comparisons)
+    plans = plan_tables(tables, targets)
     if not plans:
         raise FERBenchError(f"plan-seeds: no comparison with baseline {baseline!r} over >= 2 shared seeds in these "
                             "records; run a pilot with >= 2 seeds of the baseline and the method (or give --sd-seed)")
@@ -107,9 +121,10 @@ def _pts(x: float, signed: bool = False) -> str:
     return f"{x * 100:+.1f}" if signed else f"{x * 100:.1f}"
 
 
-def format_plans(plans: Sequence[Plan], deltas: Sequence[float], power: float, alpha: float, comparisons: int,
-                 baseline: str | None) -> str:
+def format_plans(plans: Sequence[Plan], targets: Targets, baseline: str | None) -> str:
     """The plans as a text table, with what they assume."""
+    deltas, power, alpha, comparisons = targets.deltas, targets.power, targets.alpha, targets.comparisons
+
     def seeds(v: int | None) -> str:
         return f">{MAX_SEEDS}" if v is None else str(v)
 
@@ -138,16 +153,18 @@ def format_plans(plans: Sequence[Plan], deltas: Sequence[float], power: float, a
     return "\n".join(lines) + "\n"
 
 
-def plan_command(records_dir: str | None, delta: str, baseline: str, power: float, alpha: float, comparisons: int,
-                 sd_seed: float | None, se_image: float) -> str:
+def plan_command(records_dir: str | None, delta: str, *, baseline: str = "supervised", power: float = 0.8,
+                 alpha: float = 0.05, comparisons: int = 1, sd_seed: float | None = None,
+                 se_image: float = 0.0) -> str:
     """`ferbench plan-seeds`: the plans, as text, from a records folder or from given variance parts (percentage
     points, as the CSV export lists them). Raises FERBenchError for bad input, before any work."""
     try:
-        deltas = [float(d) / 100 for d in delta.split(",") if d.strip()]
+        deltas = tuple(float(d) / 100 for d in delta.split(",") if d.strip())
     except ValueError:
         raise FERBenchError(f"plan-seeds: --delta {delta}: expected comma-separated percentage points, "
                             "e.g. 1,3") from None
-    check_targets(deltas, power, alpha, comparisons)
+    targets = Targets(deltas, power, alpha, comparisons)
+    targets.check()
     if (records_dir is None) == (sd_seed is None):
         raise FERBenchError("plan-seeds: give a records folder (plans from its comparisons with the baseline) or "
                             "--sd-seed (and --se-image), not both")
@@ -155,11 +172,10 @@ def plan_command(records_dir: str | None, delta: str, baseline: str, power: floa
         from bench.results.record import load_with_predictions
 
         records, predictions = load_with_predictions(records_dir)
-        plans = plan_records(records, predictions, baseline, deltas, power, alpha, comparisons)
-        return format_plans(plans, deltas, power, alpha, comparisons, baseline)
+        return format_plans(plan_records(records, predictions, baseline, targets), targets, baseline)
     if not 0 < sd_seed <= 100 or not 0 <= se_image <= 100:  # SDs of accuracy differences; squared below
         raise FERBenchError(f"plan-seeds: expected 0 < --sd-seed <= 100 and 0 <= --se-image <= 100 (points), got "
                             f"{sd_seed:g} and {se_image:g}")
-    seeds, _ = plan(sd_seed / 100, se_image / 100, deltas, power, alpha, comparisons)
+    seeds, _ = plan(sd_seed / 100, se_image / 100, targets)
     given = Plan("given", "—", "—", 0, None, sd_seed / 100, se_image / 100, math.inf, None, seeds, {})
-    return format_plans([given], deltas, power, alpha, comparisons, None)
+    return format_plans([given], targets, None)

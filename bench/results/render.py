@@ -12,7 +12,7 @@ def _say(line: str) -> None:
     print(f"leaderboard: {line}", file=sys.stderr, flush=True)
 
 
-def render_records(records_dir: Path, out: Path, baseline: str, formats: tuple[str, ...] = ("md",),
+def render_records(records_dir: Path, out: Path, baseline: str, *, formats: tuple[str, ...] = ("md",),
                    interval: str = "combined", reported: Path | None = None, baseline_given: bool = False,
                    include_archived: bool = False, probe: bool = True) -> list[Path]:
     """Render every leaderboard of the records under `records_dir` into `out`, each cell marked when its records no

@@ -139,7 +139,7 @@ def load_reported(path: str | Path | None = None) -> list[Reported]:
     return parse_reported(data, str(path))
 
 
-def lookup(entries: Sequence[Reported], dataset: str, recipe: str, protocol: str, method: str, budget: float,
+def lookup(entries: Sequence[Reported], *, dataset: str, recipe: str, protocol: str, method: str, budget: float,
            metric: str = "accuracy") -> Reported | None:
     """The published number for one cell, if any (budgets match up to float noise: 0.1 vs 0.1000000001)."""
     for e in entries:

@@ -325,7 +325,7 @@ def minimum_detectable(v_seed: float, v_image: float, n_seeds: int, power_: floa
                                  0.0, hi, xtol=1e-12 * sd))
 
 
-def seeds_needed(delta: float, seed_var: float, v_image: float, power_: float = 0.8, alpha: float = 0.05,
+def seeds_needed(delta: float, seed_var: float, v_image: float, power_: float = 0.8, alpha: float = 0.05, *,
                  image_df: float = math.inf, max_seeds: int = 1000) -> int | None:
     """The fewest seeds (>= 2) with which a true difference `delta` is detected with probability `power_`, given
     the variance of one seed's paired difference `seed_var` (n * V_seed) and the test images' part `v_image`
