@@ -2,6 +2,7 @@
 
 import copy
 import hashlib
+import json
 import re
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from bench.errors import FERBenchError
 from bench.results.leaderboard import budget_label, render_leaderboards
 from bench.results.plots import plot_run_curves
+from bench.results.record import read_record_file
 
 
 def manifest_sha(protocol, budget, seed):
@@ -288,6 +290,28 @@ def test_malformed_field_raises(tmp_path, field, value):
     cur[last] = value
     with pytest.raises(FERBenchError, match=re.escape(rec["run_id"]) + ".*" + re.escape(field)):
         render_leaderboards([rec], tmp_path)
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("metrics.final.accuracy", 85.3, "a fraction in [0, 1]"), ("budget", -1, "a positive number"),
+    ("config.recipe", 5, "a recipe name ('harness' or a reference recipe such as adacm)")])
+def test_one_record_check_serves_record_files_and_the_leaderboards(tmp_path, field, value, expected):
+    """A value a record never holds is refused by the same check whether the record comes from a file (naming the
+    file) or is handed to the leaderboards (naming the run)."""
+    rec = make_record("fixmatch", 0, 0.8)
+    *parents, last = field.split(".")
+    cur = rec
+    for p in parents:
+        cur = cur[p]
+    cur[last] = value
+    path = tmp_path / "record.json"
+    path.write_text(json.dumps(rec), encoding="utf-8")
+    with pytest.raises(FERBenchError, match=re.escape(f"{path}: not a valid run record: {field} is {value!r}; "
+                                                      f"expected {expected}")):
+        read_record_file(path)
+    with pytest.raises(FERBenchError, match=re.escape(f"run {rec['run_id']}: field {field} is {value!r}; "
+                                                      f"expected {expected}")):
+        render_leaderboards([rec], tmp_path / "lb")
 
 
 def test_duplicate_seed_in_a_cell_raises(tmp_path):

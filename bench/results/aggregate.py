@@ -25,7 +25,6 @@ number its paper reported (`bench.results.reported`). Two protocols never share 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from bench.errors import FERBenchError
+from bench.results.record import is_number, record_problem, short_repr
 from bench.results.reported import HARNESS, Reported, lookup
 from bench.results.stats import Summary, paired_difference, summarize
 from bench.results.uncertainty import (
@@ -58,7 +58,6 @@ FINAL_METRICS: tuple[tuple[str, str, bool], ...] = (
     ("mean_class_accuracy", "mean class accuracy", True),
     ("macro_f1", "macro-F1", False),
 )
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 @dataclass(frozen=True)
@@ -93,95 +92,53 @@ class Run:
 # validation
 
 
-def _short(v: object) -> str:
-    r = repr(v)
-    return r if len(r) <= 60 else r[:57] + "..."
-
-
-def _field(record: Mapping, dotted: str, run_id: str) -> object:
-    cur: object = record
-    for part in dotted.split("."):
-        if not isinstance(cur, Mapping) or part not in cur:
-            raise FERBenchError(f"run {run_id}: missing field {dotted}")
-        cur = cur[part]
-    return cur
-
-
-def is_number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _fraction(v: object, dotted: str, run_id: str) -> float:
-    # Records hold fractions; a percent (85.3) here would silently inflate every table.
-    if not is_number(v) or not 0.0 <= float(v) <= 1.0:
-        raise FERBenchError(f"run {run_id}: field {dotted} is {_short(v)}; expected a fraction in [0, 1]")
-    return float(v)
-
-
 def parse_run(record: object, index: int, predictions: np.ndarray | None = None) -> Run:
-    """A validated run; `predictions` (2, N): test targets and predictions (`bench.results.record`)."""
+    """A run of a record checked by the one record check (`record_problem`); `predictions` (2, N): test targets
+    and predictions (`bench.results.record`), checked against the record's metrics."""
     if not isinstance(record, Mapping):
         raise FERBenchError(f"record #{index}: is {type(record).__name__}; expected a run record object")
     run_id = record.get("run_id")
-    if not isinstance(run_id, str) or not run_id:
-        raise FERBenchError(f"record #{index}: missing field run_id (got {_short(run_id)}); expected a string")
-
-    strings = {}
-    for name in ("method", "dataset", "protocol"):
-        v = _field(record, name, run_id)
-        if not isinstance(v, str) or not _SAFE_NAME.match(v):
-            raise FERBenchError(f"run {run_id}: field {name} is {_short(v)}; expected a non-empty name "
-                                "of letters, digits, '_', '.', '+' or '-'")
-        strings[name] = v
-    budget = _field(record, "budget", run_id)
-    if not is_number(budget) or budget <= 0:
-        raise FERBenchError(f"run {run_id}: field budget is {_short(budget)}; expected a positive number")
-    seed = _field(record, "seed", run_id)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise FERBenchError(f"run {run_id}: field seed is {_short(seed)}; expected an integer")
-
-    metrics: dict[str, float] = {}
-    for key, _, required in FINAL_METRICS:
-        dotted = f"metrics.final.{key}"
-        if required:
-            metrics[key] = _fraction(_field(record, dotted, run_id), dotted, run_id)
-        else:
-            final = _field(record, "metrics.final", run_id)
-            if isinstance(final, Mapping) and key in final:
-                metrics[key] = _fraction(final[key], dotted, run_id)
+    problem = record_problem(record)
+    if problem is not None and problem.field == "run_id" or not isinstance(run_id, str) or not run_id:
+        raise FERBenchError(f"record #{index}: missing field run_id (got {short_repr(run_id)}); expected a string")
+    if problem is not None:
+        said = f"missing field {problem.field}" if problem.absent else \
+            f"field {problem.detail}" if problem.kind == "invalid" else str(problem)
+        raise FERBenchError(f"run {run_id}: {said}")
+    final = record["metrics"]["final"]
+    metrics = {key: float(final[key]) for key, _, _ in FINAL_METRICS if key in final}
     if "best_accuracy" in record["metrics"]:
-        metrics["best_accuracy"] = _fraction(record["metrics"]["best_accuracy"], "metrics.best_accuracy", run_id)
-    recipe = _recipe(record, run_id)
-    ids, groups = None, None
+        metrics["best_accuracy"] = float(record["metrics"]["best_accuracy"])
+    groups = None
     if predictions is not None:
-        predictions = np.asarray(predictions)
-        if predictions.ndim != 2 or predictions.shape[0] not in (2, 3) or predictions.shape[1] < 2:
-            raise FERBenchError(f"run {run_id}: its predictions have shape {predictions.shape}; expected (2, N) "
-                                "targets and predictions, or (3, N) with a group id per image, N >= 2")
-        if predictions.shape[0] == 3:
-            groups, predictions = predictions[2], predictions[:2]
-        for key, _, _ in FINAL_METRICS:  # a predictions file of another run (or test set) gives other numbers
-            if key not in metrics:
-                continue
-            theta, _ = metric_influence(key, predictions[0], predictions[1][None, :])
-            if not math.isclose(float(theta[0]), metrics[key], abs_tol=1e-9):
-                raise FERBenchError(f"run {run_id}: its predictions give {key} {theta[0]:.6f}, the record "
-                                    f"{metrics[key]:.6f}; the predictions file is not this run's")
-        ids = _field(record, "predictions.test_ids_sha256", run_id)
-    return Run(run_id=run_id, budget=float(budget), seed=seed, metrics=metrics, record=record,
-               predictions=predictions, test_ids=ids, recipe=recipe, groups=groups, **strings)
+        if "predictions" not in record:  # the test images' ids are what pairs two runs' predictions
+            raise FERBenchError(f"run {run_id}: missing field predictions.test_ids_sha256")
+        predictions, groups = _checked_predictions(run_id, predictions, metrics)
+    return Run(run_id=run_id, method=record["method"], dataset=record["dataset"], protocol=record["protocol"],
+               budget=float(record["budget"]), seed=record["seed"], metrics=metrics, record=record,
+               predictions=predictions, recipe=record["config"].get("recipe", HARNESS), groups=groups,
+               test_ids=None if predictions is None else record["predictions"]["test_ids_sha256"])
 
 
-def _recipe(record: Mapping, run_id: str) -> str:
-    # Records written before RunConfig.recipe existed have no such key: they ran the harness protocol.
-    config = record.get("config")
-    if not isinstance(config, Mapping) or "recipe" not in config:
-        return HARNESS
-    recipe = config["recipe"]
-    if not isinstance(recipe, str) or not _SAFE_NAME.match(recipe):
-        raise FERBenchError(f"run {run_id}: field config.recipe is {_short(recipe)}; expected a recipe name "
-                            f"('{HARNESS}' or a reference recipe such as adacm)")
-    return recipe
+def _checked_predictions(run_id: str, predictions: np.ndarray,
+                         metrics: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray | None]:
+    """(targets and predictions (2, N), group ids (N,) or None) of a run's predictions array, which must give the
+    record's own metrics (a predictions file of another run, or test set, gives other numbers)."""
+    predictions = np.asarray(predictions)
+    if predictions.ndim != 2 or predictions.shape[0] not in (2, 3) or predictions.shape[1] < 2:
+        raise FERBenchError(f"run {run_id}: its predictions have shape {predictions.shape}; expected (2, N) "
+                            "targets and predictions, or (3, N) with a group id per image, N >= 2")
+    groups = None
+    if predictions.shape[0] == 3:
+        groups, predictions = predictions[2], predictions[:2]
+    for key, _, _ in FINAL_METRICS:
+        if key not in metrics:
+            continue
+        theta, _ = metric_influence(key, predictions[0], predictions[1][None, :])
+        if not math.isclose(float(theta[0]), metrics[key], abs_tol=1e-9):
+            raise FERBenchError(f"run {run_id}: its predictions give {key} {theta[0]:.6f}, the record "
+                                f"{metrics[key]:.6f}; the predictions file is not this run's")
+    return predictions, groups
 
 
 def check_unique(runs: Iterable[Run], key: Callable[[Run], tuple], what: str) -> None:

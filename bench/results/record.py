@@ -1,5 +1,7 @@
 """Run records: one JSON file per run, written atomically, named by its run id; their schema (`Record`) is the one
-the trainer writes and every reader (leaderboards, exports, `ferbench status`) reads through `read_record`.
+the trainer writes, and `record_problem` is the one check of a record, whoever reads it: record files
+(`read_record`: leaderboards, exports, `ferbench status`, a rerun) and the records the leaderboards are handed
+(`bench.results.aggregate.parse_run`).
 
 Accuracies are fractions in [0, 1]. Keys added after the first records were written are `NotRequired`: a record
 written before them still reads. A record of a newer schema version than this code knows is not read (the
@@ -16,7 +18,6 @@ import os
 import re
 import sys
 import tempfile
-import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,14 @@ from typing import Any
 # pydantic reads NotRequired only from typing_extensions' TypedDict before Python 3.12
 from typing_extensions import NotRequired, TypedDict
 
+from bench.bundles import HARNESS
 from bench.errors import FERBenchError
 
 SCHEMA = "ferbench.record/1"
 _SCHEMA = re.compile(r"^ferbench\.record/(\d+)$")
 SCHEMA_VERSION = 1
+#: how records name their dataset, method, protocol and recipe: also a file name and a table key
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
 class SplitInfo(TypedDict):
@@ -159,15 +163,6 @@ def schema_version(data: Any) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def _missing(data: dict[str, Any], schema: type, where: str) -> list[str]:
-    """The required keys of TypedDict `schema` (and of the TypedDicts inside it) that `data` lacks."""
-    out = [f"{where}{key}" for key in sorted(schema.__required_keys__) if key not in data]
-    for key, hint in typing.get_type_hints(schema).items():
-        if typing.is_typeddict(hint) and isinstance(data.get(key), dict):
-            out += _missing(data[key], hint, f"{where}{key}.")
-    return out
-
-
 #: significant digits of a fingerprint's digest
 DIGITS = 4
 
@@ -191,20 +186,34 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def type_problem(data: Any, schema: Any) -> str | None:
-    """The first place where `data` (parsed JSON) is not of type `schema` (a TypedDict of this module, or any type
-    pydantic checks), as "field.path: what is wrong (got value)"; None when it is. Strict: values as JSON writes
-    them, nothing coerced ("1" is not a number)."""
+def _errors(data: Any, schema: Any) -> list[dict[str, Any]]:
+    """pydantic's errors of `data` against `schema` (strict: values as JSON writes them, nothing coerced), in the
+    order of the schema's fields; [] when it is of that type."""
     from pydantic import ValidationError
 
     try:
         _adapter(schema).validate_python(data, strict=True)
     except ValidationError as e:
-        err = e.errors(include_url=False)[0]
-        where = ".".join(str(x) for x in err["loc"]) or "the whole file"
-        got = "" if err["type"] == "missing" else f" (got {_shown(err['input'])})"
-        return f"{where}: {err['msg'][0].lower()}{err['msg'][1:]}{got}"
-    return None
+        return e.errors(include_url=False)
+    return []
+
+
+def _dotted(err: dict[str, Any]) -> str:
+    return ".".join(str(x) for x in err["loc"])
+
+
+def _said(err: dict[str, Any]) -> str:
+    """One pydantic error as "field.path: what is wrong (got value)"."""
+    got = "" if err["type"] == "missing" else f" (got {_shown(err['input'])})"
+    return f"{_dotted(err) or 'the whole file'}: {err['msg'][0].lower()}{err['msg'][1:]}{got}"
+
+
+def type_problem(data: Any, schema: Any) -> str | None:
+    """The first place where `data` (parsed JSON) is not of type `schema` (a TypedDict of this module, or any type
+    pydantic checks), as "field.path: what is wrong (got value)"; None when it is. Strict: values as JSON writes
+    them, nothing coerced ("1" is not a number)."""
+    errors = _errors(data, schema)
+    return _said(errors[0]) if errors else None
 
 
 def fingerprint_problem(fp: Any, key: str | None = None) -> str | None:
@@ -226,25 +235,93 @@ def fingerprint_problem(fp: Any, key: str | None = None) -> str | None:
     return None
 
 
-def read_record(data: Any, path: Path | str) -> Record:
-    """`data` (a parsed record file) as a `Record`: every required key present and every field of its type, its
-    fingerprint whole (one line naming the file and the first field that is not, otherwise); a newer schema raises
-    `FutureRecord`."""
+def is_number(v: object) -> bool:
+    """A JSON number that is one: not a bool, not nan or infinite."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def short_repr(v: object) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    """The first thing that makes a parsed file not a valid run record (`record_problem`)."""
+
+    kind: str  # "not a record" | "newer" | "incomplete" (keys of the record itself missing) | "invalid"
+    field: str  # the dotted field it is about
+    detail: str  # "invalid": what is wrong, from the field's name on; "incomplete": how many more keys are missing
+    absent: bool = False  # the field is missing
+
+    def __str__(self) -> str:
+        if self.kind == "incomplete":
+            return f"not a complete run record: no {self.field}{self.detail}"
+        if self.kind == "invalid":
+            return f"not a valid run record: {self.detail}"
+        return self.detail
+
+
+#: the values a record's type does not pin down, each checked when it is of its type (why: the leaderboards key and
+#: name files by these names, and a percent (85.3) where a fraction belongs would inflate every table silently)
+_NAME_WORDS = "a non-empty name of letters, digits, '_', '.', '+' or '-'"
+_VALUE_CHECKS: tuple[tuple[str, Callable[[Any], bool], str], ...] = (
+    ("run_id", lambda v: v != "", "a non-empty string"),
+    ("method", NAME.match, _NAME_WORDS),
+    ("dataset", NAME.match, _NAME_WORDS),
+    ("protocol", NAME.match, _NAME_WORDS),
+    ("budget", lambda v: is_number(v) and v > 0, "a positive number"),
+    *((f"metrics.final.{k}", lambda v: is_number(v) and 0.0 <= v <= 1.0, "a fraction in [0, 1]")
+      for k in ("accuracy", "mean_class_accuracy", "macro_f1")),
+    ("metrics.best_accuracy", lambda v: is_number(v) and 0.0 <= v <= 1.0, "a fraction in [0, 1]"),
+    ("config.recipe", lambda v: isinstance(v, str) and NAME.match(v),
+     f"a recipe name ('{HARNESS}' or a reference recipe such as adacm)"),
+)
+
+
+_ABSENT = object()
+
+
+def _value_problem(data: dict[str, Any]) -> RecordProblem | None:
+    for dotted, ok, words in _VALUE_CHECKS:
+        node: Any = data
+        for part in dotted.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT and not ok(node):
+            return RecordProblem("invalid", dotted, f"{dotted} is {short_repr(node)}; expected {words}")
+    return None
+
+
+def record_problem(data: Any) -> RecordProblem | None:
+    """The one check of a run record, whoever reads it (record files, the leaderboards' records): the first thing
+    that makes `data` not one, or None. In order: its schema (none, or newer than this code's), the keys it lacks,
+    a field not of its type (`Record`), a fingerprint that is not whole (`fingerprint_problem`), a value its type
+    allows but a record never holds (a name that is no file name, a budget <= 0, an accuracy outside [0, 1])."""
     version = schema_version(data)
     if version is None:
-        raise FERBenchError(f"{path}: not a run record (no 'schema': '{SCHEMA}')")
+        return RecordProblem("not a record", "schema", f"not a run record (no 'schema': '{SCHEMA}')")
     if version > SCHEMA_VERSION:
-        raise FutureRecord(f"{path}: a record of schema {data['schema']}, newer than this code's {SCHEMA}")
-    missing = _missing(data, Record, "")
-    if missing:
-        raise FERBenchError(f"{path}: not a complete run record: no {missing[0]}"
-                            + (f" (and {len(missing) - 1} more keys)" if len(missing) > 1 else ""))
-    problem = type_problem(data, Record)
-    if problem is None and "fingerprint" in data:
-        problem = (fp := fingerprint_problem(data["fingerprint"])) and f"fingerprint.{fp}"
-    if problem:
-        raise FERBenchError(f"{path}: not a valid run record: {problem}")
-    return data
+        return RecordProblem("newer", "schema", f"a record of schema {data['schema']}, newer than this code's "
+                                                f"{SCHEMA}")
+    errors = _errors(data, Record)
+    missing = sorted(str(e["loc"][0]) for e in errors if e["type"] == "missing" and len(e["loc"]) == 1)
+    if missing:  # keys of the record itself: a truncated or hand-made file
+        more = f" (and {len(missing) - 1} more keys)" if len(missing) > 1 else ""
+        return RecordProblem("incomplete", missing[0], more, absent=True)
+    if errors:
+        return RecordProblem("invalid", _dotted(errors[0]), _said(errors[0]), absent=errors[0]["type"] == "missing")
+    if "fingerprint" in data and (fp := fingerprint_problem(data["fingerprint"])):
+        return RecordProblem("invalid", "fingerprint", f"fingerprint.{fp}")
+    return _value_problem(data)
+
+
+def read_record(data: Any, path: Path | str) -> Record:
+    """`data` (a parsed record file) as a `Record` (`record_problem`: one line naming the file and the first thing
+    that makes it not one); a newer schema raises `FutureRecord`."""
+    problem = record_problem(data)
+    if problem is None:
+        return data
+    raise (FutureRecord if problem.kind == "newer" else FERBenchError)(f"{path}: {problem}")
 
 
 def read_json_file(path: Path | str, what: str = "a run record") -> Any:

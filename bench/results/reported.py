@@ -10,7 +10,6 @@ entry and fails on the first malformed one with one line naming the file and the
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +19,13 @@ import yaml
 from bench.bundles import HARNESS  # the fair-comparison protocol; every other recipe reproduces a paper
 from bench.config import BUDGET_PROTOCOLS
 from bench.errors import FERBenchError
+from bench.results.record import NAME, is_number, short_repr  # names as run records give them
 
 DEFAULT_PATH = Path(__file__).with_name("reported.yaml")
 SELECTIONS = ("final", "best")  # last checkpoint | best over epochs on the test set
 METRICS = ("accuracy",)
 FIELDS = ("paper", "source", "dataset", "budget_protocol", "budget", "method", "recipe", "metric", "value",
           "selection")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")  # as run records name datasets, methods, recipes
 
 
 @dataclass(frozen=True)
@@ -48,18 +47,9 @@ class Reported:
         return self.dataset, self.recipe, self.budget_protocol, self.budget, self.method, self.metric
 
 
-def _short(v: object) -> str:
-    r = repr(v)
-    return r if len(r) <= 60 else r[:57] + "..."
-
-
-def _number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 def _parse_entry(raw: object, where: str) -> Reported:
     def bad(name: str, expected: str) -> FERBenchError:
-        return FERBenchError(f"{where}: field {name} is {_short(raw[name])}; expected {expected}")
+        return FERBenchError(f"{where}: field {name} is {short_repr(raw[name])}; expected {expected}")
 
     if not isinstance(raw, Mapping):
         raise FERBenchError(f"{where}: is {type(raw).__name__}; expected a mapping of {', '.join(FIELDS)}")
@@ -73,7 +63,7 @@ def _parse_entry(raw: object, where: str) -> Reported:
         if not isinstance(raw[name], str) or not raw[name].strip():
             raise bad(name, "a non-empty string")
     for name in ("dataset", "method", "recipe"):
-        if not isinstance(raw[name], str) or not _NAME.match(raw[name]):
+        if not isinstance(raw[name], str) or not NAME.match(raw[name]):
             raise bad(name, "a name as run records write it (letters, digits, '_', '.', '+', '-')")
     if raw["recipe"] == HARNESS:  # a paper's number never comes from this harness's protocol
         raise bad("recipe", "a reference recipe (adacm, leaf, sitfer, ssfer, usb, ...), not 'harness'")
@@ -82,14 +72,14 @@ def _parse_entry(raw: object, where: str) -> Reported:
         raise bad("budget_protocol", f"one of {', '.join(BUDGET_PROTOCOLS)}")
     budget = raw["budget"]
     if protocol == "fraction":
-        if not _number(budget) or not 0 < budget <= 1:  # records hold 0.05 for 5 %, not 5
+        if not is_number(budget) or not 0 < budget <= 1:  # records hold 0.05 for 5 %, not 5
             raise bad("budget", "a per-class fraction in (0, 1], as records hold it (0.05 for 5%)")
-    elif not _number(budget) or budget != int(budget) or budget < 1:
+    elif not is_number(budget) or budget != int(budget) or budget < 1:
         raise bad("budget", f"a whole number of labels ({protocol}), at least 1")
     if raw["metric"] not in METRICS:
         raise bad("metric", f"one of {', '.join(METRICS)}")
     value = raw["value"]
-    if not _number(value) or not 1 < value <= 100:  # a fraction (0.84) would compare 100x off
+    if not is_number(value) or not 1 < value <= 100:  # a fraction (0.84) would compare 100x off
         raise bad("value", "a percentage in (1, 100]")
     if raw["selection"] not in SELECTIONS:
         raise bad("selection", f"one of {', '.join(SELECTIONS)} (best = best over epochs on the test set)")
