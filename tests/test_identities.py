@@ -33,8 +33,8 @@ AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE
 
 def _manifest(folder: Path) -> tuple[str, str]:
     data = load_prepared(folder)
-    m = make_split(data.name, data.fingerprint, data.train.ids, data.train.labels, data.num_classes, "fraction",
-                   0.1, 0, data.class_names)
+    m = make_split(data.name, data.fingerprint, data.train.ids, data.train.labels, data.num_classes,
+                   protocol="fraction", budget=0.1, split_seed=0, class_names=data.class_names)
     return data.fingerprint, m["sha256"]
 
 

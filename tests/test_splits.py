@@ -29,9 +29,9 @@ def test_unknown_protocol() -> None:
 
 
 def test_manifest_is_a_pure_function_of_its_inputs(tmp_path) -> None:
-    a = make_split("d", "fp", IDS, LABELS, 7, "fraction", 0.1, split_seed=3)
-    b = make_split("d", "fp", IDS, LABELS, 7, "fraction", 0.1, split_seed=3)
-    c = make_split("d", "fp", IDS, LABELS, 7, "fraction", 0.1, split_seed=4)
+    a = make_split("d", "fp", IDS, LABELS, 7, protocol="fraction", budget=0.1, split_seed=3)
+    b = make_split("d", "fp", IDS, LABELS, 7, protocol="fraction", budget=0.1, split_seed=3)
+    c = make_split("d", "fp", IDS, LABELS, 7, protocol="fraction", budget=0.1, split_seed=4)
     assert a == b
     assert a["sha256"] != c["sha256"] and a["labeled_ids"] != c["labeled_ids"]
     assert a["per_class_labeled"] == [1, 1, 4, 3, 1, 0, 2] and a["n_labeled"] == 12
@@ -39,7 +39,8 @@ def test_manifest_is_a_pure_function_of_its_inputs(tmp_path) -> None:
     assert np.bincount(LABELS[chosen], minlength=7).tolist() == [1, 1, 4, 3, 1, 0, 2]
     assert len(set(a["labeled_ids"])) == 12
     # A different dataset content (fingerprint) is a different manifest.
-    assert make_split("d", "fp2", IDS, LABELS, 7, "fraction", 0.1, 3)["sha256"] != a["sha256"]
+    other = make_split("d", "fp2", IDS, LABELS, 7, protocol="fraction", budget=0.1, split_seed=3)
+    assert other["sha256"] != a["sha256"]
     path = save_manifest(a, tmp_path)
     assert path.name == f"d-fraction0.1-seed3-{a['sha256'][:12]}.json"
     import hashlib
@@ -103,9 +104,9 @@ def test_count_budget_errors(protocol: str, budget: float, message: str) -> None
 def test_manifest_records_per_class_counts_for_count_protocols() -> None:
     labels = np.repeat(np.arange(3), [10, 3, 5])
     ids = [f"x{i}" for i in range(len(labels))]
-    m = make_split("d", "fp", ids, labels, 3, "total", 10, split_seed=0, class_names=["A", "B", "C"])
+    m = make_split("d", "fp", ids, labels, 3, protocol="total", budget=10, split_seed=0, class_names=["A", "B", "C"])
     assert m["per_class_labeled"] == [4, 2, 4] and m["class_sizes"] == [10, 3, 5] and m["n_labeled"] == 10
     assert np.bincount(labels[m["labeled_index"]], minlength=3).tolist() == [4, 2, 4]
     assert m["class_names"] == ["A", "B", "C"]
     with pytest.raises(FERBenchError, match="dataset 'd': budget 6 too large for protocol 'per_class': class B"):
-        make_split("d", "fp", ids, labels, 3, "per_class", 6, split_seed=0, class_names=["A", "B", "C"])
+        make_split("d", "fp", ids, labels, 3, protocol="per_class", budget=6, split_seed=0, class_names=["A", "B", "C"])

@@ -24,7 +24,7 @@ import os
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,9 @@ import numpy as np
 from datasets.arrow_writer import ArrowWriter
 from PIL import Image
 
-from bench.data.datasets import get_dataset
+from bench.checks import check_value
+from bench.config import ImageSide
+from bench.data.datasets import DatasetSpec, get_dataset
 from bench.data.records import ReadReport, SampleRecord
 from bench.data.splits import IDENTITY
 from bench.errors import FERBenchError
@@ -187,6 +189,30 @@ def decode_records(records: list[SampleRecord], size: int, workers: int,
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+@dataclass(frozen=True)
+class _Preparation:
+    """One dataset being prepared: `prepare_dataset`'s arguments, resolved."""
+
+    name: str
+    root: str | None
+    options: dict[str, Any] | None
+    image_size: int
+    protocol: str
+    num_classes: int
+    on_bad_image: str
+    workers: int
+    progress: bool
+
+
+@dataclass
+class _Written:
+    """What writing the splits gave: per split its image and class counts; the images left out; the identity."""
+
+    counts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bad: list[dict[str, str]] = field(default_factory=list)
+    identity: str = ""
+
+
 def prepare_dataset(
     name: str,
     root: str | None = None,
@@ -194,6 +220,7 @@ def prepare_dataset(
     cache_dir: str | None = None,
     options: dict[str, Any] | None = None,
     on_bad_image: str = "fail",
+    *,
     workers: int | None = None,
     progress: bool = False,
     label_protocol: str | None = None,
@@ -205,8 +232,7 @@ def prepare_dataset(
     """
     if on_bad_image not in ("fail", "skip"):
         raise FERBenchError(f"on_bad_image={on_bad_image!r}: expected 'fail' or 'skip'")
-    if image_size < 8 or image_size > 1024:
-        raise FERBenchError(f"image_size={image_size}: expected 8..1024 pixels")
+    check_value(image_size, ImageSide, "image_size")
     spec = get_dataset(name)
     protocol = spec.protocol(label_protocol)
     cache = default_cache_dir(cache_dir)
@@ -218,66 +244,14 @@ def prepare_dataset(
     out = cache / "prepared" / f"{spec.key(protocol)}-{image_size}px-{fp[:16]}-f{CACHE_FORMAT}"
     if (out / "info.json").is_file():
         return out
-    workers = workers if workers is not None else default_workers()
+    prep = _Preparation(name, root, options, image_size, protocol, spec.num_classes_for(protocol), on_bad_image,
+                        workers if workers is not None else default_workers(), progress)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    bad: list[dict[str, str]] = []
-    counts: dict[str, dict[str, Any]] = {}
-    num_classes = spec.num_classes_for(protocol)
-    identity = IdentityHash(_identity_salt(image_size, protocol))
     try:
-        for split in SPLITS:
-            identity.split(split)
-            recs = [r for r in records if r.split == split]
-            if not recs:
-                raise FERBenchError(f"dataset {name!r} at {root}: no {split} images found")
-            writer = ArrowWriter(features=_features(), path=str(tmp / f"{split}.arrow"))
-            batch: dict[str, list] = {"id": [], "label": [], "native_label": []}
-            per_class = [0] * num_classes
-            it = decode_records(recs, image_size, workers)
-            if progress:
-                from tqdm import tqdm
-
-                it = tqdm(it, total=len(recs), desc=f"prepare {name} {split}", unit="img")
-            with open(images_file(tmp, split), "wb") as pixels:
-                for r, img in zip(recs, it):
-                    if isinstance(img, str):
-                        if on_bad_image == "fail":
-                            raise FERBenchError(f"{r.path}: unreadable image ({img}); use --on-bad-image skip to "
-                                                "leave such images out")
-                        bad.append({"id": r.id, "path": r.path, "error": img})
-                        continue
-                    pixels.write(np.ascontiguousarray(img, dtype=np.uint8).tobytes())
-                    identity.add(r.id, r.label, r.native_label, img)
-                    for k, v in (("id", r.id), ("label", r.label), ("native_label", r.native_label)):
-                        batch[k].append(v)
-                    per_class[r.label] += 1
-                    if len(batch["id"]) >= 1024:
-                        writer.write_batch(batch)
-                        batch = {k: [] for k in batch}
-            if batch["id"]:
-                writer.write_batch(batch)
-            n, _ = writer.finalize()
-            counts[split] = {"images": n, "per_class": per_class}
-        info = {
-            "dataset": spec.key(protocol),
-            "dataset_name": name,
-            "label_protocol": protocol,
-            "root": str(root) if root else None,
-            "options": options or {},
-            "image_size": image_size,
-            "source_stamp": fp,
-            "identity": identity.hexdigest(),
-            "class_names": list(spec.class_names_for(protocol)),
-            "native_codes": {str(c): code for c, code in spec.native_codes(protocol).items()},
-            "counts": counts,
-            "dropped": {f"{split}: {reason}": n for (split, reason), n in sorted(report.dropped.items())},
-            "reader_notes": report.notes,
-            "bad_images": bad,
-            "prepare_version": PREPARE_VERSION,
-            "cache_format": CACHE_FORMAT,
-        }
+        written = _write_splits(tmp, records, prep)
+        info = _info(prep, spec, fp, report, written)
         (tmp / "info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         if out.exists():  # another process finished first: keep theirs
             shutil.rmtree(tmp)
@@ -287,6 +261,88 @@ def prepare_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _write_splits(folder: Path, records: list[SampleRecord], prep: _Preparation) -> _Written:
+    """Each split's Arrow file and pixel file under `folder`, hashing the identity as the images go by."""
+    written = _Written()
+    identity = IdentityHash(_identity_salt(prep.image_size, prep.protocol))
+    for split in SPLITS:
+        identity.split(split)
+        recs = [r for r in records if r.split == split]
+        if not recs:
+            raise FERBenchError(f"dataset {prep.name!r} at {prep.root}: no {split} images found")
+        counts, bad = _write_split(folder, split, recs, prep, identity)
+        written.counts[split] = counts
+        written.bad += bad
+    written.identity = identity.hexdigest()
+    return written
+
+
+def _write_split(folder: Path, split: str, recs: list[SampleRecord], prep: _Preparation,
+                 identity: IdentityHash) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """One split: ids and labels to `<split>.arrow`, pixels to its raw file. Returns (counts, images left out)."""
+    writer = ArrowWriter(features=_features(), path=str(folder / f"{split}.arrow"))
+    batch: dict[str, list] = {"id": [], "label": [], "native_label": []}
+    per_class = [0] * prep.num_classes
+    bad: list[dict[str, str]] = []
+    with open(images_file(folder, split), "wb") as pixels:
+        for r, img in zip(recs, _decoded(recs, split, prep)):
+            if isinstance(img, str):
+                bad.append(_bad_image(r, img, prep.on_bad_image))
+                continue
+            pixels.write(np.ascontiguousarray(img, dtype=np.uint8).tobytes())
+            identity.add(r.id, r.label, r.native_label, img)
+            for k, v in (("id", r.id), ("label", r.label), ("native_label", r.native_label)):
+                batch[k].append(v)
+            per_class[r.label] += 1
+            if len(batch["id"]) >= 1024:
+                writer.write_batch(batch)
+                batch = {k: [] for k in batch}
+    if batch["id"]:
+        writer.write_batch(batch)
+    n, _ = writer.finalize()
+    return {"images": n, "per_class": per_class}, bad
+
+
+def _decoded(recs: list[SampleRecord], split: str, prep: _Preparation) -> Iterator[np.ndarray | str]:
+    """The split's decoded images (or error strings), in order, with a progress bar if asked."""
+    it = decode_records(recs, prep.image_size, prep.workers)
+    if prep.progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, total=len(recs), desc=f"prepare {prep.name} {split}", unit="img")
+    return it
+
+
+def _bad_image(r: SampleRecord, error: str, on_bad_image: str) -> dict[str, str]:
+    """The entry of an unreadable image in info.json's `bad_images`, or a FERBenchError under "fail"."""
+    if on_bad_image == "fail":
+        raise FERBenchError(f"{r.path}: unreadable image ({error}); use --on-bad-image skip to leave such images out")
+    return {"id": r.id, "path": r.path, "error": error}
+
+
+def _info(prep: _Preparation, spec: DatasetSpec, fp: str, report: ReadReport, written: _Written) -> dict[str, Any]:
+    """info.json: what was prepared, from what, and the dataset's identity."""
+    protocol = prep.protocol
+    return {
+        "dataset": spec.key(protocol),
+        "dataset_name": prep.name,
+        "label_protocol": protocol,
+        "root": str(prep.root) if prep.root else None,
+        "options": prep.options or {},
+        "image_size": prep.image_size,
+        "source_stamp": fp,
+        "identity": written.identity,
+        "class_names": list(spec.class_names_for(protocol)),
+        "native_codes": {str(c): code for c, code in spec.native_codes(protocol).items()},
+        "counts": written.counts,
+        "dropped": {f"{split}: {reason}": n for (split, reason), n in sorted(report.dropped.items())},
+        "reader_notes": report.notes,
+        "bad_images": written.bad,
+        "prepare_version": PREPARE_VERSION,
+        "cache_format": CACHE_FORMAT,
+    }
 
 
 def load_prepared(path: str | Path) -> PreparedDataset:

@@ -37,7 +37,7 @@ def corrupt_file(path: Path) -> None:
     Path(path).write_bytes(data[:40])
 
 
-def write_rafdb_replica(root: Path, train_labels: Sequence[int], test_labels: Sequence[int],
+def write_rafdb_replica(root: Path, train_labels: Sequence[int], test_labels: Sequence[int], *,
                         spelling: str = "patition", fields: int = 2, size: int = 100, originals: bool = True,
                         seed: int = 0) -> Path:
     """Write `root/basic` in the RAF-DB basic layout and return the `basic` path.

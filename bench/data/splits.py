@@ -119,6 +119,7 @@ def make_split(
     ids: list[str],
     labels: np.ndarray,
     num_classes: int,
+    *,
     protocol: str,
     budget: float,
     split_seed: int,

@@ -27,6 +27,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -104,22 +105,33 @@ def _ellipse(cx: float, cy: float, rx: float, ry: float, n: int = 28, rot: float
     return _xy(cx + x, cy + y, n)
 
 
-def _arc(x0: float, y0: float, x1: float, y1: float, ymid: float, n: int = 12, power: float = 1.0) -> np.ndarray:
+def _arc(x0: float, y0: float, x1: float, y1: float, ymid: float, *, n: int = 12, power: float = 1.0) -> np.ndarray:
     """Curve from (x0, y0) to (x1, y1) whose middle is displaced to `ymid` (parabola-like)."""
     _, frac, bump = _unit_arc(n, power)
     return _xy(x0 + (x1 - x0) * frac, y0 + (y1 - y0) * frac + (ymid - (y0 + y1) / 2.0) * bump, n)
 
 
+@dataclass(frozen=True)
+class _Pose:
+    """Where the face lies on the canvas: centre (pixels), scale (pixels per face unit), roll (radians), yaw."""
+
+    cx: float
+    cy: float
+    scale: float
+    angle: float
+    yaw: float
+
+
 class _Painter:
     """Draws face-coordinate polygons and lines onto the supersampled canvas through a pose transform."""
 
-    def __init__(self, img: Image.Image, cx: float, cy: float, scale: float, angle: float, yaw: float) -> None:
+    def __init__(self, img: Image.Image, pose: _Pose) -> None:
         self.draw = ImageDraw.Draw(img, "RGBA")  # RGBA mode blends translucent fills into the RGB canvas
-        c, s = math.cos(angle), math.sin(angle)
-        self.rot = np.array([[c, s], [-s, c]]) * scale  # row-vector form: pts @ rot
-        self.offset = np.array([cx, cy])
-        self.scale = scale
-        self.yaw_shift = np.array([c, s]) * scale * yaw  # image-space shift per unit of feature depth
+        c, s = math.cos(pose.angle), math.sin(pose.angle)
+        self.rot = np.array([[c, s], [-s, c]]) * pose.scale  # row-vector form: pts @ rot
+        self.offset = np.array([pose.cx, pose.cy])
+        self.scale = pose.scale
+        self.yaw_shift = np.array([c, s]) * pose.scale * pose.yaw  # image-space shift per unit of feature depth
 
     def tf(self, pts: np.ndarray, depth: float = 0.0) -> list[float]:
         # Yaw as a horizontal shift proportional to depth: nearer features (nose) move more than the outline.
@@ -205,21 +217,58 @@ def _background(rng: np.random.Generator, n: int, nuis: float) -> np.ndarray:
     return bg + noise
 
 
-def _render(rng: np.random.Generator, native: int, size: int, p: dict[str, Any]) -> Image.Image:
-    nuis = float(p["nuisance"])
+class _Draws:
+    """An image's RNG and its nuisance draws, `center + half * nuisance * U(-1, 1)`."""
 
-    def u(center: float, half: float) -> float:
-        return center + half * nuis * rng.uniform(-1.0, 1.0)
+    def __init__(self, rng: np.random.Generator, nuisance: float) -> None:
+        self.rng = rng
+        self.nuis = nuisance
 
-    a = _draw_aus(rng, native, p)
+    def u(self, center: float, half: float) -> float:
+        return center + half * self.nuis * self.rng.uniform(-1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class _Face:
+    """One face in face coordinates: its expression (AU intensity by AU number) and its identity."""
+
+    au: dict[int, float]
+    aspect: float  # half-height / half-width
+    jaw: float  # how much the lower half narrows towards the chin
+    skin: tuple[int, ...]
+    hair: tuple[int, ...]
+    hair_kind: int  # 0 short, 1 long, 2 bangs, 3 very short / bald
+    hairline: float
+    es: float  # eye half-spacing
+    ew: float  # eye half-width
+    eo: float  # eye opening
+    iris: tuple[int, ...]
+    bt: float  # brow thickness
+    bh: float  # brow height offset
+    brow_col: tuple[int, ...]
+    mw: float  # mouth half-width
+    lip_u: float  # upper lip thickness
+    lip_l: float  # lower lip thickness
+    my: float  # mouth height
+    lip_col: tuple[int, ...]
+    nose_len: float
+    gaze: tuple[float, float]
+
+    @property
+    def chin(self) -> float:
+        return self.aspect + 0.12 * self.au[26]  # the jaw drop (AU26) lowers the chin
+
+
+def _draw_face(d: _Draws, native: int, p: dict[str, Any]) -> _Face:
+    """The expression of class `native`, then the identity (the draws in this order)."""
+    a = _draw_aus(d.rng, native, p)
     au = {k: float(a[i]) for k, i in AU_INDEX.items()}
-
-    # Identity.
+    rng, u = d.rng, d.u
     aspect = u(1.3, 0.15)
     jaw = u(0.22, 0.15)
     skin = _mix(SKIN_LIGHT, SKIN_DARK, rng.uniform(0, 1) ** 1.3)
     hair = HAIR_COLORS[int(rng.integers(len(HAIR_COLORS)))]
-    hair_kind = int(rng.integers(0, 4))  # 0 short, 1 long, 2 bangs, 3 very short / bald
+    hair_kind = int(rng.integers(0, 4))
     hairline = u(-0.82, 0.1)
     es = u(0.39, 0.06)  # eye half-spacing
     ew = u(0.19, 0.035)  # eye half-width
@@ -234,57 +283,73 @@ def _render(rng: np.random.Generator, native: int, size: int, p: dict[str, Any])
     lip_col = _mix(skin, (170, 60, 70), rng.uniform(0.2, 0.5))
     nose_len = u(0.3, 0.05)
     gaze = (u(0.0, 0.3), u(0.0, 0.15))
+    return _Face(au, aspect, jaw, skin, hair, hair_kind, hairline, es, ew, eo, iris, bt, bh, brow_col, mw, lip_u,
+                 lip_l, my, lip_col, nose_len, gaze)
 
-    # Pose and framing (canvas is SS x size).
-    n = size * SS
-    scale = n * p["face_scale"] * math.exp(u(0.0, 0.12))
-    angle = math.radians(u(0.0, 14.0))
-    cx = n / 2 + u(0.0, 0.07) * n
-    cy = n / 2 + u(0.03, 0.06) * n
-    yaw = u(0.0, 0.22)
 
-    # Background at 1x, upsampled: its detail would not survive the final downsampling anyway.
-    bg = Image.fromarray(np.clip(_background(rng, size, nuis), 0, 255).astype(np.uint8), "RGB")
-    img = bg.resize((n, n), Image.NEAREST)  # exact: the box reduce at the end undoes it
-    pt = _Painter(img, cx, cy, scale, angle, yaw)
+def _draw_pose(d: _Draws, n: int, face_scale: float) -> _Pose:
+    """Pose and framing on the n x n (supersampled) canvas."""
+    scale = n * face_scale * math.exp(d.u(0.0, 0.12))
+    angle = math.radians(d.u(0.0, 14.0))
+    cx = n / 2 + d.u(0.0, 0.07) * n
+    cy = n / 2 + d.u(0.03, 0.06) * n
+    return _Pose(cx, cy, scale, angle, yaw=d.u(0.0, 0.22))
 
-    # Face outline (chin drops with AU26); lower half narrows towards the jaw.
+
+def _canvas(d: _Draws, size: int) -> Image.Image:
+    """The supersampled canvas holding the background, drawn at 1x: its detail would not survive the final
+    downsampling anyway."""
+    bg = Image.fromarray(np.clip(_background(d.rng, size, d.nuis), 0, 255).astype(np.uint8), "RGB")
+    return bg.resize((size * SS, size * SS), Image.NEAREST)  # exact: the box reduce at the end undoes it
+
+
+def _outline(face: _Face) -> np.ndarray:
+    """The face contour (48 points from angle 0); the lower half narrows towards the jaw."""
     cos_t, sy = _unit_circle(48)
-    chin = aspect + 0.12 * au[26]
-    face = _xy(cos_t * (1 - jaw * np.clip(sy, 0, 1) ** 2), np.where(sy > 0, chin, aspect) * sy, 48)
+    return _xy(cos_t * (1 - face.jaw * np.clip(sy, 0, 1) ** 2), np.where(sy > 0, face.chin, face.aspect) * sy, 48)
 
-    # Clothes/shoulders, neck, back hair, ears.
+
+def _draw_head(pt: _Painter, rng: np.random.Generator, face: _Face, contour: np.ndarray) -> None:
+    """Clothes/shoulders, neck, back hair and ears, then the face itself over them."""
+    chin, skin, hair = face.chin, face.skin, face.hair
     cloth = rng.uniform(10, 240, 3)
     pt.poly(np.array([[-2.6, 3.2], [-2.2, chin + 0.7], [2.2, chin + 0.7], [2.6, 3.2]]), cloth)
     pt.poly(np.array([[-0.5, 0.5], [0.5, 0.5], [0.55, chin + 0.9], [-0.55, chin + 0.9]]), _shade(skin, 0.78))
-    if hair_kind == 1:
+    if face.hair_kind == 1:
         pt.poly(np.array([[-1.2, -0.6], [-1.25, chin + 0.3], [1.25, chin + 0.3], [1.2, -0.6]]), _shade(hair, 0.85))
-    if hair_kind != 3:
-        pt.poly(_ellipse(0.0, -0.5, 1.1, aspect * 0.75 + 0.1), hair)
+    if face.hair_kind != 3:
+        pt.poly(_ellipse(0.0, -0.5, 1.1, face.aspect * 0.75 + 0.1), hair)
     for side in (-1, 1):
         pt.poly(_ellipse(side * 0.98, -0.05, 0.13, 0.24), _shade(skin, 0.85))
-    pt.poly(face, skin)
+    pt.poly(contour, skin)
 
-    # Front hair: the part of the face above the hairline; bangs come lower with a ragged edge.
-    if hair_kind in (0, 1, 2):
-        top = face[sy < 0]  # contour from left to right across the top of the head
-        hl = hairline + (0.25 if hair_kind == 2 else 0.0)
-        xs = np.linspace(1.0, -1.0, 9)
-        edge = hl + 0.12 * xs ** 2 + (rng.uniform(-0.05, 0.05, 9) if hair_kind == 2 else 0)
-        top = top[top[:, 1] < hl + 0.12 * top[:, 0] ** 2]
-        if len(top) >= 2:
-            pt.poly(np.concatenate([top, _xy(xs, edge, 9)]), hair)
 
-    dark = _shade(skin, 0.6, 170)
-    faint = _shade(skin, 0.7, 110)
+def _draw_front_hair(pt: _Painter, rng: np.random.Generator, face: _Face, contour: np.ndarray) -> None:
+    """The part of the face above the hairline; bangs come lower with a ragged edge."""
+    if face.hair_kind not in (0, 1, 2):
+        return
+    _, sy = _unit_circle(48)
+    top = contour[sy < 0]  # contour from left to right across the top of the head
+    hl = face.hairline + (0.25 if face.hair_kind == 2 else 0.0)
+    xs = np.linspace(1.0, -1.0, 9)
+    edge = hl + 0.12 * xs ** 2 + (rng.uniform(-0.05, 0.05, 9) if face.hair_kind == 2 else 0)
+    top = top[top[:, 1] < hl + 0.12 * top[:, 0] ** 2]
+    if len(top) >= 2:
+        pt.poly(np.concatenate([top, _xy(xs, edge, 9)]), face.hair)
 
-    # Cheeks (AU6 raises them: rosy patch moves up and shows under the eye).
+
+def _draw_cheeks(pt: _Painter, face: _Face) -> None:
+    """AU6 raises the cheeks: the rosy patch moves up and shows under the eye."""
+    au6 = face.au[6]
     for side in (-1, 1):
-        ch_y = 0.28 - 0.12 * au[6]
-        pt.poly(_ellipse(side * (es + 0.05), ch_y, 0.2, 0.13), _mix(skin, (220, 110, 110), 0.15) + (
-            int(50 + 90 * au[6]),), depth=0.3)
+        ch_y = 0.28 - 0.12 * au6
+        pt.poly(_ellipse(side * (face.es + 0.05), ch_y, 0.2, 0.13), _mix(face.skin, (220, 110, 110), 0.15) + (
+            int(50 + 90 * au6),), depth=0.3)
 
-    # Forehead wrinkles (AU1/AU2) and glabella lines (AU4).
+
+def _draw_wrinkles(pt: _Painter, face: _Face) -> None:
+    """Forehead wrinkles (AU1/AU2) and glabella lines (AU4)."""
+    au, skin = face.au, face.skin
     fw = max(0.0, au[1] + 0.6 * au[2] - 0.5)
     if fw > 0:
         for k in range(3):
@@ -295,8 +360,11 @@ def _render(rng: np.random.Generator, native: int, size: int, p: dict[str, Any])
             pt.line(np.array([[side * 0.06, -0.42], [side * 0.05, -0.3]]), _shade(skin, 0.65,
                     int(min(200, 200 * (au[4] - 0.2)))), 0.02, depth=0.3)
 
-    # Brows: AU1 raises the inner end, AU2 the outer end, AU4 lowers and draws them together; AU9 lowers.
-    by = -0.45 - bh
+
+def _draw_brows(pt: _Painter, face: _Face) -> None:
+    """AU1 raises the inner end, AU2 the outer end, AU4 lowers and draws them together; AU9 lowers."""
+    au, es = face.au, face.es
+    by = -0.45 - face.bh
     for side in (-1, 1):
         inner_x = side * (es - 0.17 - 0.06 * au[4])
         outer_x = side * (es + 0.23)
@@ -304,73 +372,135 @@ def _render(rng: np.random.Generator, native: int, size: int, p: dict[str, Any])
         outer_y = by + 0.03 - 0.14 * au[2] + 0.03 * au[4]
         mid_y = (inner_y + outer_y) / 2 - 0.05 - 0.05 * au[2] + 0.02 * au[4]
         brow = _arc(inner_x, inner_y, outer_x, outer_y, mid_y, n=10, power=0.8)
-        pt.line(brow, brow_col, bt, depth=0.25)
+        pt.line(brow, face.brow_col, face.bt, depth=0.25)
 
-    # Eyes: AU5 raises the upper lid, AU7 tightens both lids, AU6 pushes the lower lid up.
+
+EYE_Y = -0.2  # height of the eyes' centre line
+
+
+@dataclass(frozen=True)
+class _Eye:
+    """One eye: centre x, half-width, side (-1 left, 1 right), upper and lower lid openings."""
+
+    ex: float
+    w: float
+    side: int
+    up: float
+    lo: float
+
+
+def _draw_eyes(pt: _Painter, face: _Face, yaw: float) -> None:
+    """AU5 raises the upper lid, AU7 tightens both lids, AU6 pushes the lower lid up; yaw widens the near eye."""
+    au, eo = face.au, face.eo
     up = eo * max(0.15, 1.0 + 1.1 * au[5] - 0.55 * au[7] - 0.3 * au[6] - 0.15 * au[4] + 0.2 * au[1])
     lo = eo * max(0.1, 0.85 - 0.6 * au[6] - 0.5 * au[7] + 0.3 * au[5])
-    ey = -0.2
     for side in (-1, 1):
-        w = ew * (1.0 + 0.8 * yaw * side)
-        ex = side * es
-        xs, _, prof = _unit_arc(13, 0.7)
-        tilt = 0.03 * xs * side
-        upper = _xy(ex + w * xs, ey - tilt - up * prof, 13)
-        lower = _xy(ex + w * xs, ey - tilt + lo * prof, 13)
-        pt.poly(np.concatenate([upper, lower[::-1]]), (238, 234, 228), depth=0.3)
-        # Iris and pupil clipped to the lids, so a widened eye shows sclera above the iris.
-        ir = 0.72 * eo + 0.02
-        for radius, col in ((ir, iris), (ir * 0.45, (10, 8, 8))):
-            c = _ellipse(ex + gaze[0] * w * 0.4, ey + gaze[1] * 0.03, radius, radius, n=16)
-            cxs = np.clip((c[:, 0] - ex) / w, -1, 1)
-            p2 = (1.0 - cxs ** 2) ** 0.7
-            c[:, 1] = np.clip(c[:, 1], ey - 0.03 * cxs * side - up * p2, ey - 0.03 * cxs * side + lo * p2)
-            pt.poly(c, col, depth=0.3)
-        pt.line(upper, (25, 20, 20), 0.03, depth=0.3)
-        pt.line(lower, _shade(skin, 0.6), 0.012, depth=0.3)
-        # Lid crease above the eye follows the upper lid.
-        pt.line(_xy(ex + 0.8 * w * xs, ey - tilt - (up + 0.05) * prof - 0.015, 13), faint, 0.012, depth=0.3)
-        if au[6] > 0.35:  # crow's feet
-            for k in (-1, 0, 1):
-                o = np.array([[ex + side * (w + 0.03), ey + 0.04 * k], [ex + side * (w + 0.12), ey + 0.07 * k]])
-                pt.line(o, _shade(skin, 0.7, int(min(200, 220 * (au[6] - 0.25)))), 0.012, depth=0.3)
+        _draw_eye(pt, face, _Eye(side * face.es, face.ew * (1.0 + 0.8 * yaw * side), side, up, lo))
 
-    # Nose: AU9 wrinkles the bridge and lifts/widens the nostrils.
-    ny = 0.1 + nose_len - 0.05 * au[9] - 0.03 * au[10]
+
+def _draw_eye(pt: _Painter, face: _Face, eye: _Eye) -> None:
+    """Sclera, iris, lids, the lid crease and, with AU6, crow's feet."""
+    ex, w, side, ey = eye.ex, eye.w, eye.side, EYE_Y
+    xs, _, prof = _unit_arc(13, 0.7)
+    tilt = 0.03 * xs * side
+    upper = _xy(ex + w * xs, ey - tilt - eye.up * prof, 13)
+    lower = _xy(ex + w * xs, ey - tilt + eye.lo * prof, 13)
+    pt.poly(np.concatenate([upper, lower[::-1]]), (238, 234, 228), depth=0.3)
+    _draw_iris(pt, face, eye)
+    pt.line(upper, (25, 20, 20), 0.03, depth=0.3)
+    pt.line(lower, _shade(face.skin, 0.6), 0.012, depth=0.3)
+    # Lid crease above the eye follows the upper lid.
+    crease = _xy(ex + 0.8 * w * xs, ey - tilt - (eye.up + 0.05) * prof - 0.015, 13)
+    pt.line(crease, _shade(face.skin, 0.7, 110), 0.012, depth=0.3)
+    if face.au[6] > 0.35:  # crow's feet
+        for k in (-1, 0, 1):
+            o = np.array([[ex + side * (w + 0.03), ey + 0.04 * k], [ex + side * (w + 0.12), ey + 0.07 * k]])
+            pt.line(o, _shade(face.skin, 0.7, int(min(200, 220 * (face.au[6] - 0.25)))), 0.012, depth=0.3)
+
+
+def _draw_iris(pt: _Painter, face: _Face, eye: _Eye) -> None:
+    """Iris and pupil clipped to the lids, so a widened eye shows sclera above the iris."""
+    ex, w, side, ey = eye.ex, eye.w, eye.side, EYE_Y
+    ir = 0.72 * face.eo + 0.02
+    for radius, col in ((ir, face.iris), (ir * 0.45, (10, 8, 8))):
+        c = _ellipse(ex + face.gaze[0] * w * 0.4, ey + face.gaze[1] * 0.03, radius, radius, n=16)
+        cxs = np.clip((c[:, 0] - ex) / w, -1, 1)
+        p2 = (1.0 - cxs ** 2) ** 0.7
+        c[:, 1] = np.clip(c[:, 1], ey - 0.03 * cxs * side - eye.up * p2, ey - 0.03 * cxs * side + eye.lo * p2)
+        pt.poly(c, col, depth=0.3)
+
+
+def _nostrils(face: _Face) -> tuple[float, float]:
+    """(height, half-spacing) of the nostrils: AU9 lifts and widens them, AU10 a little."""
+    au = face.au
+    ny = 0.1 + face.nose_len - 0.05 * au[9] - 0.03 * au[10]
     nw = 0.11 * (1.0 + 0.3 * au[9] + 0.15 * au[10])
-    pt.line(np.array([[-0.06, -0.15], [-0.08, ny - 0.12]]), faint, 0.015, depth=0.45)
-    pt.line(_arc(-nw - 0.03, ny - 0.04, nw + 0.03, ny - 0.04, ny + 0.04, n=9), dark, 0.02, depth=0.5)
+    return ny, nw
+
+
+def _draw_nose(pt: _Painter, face: _Face) -> None:
+    """Bridge, tip and nostrils; AU9 wrinkles the bridge."""
+    skin = face.skin
+    ny, nw = _nostrils(face)
+    pt.line(np.array([[-0.06, -0.15], [-0.08, ny - 0.12]]), _shade(skin, 0.7, 110), 0.015, depth=0.45)
+    pt.line(_arc(-nw - 0.03, ny - 0.04, nw + 0.03, ny - 0.04, ny + 0.04, n=9), _shade(skin, 0.6, 170), 0.02, depth=0.5)
     for side in (-1, 1):
         pt.poly(_ellipse(side * nw * 0.6, ny, 0.04, 0.022, n=12), _shade(skin, 0.4), depth=0.5)
-    if au[9] > 0.25:
+    if face.au[9] > 0.25:
         for k in range(3):
             y = -0.1 + 0.06 * k
-            pt.line(_arc(-0.1, y, 0.1, y, y - 0.025, n=7), _shade(skin, 0.6, int(min(220, 220 * au[9]))),
+            pt.line(_arc(-0.1, y, 0.1, y, y - 0.025, n=7), _shade(skin, 0.6, int(min(220, 220 * face.au[9]))),
                     0.016, depth=0.45)
 
-    # Mouth. Corners: AU12 up and out, AU15 down, AU20 stretched, AU23/24 narrow and thin lips.
-    half = mw * (1.0 + 0.22 * au[12] + 0.3 * au[20] - 0.2 * au[23] - 0.12 * au[24] - 0.15 * au[26])
-    cy_m = my + 0.05 * au[26]
+
+@dataclass(frozen=True)
+class _Mouth:
+    """The mouth's shape: half-width, centre height, left and right corner heights, lip gaps, lip thinning."""
+
+    half: float
+    cy: float
+    yl: float
+    yr: float
+    gap_up: float
+    gap_dn: float
+    thin: float
+
+
+def _mouth(d: _Draws, face: _Face) -> _Mouth:
+    """Corners: AU12 up and out, AU15 down, AU20 stretched, AU23/24 narrow and thin lips; AU25/26 open it."""
+    au = face.au
+    half = face.mw * (1.0 + 0.22 * au[12] + 0.3 * au[20] - 0.2 * au[23] - 0.12 * au[24] - 0.15 * au[26])
+    cy = face.my + 0.05 * au[26]
     lift = -0.13 * au[12] + 0.12 * au[15] + 0.02 * au[20]
-    asym = u(0.0, 0.02)
-    yl, yr = cy_m + lift + asym, cy_m + lift - asym
+    asym = d.u(0.0, 0.02)
     gap_up = 0.01 + 0.03 * au[25] + 0.05 * au[26] + 0.07 * au[10]
     gap_dn = 0.01 + 0.04 * au[25] + 0.22 * au[26] + 0.03 * au[20]
     thin = max(0.25, 1.0 - 0.55 * au[24] - 0.35 * au[23])
-    # Nasolabial folds deepen with AU6/AU10/AU12.
+    return _Mouth(half, cy, cy + lift + asym, cy + lift - asym, gap_up, gap_dn, thin)
+
+
+def _draw_folds(pt: _Painter, face: _Face, m: _Mouth) -> None:
+    """Nasolabial folds, from the nostrils to the mouth corners; AU6/AU10/AU12 deepen them."""
+    au = face.au
+    ny, nw = _nostrils(face)
     fold = 0.15 + 0.6 * au[6] + 0.6 * au[10] + 0.4 * au[12]
     for side in (-1, 1):
-        c_y = yl if side < 0 else yr
-        fl = np.array([[side * (nw + 0.06), ny - 0.02], [side * (half + 0.07), (ny + c_y) / 2],
-                       [side * (half + 0.06), c_y + 0.06]])
-        pt.line(fl, _shade(skin, 0.7, int(min(200, 140 * fold))), 0.015, depth=0.35)
-    ui = _arc(-half, yl, half, yr, cy_m - gap_up, n=15)
-    li = _arc(-half, yl, half, yr, cy_m + gap_dn, n=15)
-    uo = _arc(-half, yl, half, yr, cy_m - gap_up - lip_u * thin, n=15, power=0.7)
+        c_y = m.yl if side < 0 else m.yr
+        fl = np.array([[side * (nw + 0.06), ny - 0.02], [side * (m.half + 0.07), (ny + c_y) / 2],
+                       [side * (m.half + 0.06), c_y + 0.06]])
+        pt.line(fl, _shade(face.skin, 0.7, int(min(200, 140 * fold))), 0.015, depth=0.35)
+
+
+def _draw_lips(pt: _Painter, face: _Face, m: _Mouth) -> None:
+    """Lips; an open mouth shows its inside and the upper teeth, a closed one the line between the lips."""
+    half, yl, yr = m.half, m.yl, m.yr
+    ui = _arc(-half, yl, half, yr, m.cy - m.gap_up, n=15)
+    li = _arc(-half, yl, half, yr, m.cy + m.gap_dn, n=15)
+    uo = _arc(-half, yl, half, yr, m.cy - m.gap_up - face.lip_u * m.thin, n=15, power=0.7)
     uo[:, 1] += 0.015 * np.exp(-(((uo[:, 0]) / (0.12 * half + 1e-6)) ** 2))  # cupid's bow
-    lo_ = _arc(-half, yl, half, yr, cy_m + gap_dn + lip_l * thin, n=15, power=0.7)
-    pt.poly(np.concatenate([uo, lo_[::-1]]), lip_col, depth=0.35)
-    if gap_up + gap_dn > 0.05:
+    lo_ = _arc(-half, yl, half, yr, m.cy + m.gap_dn + face.lip_l * m.thin, n=15, power=0.7)
+    pt.poly(np.concatenate([uo, lo_[::-1]]), face.lip_col, depth=0.35)
+    if m.gap_up + m.gap_dn > 0.05:
         pt.poly(np.concatenate([ui, li[::-1]]), (60, 20, 25), depth=0.35)
         # Upper teeth: a band under the upper lip, never below the lower lip.
         bottom = np.minimum(ui[2:-2, 1] + 0.06, li[2:-2, 1])
@@ -378,44 +508,73 @@ def _render(rng: np.random.Generator, native: int, size: int, p: dict[str, Any])
         pt.poly(teeth, (232, 228, 215), depth=0.35)
     else:
         mid = (ui + li) / 2
-        pt.line(mid, _shade(lip_col, 0.45), 0.022, depth=0.35)
+        pt.line(mid, _shade(face.lip_col, 0.45), 0.022, depth=0.35)
 
-    # Occluders.
-    if rng.random() < p["occlusion_prob"]:
-        kind = rng.choice(4, p=[0.35, 0.3, 0.15, 0.2])
-        if kind == 0:  # hand: palm plus fingers, over the lower face or a cheek
-            hx, hy = rng.uniform(-0.8, 0.8), rng.uniform(0.2, 1.1)
-            rot = rng.uniform(-1.2, 1.2)
-            hand = _shade(skin, rng.uniform(0.85, 1.1))
-            pt.poly(_ellipse(hx, hy, 0.42, 0.3, rot=rot), hand)
-            for k in range(4):
-                fx = hx + math.cos(rot) * (-0.27 + 0.18 * k) - math.sin(rot) * -0.45
-                fy = hy + math.sin(rot) * (-0.27 + 0.18 * k) + math.cos(rot) * -0.45
-                pt.poly(_ellipse(fx, fy, 0.07, 0.22, n=14, rot=rot), hand)
-        elif kind == 1:  # glasses; a third are sunglasses that hide the eyes
-            sun = rng.random() < 0.33
-            frame = tuple(int(v) for v in rng.uniform(0, 120, 3))
-            for side in (-1, 1):
-                lens = _ellipse(side * es, ey, ew + 0.06, 0.14, n=20)
-                if sun:
-                    pt.poly(lens, (15, 15, 20, 235), depth=0.3)
-                pt.line(np.concatenate([lens, lens[:1]]), frame, 0.025, depth=0.3)
-            pt.line(np.array([[-es + ew + 0.06, ey], [es - ew - 0.06, ey]]), frame, 0.025, depth=0.3)
-        elif kind == 2:  # mask over nose and mouth
-            col = (230, 235, 240) if rng.random() < 0.5 else tuple(int(v) for v in rng.uniform(20, 200, 3))
-            top = rng.uniform(0.1, 0.35)
-            pt.poly(np.array([[-0.95, top], [0.95, top], [0.8, chin + 0.05], [-0.8, chin + 0.05]]), col, depth=0.2)
-        else:  # an object bar over a random part
-            x0, y0 = rng.uniform(-1.3, 0.6), rng.uniform(-1.0, 0.9)
-            col = tuple(int(v) for v in rng.uniform(0, 255, 3))
-            pt.poly(np.array([[x0, y0], [x0 + rng.uniform(0.4, 1.2), y0], [x0 + 0.6, y0 + 0.5], [x0, y0 + 0.45]]),
-                    col)
 
-    # Downsample (anti-aliasing), optional extra blur, lighting, sensor noise.
+def _draw_hand(pt: _Painter, rng: np.random.Generator, face: _Face) -> None:
+    """Palm plus fingers, over the lower face or a cheek."""
+    hx, hy = rng.uniform(-0.8, 0.8), rng.uniform(0.2, 1.1)
+    rot = rng.uniform(-1.2, 1.2)
+    hand = _shade(face.skin, rng.uniform(0.85, 1.1))
+    pt.poly(_ellipse(hx, hy, 0.42, 0.3, rot=rot), hand)
+    for k in range(4):
+        fx = hx + math.cos(rot) * (-0.27 + 0.18 * k) - math.sin(rot) * -0.45
+        fy = hy + math.sin(rot) * (-0.27 + 0.18 * k) + math.cos(rot) * -0.45
+        pt.poly(_ellipse(fx, fy, 0.07, 0.22, n=14, rot=rot), hand)
+
+
+def _draw_glasses(pt: _Painter, rng: np.random.Generator, face: _Face) -> None:
+    """Glasses; a third are sunglasses that hide the eyes."""
+    es, ew, ey = face.es, face.ew, EYE_Y
+    sun = rng.random() < 0.33
+    frame = tuple(int(v) for v in rng.uniform(0, 120, 3))
+    for side in (-1, 1):
+        lens = _ellipse(side * es, ey, ew + 0.06, 0.14, n=20)
+        if sun:
+            pt.poly(lens, (15, 15, 20, 235), depth=0.3)
+        pt.line(np.concatenate([lens, lens[:1]]), frame, 0.025, depth=0.3)
+    pt.line(np.array([[-es + ew + 0.06, ey], [es - ew - 0.06, ey]]), frame, 0.025, depth=0.3)
+
+
+def _draw_mask(pt: _Painter, rng: np.random.Generator, face: _Face) -> None:
+    """A mask over nose and mouth."""
+    col = (230, 235, 240) if rng.random() < 0.5 else tuple(int(v) for v in rng.uniform(20, 200, 3))
+    top = rng.uniform(0.1, 0.35)
+    chin = face.chin
+    pt.poly(np.array([[-0.95, top], [0.95, top], [0.8, chin + 0.05], [-0.8, chin + 0.05]]), col, depth=0.2)
+
+
+def _draw_bar(pt: _Painter, rng: np.random.Generator, face: _Face) -> None:
+    """An object bar over a random part (of the canvas, whatever the face)."""
+    x0, y0 = rng.uniform(-1.3, 0.6), rng.uniform(-1.0, 0.9)
+    col = tuple(int(v) for v in rng.uniform(0, 255, 3))
+    pt.poly(np.array([[x0, y0], [x0 + rng.uniform(0.4, 1.2), y0], [x0 + 0.6, y0 + 0.5], [x0, y0 + 0.45]]), col)
+
+
+#: occluder kinds and how often each is drawn
+_OCCLUDERS = (_draw_hand, _draw_glasses, _draw_mask, _draw_bar)
+_OCCLUDER_ODDS = [0.35, 0.3, 0.15, 0.2]
+
+
+def _draw_occluder(pt: _Painter, rng: np.random.Generator, face: _Face, prob: float) -> None:
+    if rng.random() < prob:
+        kind = int(rng.choice(len(_OCCLUDERS), p=_OCCLUDER_ODDS))
+        _OCCLUDERS[kind](pt, rng, face)
+
+
+def _downsample(rng: np.random.Generator, img: Image.Image, size: int, blur_prob: float) -> Image.Image:
+    """Box-downsample the canvas to size x size (anti-aliasing), then, sometimes, blur it."""
     small = img.reduce(SS)
-    if rng.random() < p["blur_prob"]:
+    if rng.random() < blur_prob:
         k = int(size * rng.uniform(0.45, 0.8))
         small = small.resize((k, k), Image.BILINEAR).resize((size, size), Image.BILINEAR)
+    return small
+
+
+def _develop(d: _Draws, small: Image.Image) -> Image.Image:
+    """Camera and light: contrast, a directional light, a colour cast, sensor noise; some photos grey."""
+    rng, nuis, u = d.rng, d.nuis, d.u
+    size = small.size[0]
     arr = np.asarray(small, dtype=np.float32)
     yy, xx = _grid(size)
     phi = rng.uniform(0, 2 * math.pi)
@@ -431,6 +590,29 @@ def _render(rng: np.random.Generator, native: int, size: int, p: dict[str, Any])
     if rng.random() < 0.1 * nuis:  # some grey-scale photos, as in RAF-DB
         arr[:] = arr.mean(axis=2, keepdims=True)
     return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
+
+
+def _render(rng: np.random.Generator, native: int, size: int, p: dict[str, Any]) -> Image.Image:
+    """One image of class `native`, size x size. Every draw from `rng` happens in this order: changing the order
+    changes every image."""
+    d = _Draws(rng, float(p["nuisance"]))
+    face = _draw_face(d, native, p)
+    pose = _draw_pose(d, size * SS, p["face_scale"])
+    img = _canvas(d, size)
+    pt = _Painter(img, pose)
+    contour = _outline(face)
+    _draw_head(pt, rng, face, contour)
+    _draw_front_hair(pt, rng, face, contour)
+    _draw_cheeks(pt, face)
+    _draw_wrinkles(pt, face)
+    _draw_brows(pt, face)
+    _draw_eyes(pt, face, pose.yaw)
+    _draw_nose(pt, face)
+    mouth = _mouth(d, face)
+    _draw_folds(pt, face, mouth)
+    _draw_lips(pt, face, mouth)
+    _draw_occluder(pt, rng, face, p["occlusion_prob"])
+    return _develop(d, _downsample(rng, img, size, p["blur_prob"]))
 
 
 def render_image(seed: int, split: str, index: int, native: int, size: int = 100, **knobs: Any) -> Image.Image:
@@ -522,8 +704,25 @@ def _params(n_train: int, n_test: int, seed: int, size: int, knobs: dict[str, An
     return {"version": VERSION, "n_train": n_train, "n_test": n_test, "seed": seed, "size": size, **p}
 
 
+@dataclass(frozen=True)
+class _Output:
+    """What a synthfer output is a function of: split sizes, seed, image side and the difficulty knobs."""
+
+    n_train: int
+    n_test: int
+    seed: int
+    size: int
+    knobs: dict[str, Any]
+
+    def splits(self) -> tuple[tuple[str, int], ...]:
+        return (("train", self.n_train), ("test", self.n_test))
+
+
+CHUNK = 100  # images per rendering task
+
+
 def generate_synthfer(out_dir: str | Path, n_train: int = 6000, n_test: int = 1500, seed: int = 0, size: int = 100,
-                      workers: int = 1, progress: bool = False, *,
+                      *, workers: int = 1, progress: bool = False,
                       intensity_range: tuple[float, float] = DEFAULTS["intensity_range"],
                       au_jitter: float = DEFAULTS["au_jitter"],
                       spurious_au_prob: float = DEFAULTS["spurious_au_prob"],
@@ -546,45 +745,56 @@ def generate_synthfer(out_dir: str | Path, n_train: int = 6000, n_test: int = 15
              "nuisance": nuisance, "occlusion_prob": occlusion_prob, "blur_prob": blur_prob,
              "label_noise": label_noise, "jpeg_quality": tuple(jpeg_quality), "face_scale": face_scale}
     _check_params(n_train, n_test, seed, size, workers, knobs)
+    output = _Output(n_train, n_test, seed, size, knobs)
     out_dir = Path(out_dir)
-    final = out_dir / "basic"
-    meta_path = out_dir / "synthfer.json"
+    final, meta_path = out_dir / "basic", out_dir / "synthfer.json"
     if final.exists() and not meta_path.is_file():
         raise FERBenchError(f"synthfer: {final} exists and is not a synthfer output (no {meta_path}); expected an "
                             "empty or new output folder")
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".synthfer-tmp-", dir=out_dir))
     try:
-        basic = tmp / "basic"
-        image_dir = basic / "Image" / "aligned"
-        image_dir.mkdir(parents=True)
-        (basic / "EmoLabel").mkdir()
-
-        lines: list[str] = []
-        tasks = []
-        chunk = 100
-        for split, n in (("train", n_train), ("test", n_test)):
-            drawn, written = _split_labels(seed, split, n, label_noise)
-            lines += [f"{_stem(split, i)}.jpg {lab}" for i, lab in enumerate(written, start=1)]
-            items = list(enumerate(drawn, start=1))
-            tasks += [(str(image_dir), seed, split, items[j:j + chunk], size, knobs) for j in range(0, n, chunk)]
-        _run_tasks(tasks, workers, progress, n_train + n_test)
-        (basic / "EmoLabel" / LABEL_FILE).write_text("\n".join(lines) + "\n")
-
-        # Swap into place; the metadata file goes last and marks a complete dataset.
-        if meta_path.exists():
-            meta_path.unlink()
-        if final.exists():
-            shutil.rmtree(final)
-        basic.rename(final)
-        meta = _params(n_train, n_test, seed, size, knobs)
-        meta["class_counts"] = {split: dict(zip(RAFDB_NATIVE_NAMES.values(), class_counts(n)))
-                                for split, n in (("train", n_train), ("test", n_test))}  # drawn, before label noise
-        (tmp / "synthfer.json").write_text(json.dumps(meta, indent=2) + "\n")
-        (tmp / "synthfer.json").rename(meta_path)
+        _write_basic(tmp / "basic", output, workers, progress)
+        _move_into_place(tmp, final, meta_path, _metadata(output))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def _write_basic(basic: Path, output: _Output, workers: int, progress: bool) -> None:
+    """The images and the label file, in the RAF-DB basic layout under `basic`."""
+    image_dir = basic / "Image" / "aligned"
+    image_dir.mkdir(parents=True)
+    (basic / "EmoLabel").mkdir()
+    lines: list[str] = []
+    tasks = []
+    for split, n in output.splits():
+        drawn, written = _split_labels(output.seed, split, n, output.knobs["label_noise"])
+        lines += [f"{_stem(split, i)}.jpg {lab}" for i, lab in enumerate(written, start=1)]
+        items = list(enumerate(drawn, start=1))
+        tasks += [(str(image_dir), output.seed, split, items[j:j + CHUNK], output.size, output.knobs)
+                  for j in range(0, n, CHUNK)]
+    _run_tasks(tasks, workers, progress, output.n_train + output.n_test)
+    (basic / "EmoLabel" / LABEL_FILE).write_text("\n".join(lines) + "\n")
+
+
+def _metadata(output: _Output) -> dict[str, Any]:
+    """synthfer.json: the output-determining parameters and the drawn class counts (before label noise)."""
+    meta = _params(output.n_train, output.n_test, output.seed, output.size, output.knobs)
+    meta["class_counts"] = {split: dict(zip(RAFDB_NATIVE_NAMES.values(), class_counts(n)))
+                            for split, n in output.splits()}
+    return meta
+
+
+def _move_into_place(tmp: Path, final: Path, meta_path: Path, meta: dict[str, Any]) -> None:
+    """Swap `tmp/basic` in as `final`; the metadata file goes last and marks a complete dataset."""
+    if meta_path.exists():
+        meta_path.unlink()
+    if final.exists():
+        shutil.rmtree(final)
+    (tmp / "basic").rename(final)
+    (tmp / "synthfer.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (tmp / "synthfer.json").rename(meta_path)
 
 
 def _run_tasks(tasks: list[tuple], workers: int, progress: bool, total: int) -> None:

@@ -63,7 +63,7 @@ def run_data_from(data: Any, cfg: RunConfig, method_cls: type[Method], manifest_
     protocol = "fraction" if method_cls.labeled_source == "all" else cfg.data.protocol
     manifest = make_split(
         data.name, data.fingerprint, data.train.ids, data.train.labels, data.num_classes,
-        protocol, budget, cfg.effective_split_seed, data.class_names,
+        protocol=protocol, budget=budget, split_seed=cfg.effective_split_seed, class_names=data.class_names,
     )
     labeled_pool = np.asarray(manifest["labeled_index"], dtype=np.int64)
     all_train = np.arange(len(data.train.ids))
