@@ -8,6 +8,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps
 
 from bench.config import AugmentConfig
+from bench.data import randaugment as R
 from bench.data import views as V
 
 
@@ -30,10 +31,10 @@ def _arr(im: Image.Image) -> np.ndarray:
 @pytest.mark.parametrize(
     "name, op, pil",
     [
-        ("autocontrast", V.autocontrast, lambda im, v: ImageOps.autocontrast(im)),
-        ("equalize", V.equalize, lambda im, v: ImageOps.equalize(im)),
-        ("posterize", V.posterize, lambda im, v: ImageOps.posterize(im, int(v))),
-        ("solarize", V.solarize, lambda im, v: ImageOps.solarize(im, v)),
+        ("autocontrast", R.autocontrast, lambda im, v: ImageOps.autocontrast(im)),
+        ("equalize", R.equalize, lambda im, v: ImageOps.equalize(im)),
+        ("posterize", R.posterize, lambda im, v: ImageOps.posterize(im, int(v))),
+        ("solarize", R.solarize, lambda im, v: ImageOps.solarize(im, v)),
     ],
 )
 def test_exact_ops_match_pil(name, op, pil) -> None:
@@ -47,8 +48,8 @@ def test_exact_ops_match_pil(name, op, pil) -> None:
 
 @pytest.mark.parametrize(
     "op, enhancer",
-    [(V.brightness, ImageEnhance.Brightness), (V.color, ImageEnhance.Color), (V.contrast, ImageEnhance.Contrast),
-     (V.sharpness, ImageEnhance.Sharpness)],
+    [(R.brightness, ImageEnhance.Brightness), (R.color, ImageEnhance.Color), (R.contrast, ImageEnhance.Contrast),
+     (R.sharpness, ImageEnhance.Sharpness)],
 )
 def test_enhance_ops_match_pil_within_rounding(op, enhancer) -> None:
     x = _images()
@@ -61,24 +62,24 @@ def test_enhance_ops_match_pil_within_rounding(op, enhancer) -> None:
 
 def test_geometric_ops_keep_shape_and_fill_grey() -> None:
     x = torch.full((2, 3, 16, 16), 10, dtype=torch.uint8)
-    out = V.translate_x(x, torch.tensor([0.25, -0.25]))
+    out = R.translate_x(x, torch.tensor([0.25, -0.25]))
     assert out.shape == x.shape and out.dtype == torch.uint8
     # A quarter of the width shifted out is refilled with grey (128) on the opposite side.
     assert (out[0, :, :, :4] == 128).all() and (out[0, :, :, 4:] == 10).all()
     assert (out[1, :, :, -4:] == 128).all() and (out[1, :, :, :-4] == 10).all()
-    r = V.rotate(x, torch.tensor([0.0, 30.0]))
+    r = R.rotate(x, torch.tensor([0.0, 30.0]))
     assert (r[0] == 10).all() and (r[1] == 128).any()
 
 
 def test_randaugment_ops_and_magnitudes() -> None:
     x = _images(n=2000, size=8)
     g = torch.Generator().manual_seed(1)
-    _, ops, mags = V.randaugment(x, g, n_ops=3)
-    counts = torch.bincount(ops.flatten(), minlength=len(V.OP_NAMES)).float()
-    expected = ops.numel() / len(V.OP_NAMES)  # 6000 / 14 = 428.6 per op
+    _, ops, mags = R.randaugment(x, g, n_ops=3)
+    counts = torch.bincount(ops.flatten(), minlength=len(R.OP_NAMES)).float()
+    expected = ops.numel() / len(R.OP_NAMES)  # 6000 / 14 = 428.6 per op
     assert (counts - expected).abs().max() < 5 * expected**0.5  # uniform op choice, within 5 sigma
-    for k, name in enumerate(V.OP_NAMES):
-        _, lo, hi = V.RANDAUGMENT_OPS[name]
+    for k, name in enumerate(R.OP_NAMES):
+        _, lo, hi = R.RANDAUGMENT_OPS[name]
         m = mags[ops == k]
         assert m.min() >= lo and m.max() <= hi
         assert m.mean() == pytest.approx((lo + hi) / 2, abs=0.15 * (hi - lo))  # uniform magnitude

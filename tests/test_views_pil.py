@@ -16,6 +16,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageOps
 from scipy import stats
 
 from bench.config import AugmentConfig
+from bench.data import randaugment as R
 from bench.data import views as V
 from bench.engine.evaluation import predict
 
@@ -67,11 +68,11 @@ REFERENCE = {
 }
 
 GEOMETRIC = {
-    "Rotate": ([20.0, -30.0, 30.0, 7.3, -0.5, 0.0], V.rotate),
-    "ShearX": ([0.3, -0.3, 0.1, -0.17, 0.0], V.shear_x),
-    "ShearY": ([0.3, -0.3, 0.1, -0.17, 0.0], V.shear_y),
-    "TranslateX": ([0.3, -0.3, 0.125, -0.07, 0.0, 0.29499999], V.translate_x),
-    "TranslateY": ([0.3, -0.3, 0.125, -0.07, 0.0, 0.29499999], V.translate_y),
+    "Rotate": ([20.0, -30.0, 30.0, 7.3, -0.5, 0.0], R.rotate),
+    "ShearX": ([0.3, -0.3, 0.1, -0.17, 0.0], R.shear_x),
+    "ShearY": ([0.3, -0.3, 0.1, -0.17, 0.0], R.shear_y),
+    "TranslateX": ([0.3, -0.3, 0.125, -0.07, 0.0, 0.29499999], R.translate_x),
+    "TranslateY": ([0.3, -0.3, 0.125, -0.07, 0.0, 0.29499999], R.translate_y),
 }  # 0.29499999: v * 100 + 0.5 just below an integer, where PIL's double-precision translation path counts
 
 
@@ -84,11 +85,11 @@ def _apply_each(op, x: torch.Tensor, mags: list[float]) -> torch.Tensor:
 @pytest.mark.parametrize("name", sorted(GEOMETRIC))
 def test_pil_geometric_ops_give_pils_pixels_exactly(name: str, image: str) -> None:
     x = IMAGES[image]
-    lo, hi = V.PIL_RANDAUGMENT_OPS[name][1:]
+    lo, hi = R.PIL_RANDAUGMENT_OPS[name][1:]
     # the listed magnitudes, plus magnitudes as the views draw them (float32 uniforms mapped in float64)
     drawn = (torch.rand(80, generator=torch.Generator().manual_seed(1)).double() * (hi - lo) + lo).tolist()
     mags = GEOMETRIC[name][0] + drawn
-    out = _apply_each(V.PIL_RANDAUGMENT_OPS[name][0], x, mags)
+    out = _apply_each(R.PIL_RANDAUGMENT_OPS[name][0], x, mags)
     for i, v in enumerate(mags):
         ref = _tensor(REFERENCE[name](_pil(x), v))
         differing = (out[i] != ref).any(0).float().mean().item()
@@ -109,10 +110,10 @@ def test_harness_geometric_ops_are_not_pils(name: str) -> None:
                                   "Solarize"])
 def test_pil_colour_ops_match_pil(name: str) -> None:
     """Within 1 grey level is what is asked; PIL's luma, mean and truncating blend make them exact."""
-    lo, hi = V.PIL_RANDAUGMENT_OPS[name][1:]
+    lo, hi = R.PIL_RANDAUGMENT_OPS[name][1:]
     mags = (torch.linspace(0, 1, 9, dtype=torch.float64) * (hi - lo) + lo).tolist() + [0.3711]
     for image, x in IMAGES.items():
-        out = _apply_each(V.PIL_RANDAUGMENT_OPS[name][0], x, mags)
+        out = _apply_each(R.PIL_RANDAUGMENT_OPS[name][0], x, mags)
         for i, v in enumerate(mags):
             ref = _tensor(REFERENCE[name](_pil(x), v))
             diff = (out[i].int() - ref.int()).abs()
@@ -123,17 +124,17 @@ def test_pil_colour_ops_match_pil(name: str) -> None:
 def test_pil_posterize_draws_4_to_7_bits_and_is_imageops_posterize() -> None:
     n = 6000
     x = torch.zeros(n, 3, 4, 4, dtype=torch.uint8)
-    k = V.OP_NAMES.index("Posterize")
-    _, ops, mags = V.randaugment(x, torch.Generator().manual_seed(3), 3, ops="pil")
+    k = R.OP_NAMES.index("Posterize")
+    _, ops, mags = R.randaugment(x, torch.Generator().manual_seed(3), 3, ops="pil")
     bits = mags[ops == k].floor().long()
     counts = torch.bincount(bits, minlength=9)[4:].numpy()
     assert counts[-1] == 0 and counts[:4].min() > 0, counts  # int(U(4, 8)): 4..7, never 8
     assert stats.chisquare(counts[:4]).pvalue > 1e-4  # each a quarter
-    _, ops_h, mags_h = V.randaugment(x, torch.Generator().manual_seed(3), 3)  # the harness keeps 8 (no-ops)
+    _, ops_h, mags_h = R.randaugment(x, torch.Generator().manual_seed(3), 3)  # the harness keeps 8 (no-ops)
     assert (mags_h[ops_h == k].floor() == 8).any()
     img = IMAGES["random"]
     values = [4.0, 5.5, 6.99, 7.999]
-    out = _apply_each(V.PIL_RANDAUGMENT_OPS["Posterize"][0], img, values)
+    out = _apply_each(R.PIL_RANDAUGMENT_OPS["Posterize"][0], img, values)
     for i, v in enumerate(values):
         assert torch.equal(out[i], _tensor(ImageOps.posterize(_pil(img), int(v)))), v
 
@@ -141,13 +142,13 @@ def test_pil_posterize_draws_4_to_7_bits_and_is_imageops_posterize() -> None:
 def test_pil_randaugment_is_the_reference_ops_applied_in_turn() -> None:
     """The batched RandAugment of ops="pil" against the reference functions, with its own ops and magnitudes."""
     x = torch.stack([_random_image(s, 40) for s in range(24)] + [_structured_image(40)] * 24)
-    out, ops, mags = V.randaugment(x, torch.Generator().manual_seed(4), 3, ops="pil")
-    assert len(torch.unique(ops)) == len(V.OP_NAMES)  # every op was exercised
+    out, ops, mags = R.randaugment(x, torch.Generator().manual_seed(4), 3, ops="pil")
+    assert len(torch.unique(ops)) == len(R.OP_NAMES)  # every op was exercised
     for i in range(len(x)):
         im = _pil(x[i])
         for r in range(3):
-            im = REFERENCE[V.OP_NAMES[int(ops[r, i])]](im, float(mags[r, i]))
-        assert torch.equal(out[i], _tensor(im)), f"sample {i}: {[V.OP_NAMES[int(o)] for o in ops[:, i]]}"
+            im = REFERENCE[R.OP_NAMES[int(ops[r, i])]](im, float(mags[r, i]))
+        assert torch.equal(out[i], _tensor(im)), f"sample {i}: {[R.OP_NAMES[int(o)] for o in ops[:, i]]}"
 
 
 def _reference_cutout(im: Image.Image, v: float, x0: float, y0: float) -> Image.Image:
@@ -262,7 +263,7 @@ def test_strong_view_resizes_after_randaugment_and_cutout() -> None:
     x = torch.stack([_random_image(s) for s in range(6)])
     out = V.ViewMaker(cfg).strong(x, torch.Generator().manual_seed(12))
     g = torch.Generator().manual_seed(12)
-    y, _, _ = V.randaugment(x, g, 3, ops="pil")
+    y, _, _ = R.randaugment(x, g, 3, ops="pil")
     y = V.pil_resize(V.cutout(y, g, 0.5, ops="pil"), 224)  # RandAugment and Cutout at 100 px, then Resize(224)
     y = V.horizontal_flip(V.padded_random_crop(y, g, 8, 0.5, mode="zeros"), g)
     assert torch.equal(out, y)
@@ -270,7 +271,7 @@ def test_strong_view_resizes_after_randaugment_and_cutout() -> None:
     out = V.ViewMaker(AugmentConfig(ops="pil", strong_order="weak_first")).strong(x, torch.Generator().manual_seed(13))
     g = torch.Generator().manual_seed(13)
     y = V.horizontal_flip(V.padded_random_crop(x, g, 12, 1.0), g)
-    y, _, _ = V.randaugment(y, g, 3, ops="pil")
+    y, _, _ = R.randaugment(y, g, 3, ops="pil")
     assert torch.equal(out, V.cutout(y, g, 0.5, ops="pil"))
 
 
@@ -296,11 +297,11 @@ def test_bgr_ops_run_on_the_swapped_channels() -> None:
     swapped = V.ViewMaker(cfg).source(x.unsqueeze(0))[0]
     bgr = Image.fromarray(x.permute(1, 2, 0).numpy()[:, :, ::-1].copy())  # cv2.imread's array, read as RGB by PIL
     for v in (0.05, 0.4, 0.95):
-        out = V.pil_color(swapped.unsqueeze(0), torch.tensor([v], dtype=torch.float64))[0]
+        out = R.pil_color(swapped.unsqueeze(0), torch.tensor([v], dtype=torch.float64))[0]
         ref = _tensor(ImageEnhance.Color(bgr).enhance(v))
         assert (out.int() - ref.int()).abs().max().item() <= 1
         # the luma weights are not symmetric: Color on RGB then swapped is another image
-        rgb_then_swap = V.pil_color(x.unsqueeze(0), torch.tensor([v], dtype=torch.float64))[0].flip(0)
+        rgb_then_swap = R.pil_color(x.unsqueeze(0), torch.tensor([v], dtype=torch.float64))[0].flip(0)
         assert (rgb_then_swap.int() - ref.int()).abs().max().item() > 1
     # the whole strong view: the pipeline of an RGB config on the swapped images, the same draws
     batch = torch.stack([_random_image(s) for s in range(8)])

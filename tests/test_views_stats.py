@@ -16,6 +16,7 @@ from PIL import Image
 from scipy import stats
 
 from bench.config import AugmentConfig
+from bench.data import randaugment as R
 from bench.data import views as V
 
 P_MIN = 1e-4  # chi-square p-values below this reject "the counts follow the reference distribution"
@@ -60,8 +61,8 @@ def test_weak_view_flip_and_offsets_follow_the_reference(crop_prob: float) -> No
 
 
 def test_randaugment_ops_are_uniform_and_independent_across_rounds() -> None:
-    n, k = 12000, len(V.OP_NAMES)
-    _, ops, _ = V.randaugment(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.Generator().manual_seed(12), 3)
+    n, k = 12000, len(R.OP_NAMES)
+    _, ops, _ = R.randaugment(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.Generator().manual_seed(12), 3)
     for r in range(3):
         counts = torch.bincount(ops[r], minlength=k).numpy()
         assert stats.chisquare(counts).pvalue > P_MIN, f"round {r}: {counts}"
@@ -73,9 +74,9 @@ def test_randaugment_ops_are_uniform_and_independent_across_rounds() -> None:
 
 def test_randaugment_magnitudes_are_uniform_over_each_ops_range() -> None:
     n = 14000
-    _, ops, mags = V.randaugment(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.Generator().manual_seed(13), 3)
-    for i, name in enumerate(V.OP_NAMES):
-        _, lo, hi = V.RANDAUGMENT_OPS[name]
+    _, ops, mags = R.randaugment(torch.zeros(n, 3, 4, 4, dtype=torch.uint8), torch.Generator().manual_seed(13), 3)
+    for i, name in enumerate(R.OP_NAMES):
+        _, lo, hi = R.RANDAUGMENT_OPS[name]
         m = mags[ops == i].double().numpy()
         assert m.min() >= lo and m.max() <= hi, name
         assert m.min() < lo + 0.01 * (hi - lo) and m.max() > hi - 0.01 * (hi - lo), name  # spread over all of it
@@ -84,7 +85,7 @@ def test_randaugment_magnitudes_are_uniform_over_each_ops_range() -> None:
         else:
             assert stats.kstest(m, stats.uniform(lo, hi - lo).cdf).pvalue > P_MIN, name
     # the documented ranges (reference/methods.md §1)
-    ranges = {name: (lo, hi) for name, (_, lo, hi) in V.RANDAUGMENT_OPS.items()}
+    ranges = {name: (lo, hi) for name, (_, lo, hi) in R.RANDAUGMENT_OPS.items()}
     assert ranges["Rotate"] == (-30.0, 30.0) and ranges["ShearX"] == ranges["TranslateY"] == (-0.3, 0.3)
     assert ranges["Brightness"] == ranges["Sharpness"] == (0.05, 0.95) and ranges["Solarize"] == (0.0, 256.0)
 
@@ -94,13 +95,13 @@ def test_batched_randaugment_equals_each_samples_ops_applied_in_turn() -> None:
     g = torch.Generator().manual_seed(14)
     x = torch.nn.functional.interpolate(torch.randint(30, 220, (120, 3, 4, 4), generator=g).float(), size=16)
     x = x.add(torch.randint(-15, 15, x.shape, generator=g)).clamp(0, 255).to(torch.uint8)
-    out, ops, mags = V.randaugment(x, torch.Generator().manual_seed(15), 3)
+    out, ops, mags = R.randaugment(x, torch.Generator().manual_seed(15), 3)
     for i in range(len(x)):
         y = x[i : i + 1]
         for r in range(3):
-            fn = V.RANDAUGMENT_OPS[V.OP_NAMES[int(ops[r, i])]][0]
+            fn = R.RANDAUGMENT_OPS[R.OP_NAMES[int(ops[r, i])]][0]
             y = fn(y, mags[r, i : i + 1])
-        assert torch.equal(y[0], out[i]), f"sample {i}: ops {[V.OP_NAMES[int(o)] for o in ops[:, i]]}"
+        assert torch.equal(y[0], out[i]), f"sample {i}: ops {[R.OP_NAMES[int(o)] for o in ops[:, i]]}"
 
 
 def test_cutout_sides_follow_u0_half_width() -> None:
@@ -149,14 +150,14 @@ def test_geometric_ops_against_pil(v: float) -> None:
     g = torch.Generator().manual_seed(17)
     x = torch.randint(0, 256, (1, 3, 32, 32), generator=g, dtype=torch.uint8)
     im, fill, h = _pil(x[0]), (128, 128, 128), 32
-    assert _agree(V.rotate(x, torch.tensor([100 * v]))[0], im.rotate(100 * v, fillcolor=fill)) > 0.99
-    assert _agree(V.translate_x(x, torch.tensor([v]))[0],
+    assert _agree(R.rotate(x, torch.tensor([100 * v]))[0], im.rotate(100 * v, fillcolor=fill)) > 0.99
+    assert _agree(R.translate_x(x, torch.tensor([v]))[0],
                   im.transform(im.size, Image.AFFINE, (1, 0, -v * h, 0, 1, 0), fillcolor=fill)) == 1.0
-    assert _agree(V.translate_y(x, torch.tensor([v]))[0],
+    assert _agree(R.translate_y(x, torch.tensor([v]))[0],
                   im.transform(im.size, Image.AFFINE, (1, 0, 0, 0, 1, -v * h), fillcolor=fill)) == 1.0
-    assert _agree(V.shear_x(x, torch.tensor([v]))[0],
+    assert _agree(R.shear_x(x, torch.tensor([v]))[0],
                   im.transform(im.size, Image.AFFINE, (1, v, -v * h / 2, 0, 1, 0), fillcolor=fill)) > 0.9
-    assert _agree(V.shear_y(x, torch.tensor([v]))[0],
+    assert _agree(R.shear_y(x, torch.tensor([v]))[0],
                   im.transform(im.size, Image.AFFINE, (1, 0, 0, v, 1, -v * h / 2), fillcolor=fill)) > 0.9
 
 
@@ -165,7 +166,7 @@ DRAWS = {
     "strong": lambda x, g: V.ViewMaker(AugmentConfig()).make("strong", x, g),
     "crop": lambda x, g: V.padded_random_crop(x, g, 3, 0.5),
     "flip": lambda x, g: V.horizontal_flip(x, g),
-    "randaugment": lambda x, g: V.randaugment(x, g, 3)[0],
+    "randaugment": lambda x, g: R.randaugment(x, g, 3)[0],
     "cutout": lambda x, g: V.cutout(x, g, 0.5),
 }
 

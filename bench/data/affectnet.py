@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data.labels import AFFECTNET_NATIVE_NAMES, AFFECTNET_NON_EXPRESSION, AFFECTNET_TO_CANONICAL
-from bench.data.records import ReadReport, SampleRecord
+from bench.data.records import ReadReport, SampleRecord, resolve_layout
 from bench.errors import FERBenchError
 
 CSV_COLUMNS: tuple[str, ...] = ("subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
@@ -150,11 +150,9 @@ def read_affectnet(root: str | Path, num_classes: int, layout: str = "auto",
     """Train (training.csv / train_set) and test (validation.csv / val_set) records of AffectNet-7 or -8."""
     if num_classes not in (7, 8):
         raise FERBenchError(f"AffectNet num_classes={num_classes}: expected 7 or 8")
-    if layout not in LAYOUTS:
-        raise FERBenchError(f"AffectNet layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
     root = Path(root)
+    layout = resolve_layout("AffectNet", root, layout, LAYOUTS, detect_layout)
     report = report if report is not None else ReadReport()
-    layout = detect_layout(root) if layout == "auto" else layout
     read_split = _read_csv_split if layout == "csv" else _read_npy_split
     report.notes.append(f"AffectNet {layout} layout, {num_classes} classes")
     return [r for split in ("train", "test") for r in read_split(root, split, num_classes, report)]

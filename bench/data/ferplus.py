@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.data.labels import FERPLUS_COLUMNS, FERPLUS_TO_CANONICAL
-from bench.data.records import ReadReport, SampleRecord
+from bench.data.records import ReadReport, SampleRecord, resolve_layout
 from bench.errors import FERBenchError
 
 FER2013_HEADER: tuple[str, ...] = ("emotion", "pixels", "Usage")
@@ -195,11 +195,9 @@ def read_ferplus(root: str | Path, protocol: str = "majority8", layout: str = "a
     """FERPlus records under a label protocol (`majority8` or `argmax7`) from either layout."""
     if protocol not in PROTOCOLS:
         raise FERBenchError(f"FERPlus label protocol {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
-    if layout not in LAYOUTS:
-        raise FERBenchError(f"FERPlus layout={layout!r}: expected one of {', '.join(LAYOUTS)}")
     root = Path(root)
+    layout = resolve_layout("FERPlus", root, layout, LAYOUTS, detect_layout)
     report = report if report is not None else ReadReport()
-    layout = detect_layout(root) if layout == "auto" else layout
     read = _read_csv_form if layout == "csv" else _read_folder_form
     report.notes.append(f"FERPlus {layout} layout, protocol {protocol}, train_with_valid={train_with_valid}")
     return read(root, protocol, train_with_valid, report)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -65,3 +67,12 @@ class ReadReport:
 
     def drop(self, split: str, reason: str) -> None:
         self.dropped[(split, reason)] += 1
+
+
+def resolve_layout(dataset: str, root: Path, layout: str, layouts: Sequence[str],
+                   detect: Callable[[Path], str]) -> str:
+    """The layout a reader reads: `layout` itself, or `detect(root)` for "auto"; a FERBenchError for a name not in
+    `layouts`. (One rule for the readers of datasets distributed in several layouts: AffectNet, FERPlus.)"""
+    if layout not in layouts:
+        raise FERBenchError(f"{dataset} layout={layout!r}: expected one of {', '.join(layouts)}")
+    return detect(root) if layout == "auto" else layout
