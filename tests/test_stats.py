@@ -4,14 +4,22 @@ import math
 
 import pytest
 
-from bench.results.stats import PairedSummary, Summary, paired_difference, summarize, t_quantile_975
+from bench.results.stats import PairedSummary, Summary, paired_difference, summarize
+from bench.results.uncertainty import seed_only
 
 T2 = 4.302652729749464  # t(0.975, 2), the n=3 critical value
 
 
 @pytest.mark.parametrize("n,expected", [(2, 12.706), (3, 4.303), (4, 3.182), (5, 2.776), (10, 2.262)])
 def test_t_quantiles_match_the_published_table(n, expected):
-    assert t_quantile_975(n - 1) == pytest.approx(expected, abs=5e-4)
+    # the seed-only interval of n seeds with SD 1 is t(0.975, n - 1) / sqrt(n)
+    assert seed_only(0.0, 1.0, n).ci95 * math.sqrt(n) == pytest.approx(expected, abs=5e-4)
+
+
+def test_summaries_and_the_estimates_share_one_seed_only_interval():
+    values = [0.80, 0.82, 0.85]
+    s = summarize(values)
+    assert s.ci95 == seed_only(s.mean, s.std, s.n).ci95
 
 
 def test_summarize_three_seeds():

@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import optimize, special
-from scipy import stats as _scipy_stats
 
 from bench.results.aggregate import below_the_best
 from bench.results.uncertainty import (
@@ -34,6 +33,7 @@ from bench.results.uncertainty import (
     holm,
     metric_influence,
     minimum_detectable,
+    seed_only,
 )
 
 ALPHA = 0.05
@@ -146,13 +146,12 @@ def coverage(b: Benchmark, metric: str, reps: int, rng: np.random.Generator,
     or the benchmark's groups with `use_groups`), and the seed-only t interval. Rates with their MC errors."""
     truth = population(b, metric)
     hit_crossed = hit_seeds = 0
-    t = _scipy_stats.t.ppf(0.975, b.n_seeds - 1)
     for _ in range(reps):
         targets, preds = draw(b, [0.0], rng)
         theta, psi = metric_influence(metric, targets, preds[0])
         c = crossed(theta, psi, b.groups if use_groups else None)
         hit_crossed += abs(c.mean - truth) <= c.ci95
-        hit_seeds += abs(theta.mean() - truth) <= t * theta.std(ddof=1) / math.sqrt(b.n_seeds)
+        hit_seeds += abs(theta.mean() - truth) <= seed_only(theta.mean(), theta.std(ddof=1), b.n_seeds).ci95
     return {"crossed": rate(int(hit_crossed), reps), "seeds": rate(int(hit_seeds), reps)}
 
 

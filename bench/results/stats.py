@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from scipy import stats as _scipy_stats
+from bench.results.uncertainty import seed_only
 
 
 @dataclass(frozen=True)
@@ -46,13 +46,8 @@ class PairedSummary(Summary):
         return self.mean - self.ci95 > 0 or self.mean + self.ci95 < 0
 
 
-def t_quantile_975(df: int) -> float:
-    """Two-sided 95% Student-t critical value, t(0.975, df)."""
-    return float(_scipy_stats.t.ppf(0.975, df))
-
-
 def summarize(values: Sequence[float]) -> Summary:
-    """Mean, ddof=1 std and 95% t half-width t(0.975, n-1)*s/sqrt(n) of `values`.
+    """Mean, ddof=1 std and 95% t half-width t(0.975, n-1)*s/sqrt(n) of `values` (`seed_only`'s interval).
 
     Raises ValueError on an empty sequence (a mean of nothing is not a result).
     """
@@ -65,7 +60,7 @@ def summarize(values: Sequence[float]) -> Summary:
     if n < 2:
         return Summary(n=n, mean=mean, std=None, ci95=None)
     std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
-    return Summary(n=n, mean=mean, std=std, ci95=t_quantile_975(n - 1) * std / math.sqrt(n))
+    return Summary(n=n, mean=mean, std=std, ci95=seed_only(mean, std, n).ci95)  # the one seed-only t interval
 
 
 def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> PairedSummary:

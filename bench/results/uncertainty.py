@@ -150,7 +150,9 @@ class CrossedSummary(Estimate):
 
 
 def seed_only(mean: float, std: float | None, n: int) -> Estimate | None:
-    """The seed-only t interval as an Estimate (None without a spread: n < 2)."""
+    """The seed-only t interval as an Estimate (None without a spread: n < 2): half-width t(0.975, n - 1) * std /
+    sqrt(n). The one such interval: a cell's summary over seeds (`bench.results.stats`), a Δ without predictions
+    and the simulations' seed-only coverage all use it."""
     if std is None or n < 2:
         return None
     return Estimate(mean, std**2 / n, 0.0, n)
