@@ -144,17 +144,35 @@ def slurm_cpus() -> int | None:
     return min(int(text), usable_cpus())
 
 
-def default_threads() -> int:
-    """The threads a run uses: SLURM_CPUS_PER_TASK inside a SLURM allocation, else the cores of this process's
-    CPU affinity (a container's cpuset, `taskset`), which torch's own default (every core of the machine)
-    ignores."""
+def allocated_cpus(given: int | None = None) -> int:
+    """The threads of a run in this process, the CPUs it was given: SLURM_CPUS_PER_TASK inside a SLURM allocation
+    (checked, at most `usable_cpus()`), else `given` (a job's `cpus_per_task`, a pack member's share of its job's),
+    else the cores of this process's CPU affinity (a container's cpuset, `taskset`), which torch's own default
+    (every core of the machine) ignores.
+
+    One count for every way a run is started (`ferbench run`, a submitit job, a pack and its members): the thread
+    count changes the last bits of a run's numbers, so a run must not get other threads for being submitted. Cores,
+    SMT siblings counted once (`physical_cores`), as torch counts them: a core's two siblings share its arithmetic
+    units. (A job without a count used to take the affinity's logical CPUs, twice the cores on an SMT host; no caller
+    reaches that branch: sweeps give cpus_per_task, default 1, and packs give each member its share.)
+
+    Measured on the reference machine (nproc 2 = 2 cores, 1 thread per core), before and after alike: 2 (the job's
+    logical count and `default_threads()`'s cores), 1 under `taskset -c 0` or with SLURM_CPUS_PER_TASK=1, a given 3
+    returned as 3 (`configure` caps it at `usable_cpus()`). On a 4-CPU, 2-core SMT topology: 4 logical, 2 cores."""
     n = slurm_cpus()
     if n is not None:
         return n
+    if given:
+        return given
     try:
         return physical_cores(os.sched_getaffinity(0))
     except AttributeError:  # no affinity on this platform
         return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """The threads a run uses when nothing gives it a count: `allocated_cpus()`."""
+    return allocated_cpus()
 
 
 def configure(threads: int | None = None) -> dict[str, object]:

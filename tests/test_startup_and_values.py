@@ -24,7 +24,16 @@ from bench.checks import check_value
 from bench.cli import main
 from bench.config import TorchSeed, build_config, run_id
 from bench.errors import FERBenchError
-from bench.startup import MARKER, VARIABLES, _as_read, default_threads, slurm_cpus, usable_cpus
+from bench.startup import (
+    MARKER,
+    VARIABLES,
+    _as_read,
+    allocated_cpus,
+    default_threads,
+    physical_cores,
+    slurm_cpus,
+    usable_cpus,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = {"train.iterations": 2, "train.eval_every": 2, "train.checkpoint_every": 2, "train.log_every": 2}
@@ -107,6 +116,19 @@ def test_a_negative_spin_count_is_refused_although_libgomp_wraps_it_round() -> N
     assert _libgomp_reads("GOMP_SPINCOUNT", "-5") == str(2**64 - 5)  # an endless spin nobody asked for
     with pytest.raises(FERBenchError, match=r"GOMP_SPINCOUNT='-5': expected a whole number >= 0"):
         _as_read("GOMP_SPINCOUNT", "-5")
+
+
+def test_a_run_gets_one_thread_count_whichever_way_it_is_started(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ferbench run` (default_threads) and a job or pack given no count (allocated_cpus) count the same CPUs: the
+    cores of the affinity; a count given or SLURM's wins."""
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    from bench.launch import jobs
+
+    assert jobs.allocated_cpus is allocated_cpus  # the jobs and the packs count through bench.startup
+    assert allocated_cpus() == default_threads() == physical_cores(os.sched_getaffinity(0))
+    assert allocated_cpus(3) == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert allocated_cpus(3) == default_threads() == 1
 
 
 def test_slurm_cpus_are_capped_at_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:

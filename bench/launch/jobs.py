@@ -23,7 +23,7 @@ import submitit
 
 from bench.launch.preemption import Preemption
 from bench.results.record import write_json_atomic
-from bench.startup import configure, slurm_cpus
+from bench.startup import allocated_cpus, configure  # allocated_cpus: also the pack's (bench.launch.pack)
 
 
 def status_path(output_dir: str | Path, run_id: str) -> Path:
@@ -66,7 +66,7 @@ class RunJob(submitit.helpers.Checkpointable):
     def __init__(self, config: dict[str, Any], threads: int | None = None,
                  job_info: dict[str, Any] | None = None) -> None:
         self.config = config
-        self.threads = threads  # torch threads; SLURM_CPUS_PER_TASK when set
+        self.threads = threads  # torch threads; SLURM_CPUS_PER_TASK when set (`allocated_cpus`)
         self.job_info = job_info  # {"job_id", "logs"} of the job this run is part of (a pack), else asked here
 
     def _status(self, run_id: str, state: str, **extra: Any) -> None:
@@ -117,17 +117,3 @@ class RunJob(submitit.helpers.Checkpointable):
         if record is None:
             raise RuntimeError(f"run {rid} stopped before its last iteration (train.stop_after?)")
         return {"run_id": rid, "accuracy": record["metrics"]["final"]["accuracy"]}
-
-
-def allocated_cpus(fallback: int | None = None) -> int:
-    """The CPUs this process was given: SLURM_CPUS_PER_TASK (checked, as a run reads it), else `fallback`, else its
-    CPU affinity."""
-    n = slurm_cpus()
-    if n is not None:
-        return n
-    if fallback:
-        return fallback
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # no affinity on this platform
-        return os.cpu_count() or 1
