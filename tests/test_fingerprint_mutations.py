@@ -115,7 +115,7 @@ BEHAVIOURAL: list[tuple[str, str, str, str, list[str]]] = [
      "def horizontal_flip(x: Tensor, gen: torch.Generator, prob: float = 0.3)", ["supervised"]),
     ("weak view: crop probability", "bench/data/views.py", "keep = _rand(n, gen, x.device) >= prob",
      "keep = _rand(n, gen, x.device) >= prob * 0.5", ["fixmatch"]),
-    ("strong view: enhance ops' blend", "bench/data/views.py",
+    ("strong view: enhance ops' blend", "bench/data/randaugment.py",
      "return _u8(degenerate + f * (img.float() - degenerate))",
      "return _u8(degenerate + 0.8 * f * (img.float() - degenerate))", ["fixmatch"]),
     ("random resized crop's area", "bench/data/views.py",
@@ -170,7 +170,7 @@ NEUTRAL: list[tuple[str, str, str, str]] = [
     ("imports reordered", "methods/sitfer.py", "import hashlib\n", ""),
     ("(the import moved)", "methods/sitfer.py", "from __future__ import annotations\n",
      "from __future__ import annotations\n\nimport hashlib\n"),
-    ("a helper moved to the end of its file", "bench/data/views.py",
+    ("a helper moved to the end of its file", "bench/data/randaugment.py",
      'def _blend(degenerate: Tensor, img: Tensor, factor: Tensor) -> Tensor:\n'
      '    """PIL\'s ImageEnhance: degenerate + factor * (img - degenerate), per sample."""\n'
      '    f = factor.view(-1, 1, 1, 1)\n'

@@ -136,7 +136,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     path = prepare_dataset(args.dataset, args.root, args.image_size, args.cache_dir, _reader_options(args),
-                           args.on_bad_image, args.workers, progress=True, label_protocol=args.protocol)
+                           args.on_bad_image, workers=args.workers, progress=True, label_protocol=args.protocol)
     data = load_prepared(path)
     info = data.info
     bad = info.get("bad_images", [])
