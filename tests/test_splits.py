@@ -74,6 +74,7 @@ def test_total_water_fills_capped_classes_and_hands_out_remainders() -> None:
     # largest fraction: fear (0.8), then the 0.7s by class size: Happy, Neutral, Sad, Surprise.
     assert labeled_counts(RAFDB_TRAIN, "total", 98) == [15, 15, 15, 15, 10, 14, 14]
     assert labeled_counts([10, 3, 0, 5], "total", 3) == [1, 1, 0, 1]  # absent classes get none
+    assert labeled_counts([10, 3, 5], "total", 15) == [9, 2, 4]  # the whole budget at every cap: each class capped
 
 
 def test_per_class_counts_and_errors() -> None:

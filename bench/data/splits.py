@@ -70,8 +70,11 @@ def _total_counts(sizes: list[int], n_total: int, names: list[str]) -> list[int]
     rarest = min(present, key=lambda c: (sizes[c], c))
     weight = {c: (RARE_CLASS_WEIGHT if c == rarest else 1.0) for c in present}
     capped: set[int] = set()
+    level = 0.0
     while True:
         free = [c for c in present if c not in capped]
+        if not free:  # the budget is every class's cap
+            break
         level = (n_total - sum(caps[c] for c in capped)) / sum(weight[c] for c in free)
         newly = {c for c in free if weight[c] * level >= caps[c]}
         if not newly:
