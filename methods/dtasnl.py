@@ -85,7 +85,7 @@ def drop_region(fmap: Tensor, grid: int, prob: float) -> Tensor:
 class LocalAttentionHead(nn.Module):
     """Spatial attention gate + random feature-map dropout + global and g x g local pooling, projected."""
 
-    def __init__(self, channels: int, out_dim: int, local_attention: bool = True, local_grid: int = 2,
+    def __init__(self, channels: int, out_dim: int, *, local_attention: bool = True, local_grid: int = 2,
                  feature_dropout: str = "region", region_drop_prob: float = 0.5, channel_drop_p: float = 0.1) -> None:
         super().__init__()
         self.attention = nn.Conv2d(channels, 1, kernel_size=1) if local_attention else None
@@ -156,6 +156,7 @@ class DTASNL(Method):
     reference = ("Cai et al. arXiv 2601.05556 (abstract only, no code): recipe RECONSTRUCTED per reference/methods.md "
                  "§4.2 - EMA teacher, class thresholds clip(EMA conf, .5, .95), negative learning p<.05, "
                  "2x2 local attention + region dropout, class-balanced labeled batches")
+    check_settings = {"method_args.tau_min": 0.2, "method_args.tau_max": 0.3}  # class confidences that move
 
     def __init__(self, num_classes: int, **arguments: Any) -> None:
         super().__init__(num_classes, **arguments)
@@ -167,8 +168,10 @@ class DTASNL(Method):
 
     def build_model(self, model: nn.Module) -> nn.Module:
         a = self.args
-        head = LocalAttentionHead(model.feature_map_channels(), int(model.num_features), a.local_attention,
-                                  a.local_grid, a.feature_dropout, a.region_drop_prob, a.channel_drop_p)
+        head = LocalAttentionHead(model.feature_map_channels(), int(model.num_features),
+                                  local_attention=a.local_attention, local_grid=a.local_grid,
+                                  feature_dropout=a.feature_dropout, region_drop_prob=a.region_drop_prob,
+                                  channel_drop_p=a.channel_drop_p)
         return DTASNLModel(model, head)
 
     @property

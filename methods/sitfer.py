@@ -190,7 +190,7 @@ class SITFERModel(nn.Module):
     are checkpointed, EMA'd and saved with the final weights). The feature follows the base model's head:
     normalised after its dropout with `head="normalized"` (the released order), before it otherwise."""
 
-    def __init__(self, base: nn.Module, text_embeddings: Tensor, projection: str, num_labeled: int,
+    def __init__(self, base: nn.Module, text_embeddings: Tensor, *, projection: str, num_labeled: int,
                  normalize_classifier_input: bool, eval_head: str, eval_weights: tuple[float, float, float],
                  text_temperature: float, instance_temperature: float, generator: torch.Generator | None) -> None:
         super().__init__()
@@ -284,6 +284,8 @@ class SITFER(Method):
     reference = ("Ding et al. 2025; PatrickStarL/SIT-FER main.py (text anchors from a never-trained transformer: "
                  "text_encoder='random_transformer'; fusion 0.6/0.4 then 0.3/0.2/0.5 after epoch 15 of 80, tau 0.75, "
                  "0.4/0.4/0.2, fused eval head)")
+    # the memory bank and instance term on from iteration 3, masks open at tiny settings
+    check_settings = {"method_args.warmup_frac": 0.25, "method_args.threshold": 0.3}
 
     def __init__(self, num_classes: int, **arguments: Any) -> None:
         super().__init__(num_classes, **arguments)
@@ -353,8 +355,10 @@ class SITFER(Method):
             except Exception as e:  # a broken or foreign model folder: say which and why, in one line
                 raise FERBenchError(f"method 'sitfer': could not load {a.text_encoder} text encoder from "
                                     f"{a.text_encoder_path}: {type(e).__name__}: {e}") from e
-        head = SITFERModel(model, emb, a.text_projection, max(self.num_labeled, 1), a.normalize_classifier_input,
-                           a.eval_head, a.fusion_weights, a.text_temperature, a.instance_temperature, gen)
+        head = SITFERModel(model, emb, projection=a.text_projection, num_labeled=max(self.num_labeled, 1),
+                           normalize_classifier_input=a.normalize_classifier_input, eval_head=a.eval_head,
+                           eval_weights=a.fusion_weights, text_temperature=a.text_temperature,
+                           instance_temperature=a.instance_temperature, generator=gen)
         projected = emb.shape[1] != dim
         self._info = {
             "text_encoder": a.text_encoder,

@@ -37,7 +37,9 @@ def _head(scale: float = 1.0) -> SITFERModel:
         base.classifier.weight.copy_(scale * torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
         base.classifier.bias.zero_()
     anchors = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
-    return SITFERModel(base, anchors, "fixed", 3, True, "fused", (0.3, 0.2, 0.5), 1.0, 1.0, None)
+    return SITFERModel(base, anchors, projection="fixed", num_labeled=3, normalize_classifier_input=True,
+                       eval_head="fused", eval_weights=(0.3, 0.2, 0.5), text_temperature=1.0, instance_temperature=1.0,
+                       generator=None)
 
 
 def test_text_and_instance_scores_and_bank_update() -> None:
