@@ -11,6 +11,7 @@ import sys
 
 from bench.commands import (
     benchmark,
+    check_method,
     data,
     demo,
     leaderboard,
@@ -25,7 +26,7 @@ from bench.errors import FERBenchError
 from bench.startup import configure
 
 #: the commands, in the order `ferbench --help` lists them; each module's `add_parser` adds its own (bench/commands)
-COMMANDS = (recipes, methods, data, benchmark, run, sweep, status, leaderboard, plan_seeds, demo)
+COMMANDS = (recipes, methods, check_method, data, benchmark, run, sweep, status, leaderboard, plan_seeds, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

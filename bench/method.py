@@ -256,6 +256,9 @@ class Method:
     #: every stage `stages()` may return, in order; `stages.<name>` overrides may name any of them (a preset
     #: may set a stage that some arguments skip, e.g. FR-pretraining's MAE stage when a checkpoint is given)
     stage_names: ClassVar[tuple[str, ...]] = ("main",)
+    #: dotted config overrides for the contract checker's seconds-long runs (`ferbench check-method`), where its
+    #: tiny defaults would leave the method's adaptive parts idle (thresholds no tiny model reaches in 12 steps)
+    check_settings: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, num_classes: int, **arguments: Any) -> None:
         self.args = parse_arguments(self.Args, arguments, f"method {self.name!r}")
@@ -280,10 +283,20 @@ class Method:
     def state_specs(self) -> list[StateSpec]:
         return list(self._state.values())
 
+    def undeclared_state(self) -> list[str]:
+        """Attributes that hold tensors (directly, or in a list, tuple or dict) but are not declared state: a
+        checkpoint would not keep them, so a resumed run would start them afresh."""
+
+        def holds_tensor(v: Any) -> bool:
+            items = v.values() if isinstance(v, dict) else v if isinstance(v, (list, tuple)) else (v,)
+            return any(isinstance(x, Tensor) for x in items)
+
+        return sorted(k for k, v in vars(self).items() if k not in self._state and holds_tensor(v))
+
     def state_dict(self) -> dict[str, Tensor]:
         """Every declared state tensor, on the host. A tensor attribute that is not declared would silently not be
         checkpointed: it is an error."""
-        stray = sorted(k for k, v in vars(self).items() if isinstance(v, Tensor) and k not in self._state)
+        stray = self.undeclared_state()
         if stray:
             raise FERBenchError(f"method {self.name!r}: attribute(s) {', '.join(stray)} hold tensors but are not "
                                 "declared state (Method.add_state), so a checkpoint would not keep them")

@@ -77,6 +77,7 @@ class AdaCM(Method):
     views = ("weak", "weak2", "strong")
     Args = AdaCMArgs
     reference = "Li et al. CVPR 2022; hangyu94/Ada-CM main.py (T0 0.8, 0.97*sigmoid(epoch), 0.5/1/0.1)"
+    check_settings = {"method_args.epoch_iters": 4}  # thresholds recomputed at 4, 8 and 12
 
     def __init__(self, num_classes: int, **arguments: object) -> None:
         super().__init__(num_classes, **arguments)

@@ -75,7 +75,7 @@ def _adamw(lr: float, **schedule: Any) -> dict[str, Any]:
     return {"name": "adamw", "lr": lr, "weight_decay": 0.05, "betas": [0.9, 0.95], **schedule}
 
 
-def face_mixup_loss(logits_mixed: Tensor, logits_real: Tensor, y: Tensor, lam: float, iou: Tensor,
+def face_mixup_loss(logits_mixed: Tensor, logits_real: Tensor, y: Tensor, *, lam: float | Tensor, iou: Tensor,
                     num_classes: int, smoothing: float) -> Tensor:
     """mean_i [CE_soft(mixed_i, lam*t(y_i) + (1-lam)*t(y_{B-1-i})) + (1-IoU_i)(CE(real_i) + CE(real_{B-1-i}))],
     t = one-hot smoothed as timm's mixup target (off = s/C, on = 1 - s + s/C)."""
@@ -125,6 +125,11 @@ class FRPretraining(Method):
     Args = FRPretrainingArgs
     reference = ("Song et al. 2024 (arXiv 2410.17622), code zhelishisongjie/SSFER: MAE (mask 0.75) -> Face-Mixup "
                  "fine-tuning with (1-IoU) weights -> FixMatch with EMA teacher (tau 0.7, lambda_u 5)")
+    # all three stages, on the tiny ViT the MAE stage needs, each a few iterations
+    check_settings = {"model.backbone": "ferbench_vit_tiny", "model.timm_kwargs": "{img_size: 32}",
+                      "train.iterations": 4, "method_args.decoder_dim": 32, "method_args.decoder_depth": 1,
+                      "method_args.decoder_heads": 2, "stages.pretrain.train.iterations": 3,
+                      "stages.finetune.train.iterations": 6, "stages.finetune.train.checkpoint_every": 2}
 
     def __init__(self, num_classes: int, **arguments: Any) -> None:
         super().__init__(num_classes, **arguments)
@@ -205,7 +210,9 @@ class FRPretraining(Method):
         if not a.face_mixup:
             loss = F.cross_entropy(model(x).float(), y)
             return StepOutput(loss, {"loss_x": loss.detach()})
-        lam = float(torch.distributions.Beta(a.mixup_alpha, a.mixup_alpha).sample())
+        # a 0-dim tensor on the host, used as is: reading it (float()) or validating the Beta's arguments would be a
+        # host read inside the step; the arithmetic below is the same in float32 either way (exact in both)
+        lam = torch.distributions.Beta(a.mixup_alpha, a.mixup_alpha, validate_args=False).sample()
         mixed = lam * x + (1.0 - lam) * x.flip(0)
         real = mixed if a.mixup_inplace_bug else x  # the reference's in-place mixup: "real" is mixed too
         if self._boxes is None:
@@ -214,7 +221,8 @@ class FRPretraining(Method):
             boxes = self._boxes(ctx.denormalize(real))
             iou = box_iou(boxes, boxes.flip(0))
         logits_mixed, logits_real = joint_forward(model, mixed, real)
-        loss = face_mixup_loss(logits_mixed, logits_real, y, lam, iou, self.num_classes, a.label_smoothing)
+        loss = face_mixup_loss(logits_mixed, logits_real, y, lam=lam, iou=iou, num_classes=self.num_classes,
+                               smoothing=a.label_smoothing)
         return StepOutput(loss, {"lam": lam, "mean_iou": iou.mean().detach()})
 
     def semisup_step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:

@@ -219,6 +219,8 @@ class LEAF(AdaCM):
     Args = LEAFArgs
     reference = ("Zhang et al. CVIU 2025; zfkarl/LEAF Code_LEAF (shared-expert top-1 MoE adapters, CPL top-3 @0.9 "
                  "concave, batch-level mask, 0.5/1/0.1, Ada-CM thresholds, 1600 it/epoch)")
+    # Ada-CM thresholds (at 4, 8, 12) low enough for the masks to open at tiny settings, and the MoE adapters
+    check_settings = {"method_args.epoch_iters": 4, "method_args.initial_threshold": 0.3}
 
     def __init__(self, num_classes: int, **arguments: Any) -> None:
         super().__init__(num_classes, **arguments)

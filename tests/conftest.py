@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 from bench.startup import configure
 
@@ -14,6 +18,7 @@ configure()
 import pytest  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
+from bench.contract.runs import tiny_settings  # noqa: E402
 from bench.method import ModelOutput  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,23 +58,8 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def tiny_overrides(cache: Path, out: Path, **extra: object) -> list[str]:
-    """Dotted overrides for a seconds-long run on the tiny synthfer."""
-    base = {
-        "data.cache_dir": str(cache),
-        "data.image_size": 32,
-        "data.synthfer": "{n_train: 280, n_test: 140, seed: 0, size: 32}",
-        "data.budget": 0.1,
-        "model.backbone": "ferbench_cnn_tiny",
-        "train.iterations": 12,
-        "train.batch_size": 8,
-        "train.mu": 2,
-        "train.eval_every": 4,
-        "train.log_every": 2,
-        "train.checkpoint_every": 4,
-        "output_dir": str(out),
-    }
-    base.update({k: v for k, v in extra.items()})
-    return [f"{k}={v}" for k, v in base.items()]
+    """Dotted overrides for a seconds-long run on the tiny synthfer (the contract checker's runs, bench/contract)."""
+    return tiny_settings(cache, out, **extra)
 
 
 class InputLogits(nn.Module):
@@ -95,3 +85,41 @@ class IdentityBackbone(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+class PluginInstaller(Protocol):
+    def __call__(self, dist: str, module: str, source: str, *, entry: str | None = None) -> None: ...
+
+
+@pytest.fixture
+def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PluginInstaller]:
+    """Install a third-party method package as pip would lay it out (a module and a dist-info with a
+    `ferbench.methods` entry point, `entry` = `module` unless given) on this process's import path, and discover it;
+    the registry, the import path and the modules are as before when the test ends."""
+    from bench import registry
+
+    site = tmp_path / "plugin-site"
+    registered, failed, modules = set(registry._REGISTRY), dict(registry._FAILED), set(sys.modules)
+
+    def install(dist: str, module: str, source: str, *, entry: str | None = None) -> None:
+        site.mkdir(exist_ok=True)
+        (site / f"{module}.py").write_text(source)
+        info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+        (info / "entry_points.txt").write_text(f"[ferbench.methods]\n{entry or module} = {module}\n")
+        if str(site) not in sys.path:
+            monkeypatch.syspath_prepend(str(site))
+        importlib.invalidate_caches()
+        monkeypatch.setattr(registry, "_DISCOVERED", False)
+        registry.discover()
+
+    yield install
+    for name in set(registry._REGISTRY) - registered:
+        registry._REGISTRY.pop(name)
+        registry._ORIGINS.pop(name, None)
+    registry._FAILED.clear()
+    registry._FAILED.update(failed)
+    for name, module in list(sys.modules.items()):  # the plugin's own modules only
+        if name not in modules and str(getattr(module, "__file__", None) or "").startswith(str(site)):
+            sys.modules.pop(name)

@@ -108,10 +108,10 @@ def test_face_mixup_loss_by_hand() -> None:
     ce_mixed = [-sum(ti * li for ti, li in zip(t[i], lsm(logits_mixed[i].tolist()), strict=True)) for i in range(2)]
     ce_real = [-lsm([1.0, 0.0])[0], math.log(2)]
     expected = sum(ce_mixed[i] + 0.75 * (ce_real[0] + ce_real[1]) for i in range(2)) / 2
-    got = face_mixup_loss(logits_mixed, logits_real, y, lam, iou, 2, s)
+    got = face_mixup_loss(logits_mixed, logits_real, y, lam=lam, iou=iou, num_classes=2, smoothing=s)
     assert got.item() == pytest.approx(expected, rel=1e-6)
     # identical boxes (IoU 1): the real-image terms vanish, leaving the mixup CE
-    got1 = face_mixup_loss(logits_mixed, logits_real, y, lam, torch.ones(2), 2, s)
+    got1 = face_mixup_loss(logits_mixed, logits_real, y, lam=lam, iou=torch.ones(2), num_classes=2, smoothing=s)
     assert got1.item() == pytest.approx(sum(ce_mixed) / 2, rel=1e-6)
 
 

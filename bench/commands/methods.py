@@ -1,4 +1,5 @@
-"""`ferbench methods [NAME]`: the registered methods, or one method's arguments."""
+"""`ferbench methods [NAME]`: the registered methods (with where each comes from: built-in or its distribution), or
+one method's arguments."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def handle(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from bench.method import describe_arguments
-    from bench.registry import get_method_class, method_names
+    from bench.registry import get_method_class, method_names, method_origin
 
     if args.name:  # one method's arguments: name, type and range, default, where the default comes from
         cls = get_method_class(args.name)
@@ -31,13 +32,13 @@ def handle(args: argparse.Namespace) -> int:
         console().print(table)
         return 0
     table = Table(title="Registered methods (ferbench methods NAME: one method's arguments)")
-    for col in ("name", "unlabeled views", "labels", "arguments (default)", "reconstructed (not from a source)",
+    for col in ("name", "from", "unlabeled views", "labels", "arguments (default)", "reconstructed (not from a source)",
                 "source"):
         table.add_column(col, overflow="fold")
     for name in method_names():
         cls = get_method_class(name)
         arguments = describe_arguments(cls.Args)
-        table.add_row(name, ", ".join(cls.views) or "-", cls.labeled_source,
+        table.add_row(name, method_origin(name), ", ".join(cls.views) or "-", cls.labeled_source,
                       ", ".join(f"{a.name}={json.dumps(a.default)}" for a in arguments) or "-",
                       ", ".join(a.name for a in arguments if a.reconstructed) or "-", cls.reference)
     console().print(table)
