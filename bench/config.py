@@ -33,7 +33,9 @@ Decay = Annotated[float, Interval("[0, 1)")]
 Count = Annotated[int, Interval("[1, inf)")]
 NonNegativeInt = Annotated[int, Interval("[0, inf)")]
 AreaFraction = Annotated[float, Interval("(0, 1]")]
-ImageSide = Annotated[int, Interval("[8, inf)")]
+# an image side, everywhere one is given: prepared images are held decoded (N x side^2 x 3 bytes), so a side over
+# 1024 is a typo (1120 for 112) that would fill the disk before it failed
+ImageSide = Annotated[int, Interval("[8, 1024]")]
 #: a seed torch's generators take as it is (`torch.Generator.manual_seed`: a signed or unsigned 64-bit integer)
 TorchSeed = Annotated[int, Interval("[-9223372036854775808, 18446744073709551616)")]
 

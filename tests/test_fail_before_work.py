@@ -65,8 +65,9 @@ def test_the_reported_inputs_fail_in_one_line(tmp_path: Path, args: list[str], e
 
 
 @pytest.mark.parametrize("override, expected", [
-    ("data.image_size=big", "data.image_size='big': expected an integer in [8, inf)"),
-    ("data.image_size=4", "data.image_size=4: expected an integer in [8, inf)"),
+    ("data.image_size=big", "data.image_size='big': expected an integer in [8, 1024]"),
+    ("data.image_size=4", "data.image_size=4: expected an integer in [8, 1024]"),
+    ("data.image_size=1120", "data.image_size=1120: expected an integer in [8, 1024]"),
     ("data.workers=-1", "data.workers=-1: expected an integer in [0, inf)"),
     ("data.augment_on=gpu", "data.augment_on='gpu': expected one of 'device', 'cpu'"),
     ("data.unlabeled=none", "data.unlabeled='none': expected one of 'all', 'rest'"),

@@ -37,7 +37,7 @@ def add_parser(subparsers: Subparsers) -> None:
     add_number(bm, "--n", Annotated[int, Interval("[70, inf)")], default=150_000,
                help="number of JPEGs (a tenth are test images)")
     add_number(bm, "--size", ImageSide, default=64, help="JPEG side in pixels")
-    add_number(bm, "--image-size", Annotated[int, Interval("[8, 1024]")], default=64, help="prepared image side")
+    add_number(bm, "--image-size", ImageSide, default=64, help="prepared image side")
     add_number(bm, "--iterations", Count, default=50, help="training iterations of the measured run")
     bm.add_argument("--work-dir", default=None, help="where to write the JPEGs and the cache (default: temp)")
     bm.add_argument("--json", default=None, help="also write the results here")
