@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ferbench-installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-fast lint install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,6 +28,13 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile
 	cache=$$(mktemp -d) && env $(AVX2) FERBENCH_CACHE=$$cache $(PY) -m pytest -q tests/test_freshness.py \
 		-k committed_leaderboards; status=$$?; rm -rf $$cache; exit $$status
+
+# The loop for people changing the code: everything but the tests marked subprocess (real FERBench, accelerate, pip
+# and probe processes), cluster (SLURM) and statistical (Monte-Carlo), spread test by test over two workers.
+# `make test` runs all of them.
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -n 2 --dist load -m "not subprocess and not cluster and not statistical"
 
 clean:
 	rm -rf $(VENV) runs

@@ -4,9 +4,9 @@ Built-in methods live one per module in the `methods` package and are found by w
 packages add methods through the `ferbench.methods` entry-point group (each entry point names a
 module, or a Method class, whose import registers it). No hand-kept import list.
 
-A plugin never costs the other methods: one that fails to import, or that registers a name already taken, is one
-warning line on stderr naming its distribution and the error, and is left out; asking for a method it would have
-provided is one line (a FERBenchError, exit 2).
+A plugin never costs the other methods: one that fails to import, or that registers a name already taken, is left out
+with one warning line on stderr naming its distribution and the error (said once, when another method is used or
+listed); asking for the method it would have provided is one line instead (a FERBenchError, exit 2).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ BUILTIN = "built-in"
 _REGISTRY: dict[str, type[Method]] = {}
 _ORIGINS: dict[str, str] = {}  # method name -> "built-in", a distribution ("my-plugin 0.1") or a module
 _FAILED: dict[str, str] = {}  # entry-point name -> why its plugin was left out
+_WARNINGS: list[str] = []  # one line a plugin left out, said once: when another method is used or listed
 _DISCOVERED = False
 _loading: str | None = None  # the distribution whose entry point is being imported
 M = TypeVar("M", bound=type)
@@ -75,8 +76,8 @@ def _load_plugin(ep: EntryPoint) -> None:
             _ORIGINS.pop(name, None)
         why = (str(e) if isinstance(e, _NameTaken) else f"{type(e).__name__}: {e}").splitlines()[0]
         _FAILED[ep.name] = f"its package {origin} failed to load ({why})"
-        print(f"ferbench: warning: method plugin {ep.name!r} ({ep.value}) from {origin} was not loaded: {why}; "
-              "every other method works", file=sys.stderr)
+        _WARNINGS.append(f"ferbench: warning: method plugin {ep.name!r} ({ep.value}) from {origin} was not loaded: "
+                         f"{why}; every other method works")
     finally:
         _loading = None
 
@@ -96,8 +97,15 @@ def discover() -> None:
         _load_plugin(ep)
 
 
+def _warn() -> None:
+    """Say, once, which plugins were left out (the run goes on with the methods that loaded)."""
+    while _WARNINGS:
+        print(_WARNINGS.pop(0), file=sys.stderr)
+
+
 def method_names() -> list[str]:
     discover()
+    _warn()
     return sorted(_REGISTRY)
 
 
@@ -116,9 +124,12 @@ def failed_plugins() -> dict[str, str]:
 def get_method_class(name: str) -> type[Method]:
     discover()
     if name not in _REGISTRY:
-        if name in _FAILED:
+        if name in _FAILED:  # its own one line says why; no warning besides
+            _WARNINGS.clear()
             raise FERBenchError(f"method {name!r} is not available: {_FAILED[name]}")
+        _warn()
         raise FERBenchError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}")
+    _warn()
     return _REGISTRY[name]
 
 

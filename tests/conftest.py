@@ -112,7 +112,7 @@ def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
             monkeypatch.syspath_prepend(str(site))
         importlib.invalidate_caches()
         monkeypatch.setattr(registry, "_DISCOVERED", False)
-        registry.discover()
+        registry.method_names()  # discovers it, and says which plugins were left out
 
     yield install
     for name in set(registry._REGISTRY) - registered:
@@ -120,6 +120,7 @@ def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
         registry._ORIGINS.pop(name, None)
     registry._FAILED.clear()
     registry._FAILED.update(failed)
+    registry._WARNINGS.clear()
     for name, module in list(sys.modules.items()):  # the plugin's own modules only
         if name not in modules and str(getattr(module, "__file__", None) or "").startswith(str(site)):
             sys.modules.pop(name)

@@ -9,7 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import require, tiny_overrides
+
+pytestmark = pytest.mark.subprocess
 
 
 def _free_port() -> int:

@@ -106,6 +106,7 @@ def _archiver(out: Path, ids: list[str], kill_at: int, delay: float = 0.0) -> su
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.subprocess
 def test_sigkill_at_every_step_of_archiving_loses_nothing(tmp_path: Path) -> None:
     for at in range(1, 60):
         out = tmp_path / f"kill{at}"
@@ -161,6 +162,7 @@ def test_a_failure_at_any_step_is_one_line_and_archives_nothing(tmp_path: Path, 
     pytest.fail("archiving never finished")
 
 
+@pytest.mark.subprocess
 def test_two_archivers_at_once_make_one_archive(tmp_path: Path) -> None:
     out = tmp_path / "race"
     ids = _sweep(out)

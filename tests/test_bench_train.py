@@ -75,6 +75,7 @@ def test_busy_processes_take_a_core_until_stopped() -> None:
     assert not Path(f"/proc/{pid}").exists()  # stopped and reaped
 
 
+@pytest.mark.subprocess
 def test_bench_train_contention_measures_each_setting_in_its_own_process(shared_cache: Path, tmp_path: Path,
                                                                          capsys) -> None:
     out = tmp_path / "contention.json"

@@ -26,6 +26,7 @@ def _assert_one_line(stderr: str, expected: str) -> None:
     assert lines[0].startswith("ferbench: error: ") and expected in lines[0], lines[0]
 
 
+@pytest.mark.subprocess
 def test_unknown_method_as_a_real_subprocess(tmp_path: Path) -> None:
     res = _ferbench("run", "method=nosuch", f"output_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert res.returncode == 2
@@ -33,6 +34,7 @@ def test_unknown_method_as_a_real_subprocess(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.subprocess
 def test_missing_data_root_as_a_real_subprocess(tmp_path: Path) -> None:
     res = _ferbench("run", "data.name=rafdb", f"data.root={tmp_path / 'nowhere'}", f"output_dir={tmp_path / 'out'}",
                     f"data.cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
@@ -194,6 +196,7 @@ def test_status_of_a_folder_with_a_truncated_status_file_is_one_line(tmp_path: P
                                               "status file")
 
 
+@pytest.mark.subprocess
 def test_a_pickle_that_is_not_a_checkpoint_is_one_line_without_torchs_warning(tmp_path: Path) -> None:
     import pickle
 
@@ -207,6 +210,7 @@ def test_a_pickle_that_is_not_a_checkpoint_is_one_line_without_torchs_warning(tm
     _assert_one_line(res.stderr, f"model.pretrained_file {path}: not a readable checkpoint")
 
 
+@pytest.mark.subprocess
 def test_a_training_command_prints_no_deepspeed_accelerator_line(shared_cache: Path, tmp_path: Path) -> None:
     pytest.importorskip("deepspeed")  # the line came from importing DeepSpeed, which is only there when installed
     res = _ferbench("run", "--quiet", *tiny_overrides(shared_cache, tmp_path / "out", method="supervised",

@@ -46,6 +46,7 @@ def _args(tmp_path: Path, **extra: object) -> list[str]:
 
 
 # The five rows of the issue, through the real command line.
+@pytest.mark.subprocess
 @pytest.mark.parametrize("args, expected", [
     (["data.budget=lots"], "data.budget='lots': expected a number"),
     (["seed=abc"], "seed='abc': expected an integer in [0, inf)"),

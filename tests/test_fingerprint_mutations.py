@@ -33,6 +33,8 @@ from bench.engine.fingerprint import (
     same_behaviour,
 )
 
+pytestmark = pytest.mark.subprocess
+
 REPO = Path(__file__).resolve().parents[1]
 
 #: the keys the mutations are checked against, by name: every built-in method, the recipes, and one run whose

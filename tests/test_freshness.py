@@ -37,6 +37,7 @@ from bench.results.leaderboard import read_board_fingerprints
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.subprocess
 def test_the_probe_is_deterministic_and_leaves_the_callers_state_alone() -> None:
     cfg = build_config(overrides=["method=flexmatch"])
     torch.manual_seed(123)
@@ -114,6 +115,7 @@ def test_sameness_is_within_the_stated_tolerance_and_a_new_logged_value_is_not_a
     assert changed_values(base, other_data) == ["data x -> y"]
 
 
+@pytest.mark.subprocess
 def test_a_cpu_run_carries_the_fingerprint_whatever_its_speed_settings_and_threads(shared_cache: Path,
                                                                                    tmp_path: Path) -> None:
     """The probe runs on the CPU in one thread with deterministic algorithms, whatever the run's device, data path
@@ -174,6 +176,7 @@ def _board(code: Path, cache: Path, records: Path, out: Path, *extra: str) -> tu
         return (out / "synthfer.md").read_text(), list(csv.DictReader(f))
 
 
+@pytest.mark.subprocess
 def test_a_change_of_numerics_marks_exactly_that_methods_cells_stale_and_rerun_stale_repairs_them(
         shared_cache: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"  # fingerprints of each code copy, in a cache of this test's own
@@ -248,6 +251,7 @@ def test_committed_leaderboards_list_the_fingerprints_they_were_built_from() -> 
         assert entries and all(e["vector"] and e["digest"] and e["settings"] for e in entries.values()), path
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("board", [p.relative_to(REPO).as_posix() for p, _ in _committed_fingerprints()])
 def test_committed_leaderboards_are_current(board: str) -> None:
     """A change that alters a method's numerics must come with regenerated leaderboards (README, Leaderboards)."""

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import tiny_overrides
 from PIL import Image
 
@@ -92,6 +93,7 @@ def _digests_in(env: dict[str, str], cache: Path) -> dict[str, str]:
     return json.loads(next(ln for ln in res.stdout.splitlines() if ln.startswith("DIGESTS "))[len("DIGESTS "):])
 
 
+@pytest.mark.subprocess
 def test_fingerprints_are_the_same_bits_natively_and_on_an_avx2_machine(tmp_path: Path) -> None:
     """Every key of the committed leaderboards (fingerprinted natively, on AVX-512), probed from scratch (an empty
     cache) under AVX2 emulation: the same digests. The emulation is real: the same probe run in-process, unpinned,
@@ -145,6 +147,7 @@ def _plugin(folder: Path, weight: float) -> None:
     (dist / "entry_points.txt").write_text("[ferbench.methods]\nedgeplug = edgeplug\n")
 
 
+@pytest.mark.subprocess
 def test_an_edited_entry_point_plugin_is_stale_and_a_40px_method_has_its_fingerprint(shared_cache: Path,
                                                                                     tmp_path: Path) -> None:
     plugins, cache, out = tmp_path / "site", tmp_path / "cache", tmp_path / "out"
@@ -177,6 +180,7 @@ def test_an_edited_entry_point_plugin_is_stale_and_a_40px_method_has_its_fingerp
     assert last.endswith("(1 of the done not assessed: fingerprint unknown)") and "not probed" in res.stdout
 
 
+@pytest.mark.subprocess
 def test_sitfer_on_eight_classes_is_probed() -> None:
     fp = probe(build_config(overrides=["method=sitfer", "data.name=affectnet8"]))
     assert "unavailable" not in fp, fp.get("unavailable")
@@ -215,6 +219,7 @@ def test_records_name_the_instruction_set_their_kernels_used(shared_cache: Path,
     assert record["split"]["identity"] == "content-v1" and len(record["split"]["dataset_identity"]) == 64
 
 
+@pytest.mark.subprocess
 def test_synthfer_data_has_the_same_identity_on_an_avx2_machine(tmp_path: Path) -> None:
     """The generator's float arithmetic follows numpy's kernels; the images, hence the identity and every split
     manifest of the demo's data, are the same on an AVX-512 and an AVX2-only CPU."""

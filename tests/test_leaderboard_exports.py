@@ -226,6 +226,7 @@ def _tex_structure(tex: str) -> list[tuple[int, list[str]]]:
     return tables
 
 
+@pytest.mark.subprocess
 def test_latex_is_a_balanced_booktabs_tabular_with_bold_and_daggers(rendered, tmp_path):
     out, _, _, _ = rendered
     tex = (out / "synthfer.tex").read_text(encoding="utf-8")

@@ -29,6 +29,7 @@ def _jobs(out: Path) -> dict[str, str]:
     return {json.loads(ln)["run_id"]: json.loads(ln)["job_id"] for ln in lines}
 
 
+@pytest.mark.subprocess
 def test_local_executor_packs_four_runs_into_two_jobs(shared_cache: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     spec = _spec(tmp_path / "four.yaml", out, shared_cache, ["supervised"], [0, 1, 2, 3], runs_per_gpu=2)
@@ -49,6 +50,7 @@ def test_local_executor_packs_four_runs_into_two_jobs(shared_cache: Path, tmp_pa
     assert "4 already done, 0 already submitted and not over, 0 to submit" in capsys.readouterr().out
 
 
+@pytest.mark.subprocess
 def test_a_failing_run_in_a_pack_keeps_the_others_record(shared_cache: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     methods = ["supervised", {"name": "supervised", "config": {"optim": {"lr": 1e30}}}]  # the second diverges

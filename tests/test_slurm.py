@@ -21,6 +21,8 @@ from conftest import skip_or_fail
 from bench.cli import main
 from bench.startup import SPIN_COUNT, default_threads
 
+pytestmark = pytest.mark.cluster
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_DATA = {"image_size": 32, "synthfer": {"n_train": 280, "n_test": 140, "seed": 0, "size": 32}}
 

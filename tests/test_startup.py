@@ -20,6 +20,8 @@ from conftest import tiny_overrides
 from bench.cli import main
 from bench.startup import MARKER, SPIN_COUNT, VARIABLES, default_threads, physical_cores, users_own
 
+pytestmark = pytest.mark.subprocess
+
 REPO = Path(__file__).resolve().parents[1]
 CORES = default_threads()
 SHORT = {"train.iterations": 2, "train.eval_every": 2, "train.checkpoint_every": 2, "train.log_every": 2}

@@ -59,6 +59,7 @@ def _one_line(stderr: str, *expected: str) -> None:
 
 # ---- start-up settings ----------------------------------------------------------------------------------------------
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("name, value", [
     ("OMP_NUM_THREADS", "abc"), ("OMP_NUM_THREADS", "0"), ("OMP_NUM_THREADS", "-1"), ("OMP_NUM_THREADS", "1.5"),
     ("GOMP_SPINCOUNT", "garbage"), ("GOMP_SPINCOUNT", "-5"), ("OMP_WAIT_POLICY", "sometimes"),
@@ -131,6 +132,7 @@ def test_a_run_gets_one_thread_count_whichever_way_it_is_started(monkeypatch: py
     assert allocated_cpus(3) == default_threads() == 1
 
 
+@pytest.mark.subprocess
 def test_slurm_cpus_are_capped_at_the_cpus_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "99999")
     assert slurm_cpus() == default_threads() == usable_cpus()
@@ -148,6 +150,7 @@ def test_slurm_cpus_are_capped_at_the_cpus_this_process_may_use(monkeypatch: pyt
     assert json.loads(res.stdout) == [str(usable_cpus())] * 2
 
 
+@pytest.mark.subprocess
 def test_the_record_gives_the_settings_in_effect_and_the_users_text_beside(shared_cache: Path,
                                                                            tmp_path: Path) -> None:
     """OMP_NUM_THREADS=99999 is read by libgomp, then capped by torch (MKL) at the machine's cores; 10k spins are
@@ -184,6 +187,7 @@ def test_a_preset_or_recipe_that_is_no_name_is_one_line(tmp_path: Path, capsys, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.subprocess
 def test_a_preset_given_as_a_list_in_a_config_file_is_one_line_from_the_real_command(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("preset: [usb]\n")
@@ -193,6 +197,7 @@ def test_a_preset_given_as_a_list_in_a_config_file_is_one_line_from_the_real_com
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.subprocess
 def test_unlabeled_rest_with_every_image_labeled_is_one_line_before_anything_is_written(tmp_path: Path) -> None:
     """A fraction budget of 1 labels every image: known from the config, refused before any data is prepared (other
     protocols are refused when the split is drawn, before its manifest is written: the test below)."""
@@ -221,6 +226,7 @@ def test_unlabeled_rest_with_every_image_labeled_is_fine_for_a_method_without_un
                          get_method_class("meanteacher"))
 
 
+@pytest.mark.subprocess
 def test_a_sitfer_text_seed_torch_cannot_take_is_one_line(tmp_path: Path) -> None:
     res = _ferbench("run", "--quiet", "method=sitfer", f"method_args.text_seed={2**64}",
                     f"output_dir={tmp_path / 'out'}")
@@ -275,6 +281,7 @@ def test_command_line_numbers_are_checked_by_the_configs_checker(tmp_path: Path,
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.subprocess
 def test_busy_zero_is_refused_by_the_real_command_not_made_one(tmp_path: Path) -> None:
     res = _ferbench("bench", "train", "fixmatch", "--contention", "--busy", "0", "--cache-dir", str(tmp_path / "c"),
                     "--json", str(tmp_path / "out.json"))
@@ -283,6 +290,7 @@ def test_busy_zero_is_refused_by_the_real_command_not_made_one(tmp_path: Path) -
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.subprocess
 def test_a_huge_sd_seed_is_one_line_from_the_real_command() -> None:
     res = _ferbench("plan-seeds", "--sd-seed", "1e200")
     assert res.returncode == 2 and res.stdout == ""
@@ -317,6 +325,7 @@ def test_a_second_preset_replaces_the_first_wholly() -> None:
     assert recipe.optim.name == "adam" and recipe.augment.normalize_mean == (0.588, 0.459, 0.402)
 
 
+@pytest.mark.subprocess
 def test_two_presets_from_the_real_command_train_with_the_last_ones_values(shared_cache: Path,
                                                                            tmp_path: Path) -> None:
     """ssfer sets stages supervised does not have: left behind, they would stop the run."""

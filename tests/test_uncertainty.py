@@ -210,6 +210,7 @@ def test_seeds_needed_is_the_fewest_seeds_with_enough_power() -> None:
 # Monte-Carlo calibration
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("case", list(simulate.COVERAGE_SETTINGS))
 def test_intervals_cover_the_population_value_of_every_metric(case) -> None:
     """400 simulated benchmarks per metric (SE of a 95% coverage: 1.1 points): >= 93% in every regime for
@@ -224,6 +225,7 @@ def test_intervals_cover_the_population_value_of_every_metric(case) -> None:
             assert c["seeds"][0] < 0.90 < c["crossed"][0], (metric, c)
 
 
+@pytest.mark.statistical
 def test_grouped_images_need_intervals_that_resample_the_groups() -> None:
     """Subjects of 4 images (400 replicates, SE ~1.4 points at 91%): treating the images as independent covers
     well below 95%; resampling the groups restores the coverage."""
@@ -233,6 +235,7 @@ def test_grouped_images_need_intervals_that_resample_the_groups() -> None:
     assert as_images < 0.93 <= as_groups, (as_images, as_groups)
 
 
+@pytest.mark.statistical
 def test_holm_over_a_null_delta_table_keeps_the_family_wise_error_at_5_percent() -> None:
     """The committed Δ tables' regime (3 seeds, seed noise dominant: effective df ~2.04), every method equal to
     the baseline, 6 comparisons, 2,000 tables: Holm's family-wise error with these p-values is <= 5% within 2 SE
@@ -247,6 +250,7 @@ def test_holm_over_a_null_delta_table_keeps_the_family_wise_error_at_5_percent()
     assert h["at_0.005"][0] < h["at_0.005_previous"][0], h
 
 
+@pytest.mark.statistical
 def test_no_entry_reads_below_the_best_under_the_global_null() -> None:
     """4 equal methods in one column, 1,000 tables (SE ~0.7 points at 5%): all-pairs Holm shows some entry
     below the best in <= 5% (within 2 SE); the previous rule (each entry vs the observed best, uncorrected) in
@@ -257,6 +261,7 @@ def test_no_entry_reads_below_the_best_under_the_global_null() -> None:
     assert b["previous"][0] > 0.15, b
 
 
+@pytest.mark.statistical
 def test_a_clearly_better_method_is_never_below_and_the_others_mostly_are() -> None:
     """All-pairs Holm keeps power: with a method 15 points above three equal others (3 seeds, 200 tables), the
     better one is never shown below the best, and each other one is in most tables (~74%; >= 60% is 4.5 SE
@@ -278,6 +283,7 @@ def test_a_clearly_better_method_is_never_below_and_the_others_mostly_are() -> N
     assert counts[0] == 0 and (counts[1:] >= 120).all(), counts
 
 
+@pytest.mark.statistical
 @pytest.mark.parametrize("n_seeds", [3, 5])
 def test_the_minimum_detectable_difference_is_detected_80_percent_of_the_time(n_seeds) -> None:
     """A true difference equal to the MDD (variance parts measured on 1,000 pilot tables) is detected at
