@@ -87,6 +87,15 @@ class IdentityBackbone(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def write_dist_info(site: Path, dist: str, entries: dict[str, str]) -> None:
+    """A distribution's metadata as pip installs it into `site`, with `ferbench.methods` entry points (name ->
+    module)."""
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True, exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[ferbench.methods]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()))
+
+
 class PluginInstaller(Protocol):
     def __call__(self, dist: str, module: str, source: str, *, entry: str | None = None) -> None: ...
 
@@ -104,10 +113,7 @@ def install_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     def install(dist: str, module: str, source: str, *, entry: str | None = None) -> None:
         site.mkdir(exist_ok=True)
         (site / f"{module}.py").write_text(source)
-        info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-        (info / "entry_points.txt").write_text(f"[ferbench.methods]\n{entry or module} = {module}\n")
+        write_dist_info(site, dist, {entry or module: module})
         if str(site) not in sys.path:
             monkeypatch.syspath_prepend(str(site))
         importlib.invalidate_caches()

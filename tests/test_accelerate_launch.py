@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,23 +11,14 @@ from pathlib import Path
 import pytest
 from conftest import require, tiny_overrides
 
+from bench.contract.runs import Launched, free_port, launch_two_processes
+
 pytestmark = pytest.mark.subprocess
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_process_launch_writes_one_record(shared_cache: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()),
-           "-m", "bench.train", "--quiet", *tiny_overrides(shared_cache, out, method="fixmatch")]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    res = _launch(shared_cache, out, "fixmatch")
     assert res.returncode == 0, res.stderr[-3000:]
     records = list((out / "records").glob("*.json"))
     assert len(records) == 1
@@ -42,13 +32,9 @@ def test_two_process_launch_writes_one_record(shared_cache: Path, tmp_path: Path
     assert rec["sessions"] == [{"start_step": 0, "steps": 12}]
 
 
-def _launch(shared_cache: Path, out: Path, method: str, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()),
-           "-m", "bench.train", "--quiet", *tiny_overrides(shared_cache, out, method=method), *extra]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+def _launch(shared_cache: Path, out: Path, method: str, *extra: str) -> Launched:
+    """The tiny run of `method` on two CPU processes, as `ferbench check-method` launches it."""
+    return launch_two_processes([*tiny_overrides(shared_cache, out, method=method), *extra])
 
 
 def test_a_two_process_run_with_method_state_resumes_exactly(shared_cache: Path, tmp_path: Path) -> None:
@@ -95,7 +81,7 @@ def test_a_summed_state_is_saved_as_the_total_and_resumed_on_the_first_process(s
     def launch(out: Path, *extra: str) -> None:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()),
+               "--main_process_port", str(free_port()),
                "-m", "bench.train", "--quiet", *tiny_overrides(shared_cache, out, method="sumcounts"), *extra]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -120,7 +106,7 @@ def test_deepspeed_zero2_launch_on_cpu_and_exact_resume(shared_cache: Path, tmp_
 
     def launch(out: Path, *extra: str) -> None:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-               "--main_process_port", str(_free_port()),
+               "--main_process_port", str(free_port()),
                "-m", "bench.train", "--quiet", *tiny_overrides(shared_cache, out, method="fixmatch"), *extra]
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=repo)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -168,7 +154,7 @@ def test_sigusr2_to_one_rank_stops_every_rank_at_one_step_and_the_resume_is_exac
     def launch(out: Path, tag: str) -> subprocess.Popen:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-               "--main_process_port", str(_free_port()),
+               "--main_process_port", str(free_port()),
                "-m", "bench.train", "--quiet", *tiny_overrides(shared_cache, out, method="fixmatch", **extra)]
         env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "FERBENCH_TEST_TAG": tag}
         return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tiny_overrides
+from conftest import tiny_overrides, write_dist_info
 from PIL import Image
 
 from bench.cli import main
@@ -141,10 +141,7 @@ class EdgePlug(Method):
 
 def _plugin(folder: Path, weight: float) -> None:
     (folder / "edgeplug.py").write_text(PLUGIN.replace("WEIGHT", repr(weight)))
-    dist = folder / "edgeplug-0.1.dist-info"
-    dist.mkdir(exist_ok=True)
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: edgeplug\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[ferbench.methods]\nedgeplug = edgeplug\n")
+    write_dist_info(folder, "edgeplug", {"edgeplug": "edgeplug"})
 
 
 @pytest.mark.subprocess

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import PluginInstaller
+from conftest import PluginInstaller, tiny_overrides, write_dist_info
 
 from bench.cli import main
 from bench.contract import CHECKS, CheckOptions, check_method
@@ -177,11 +177,9 @@ def test_the_example_plugin_package_installs_and_passes_the_whole_contract(share
 def test_a_plugin_that_fails_to_import_is_one_warning_and_every_other_method_runs(shared_cache: Path, tmp_path: Path,
                                                                                   capsys) -> None:
     site = tmp_path / "site"
-    _dist_info(site, "broken-plugin", {"broken": "broken_plugin"})
+    write_dist_info(site, "broken-plugin", {"broken": "broken_plugin"})
     (site / "broken_plugin.py").write_text("import a_module_that_is_not_installed  # noqa\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
-    from conftest import tiny_overrides
-
     run = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--quiet",
                           *tiny_overrides(shared_cache, tmp_path / "out", method="fixmatch")],
                          capture_output=True, text=True, env=env, timeout=600)
@@ -228,14 +226,6 @@ def test_methods_lists_where_each_method_comes_from(install_plugin: PluginInstal
     assert main(["methods"]) == 0
     rows = {ln.split("│")[1].strip(): ln for ln in capsys.readouterr().out.splitlines() if ln.count("│") > 2}
     assert "│ built-in" in rows["fixmatch"] and "│ mine-plugin 0.1" in rows["mine"]
-
-
-def _dist_info(site: Path, dist: str, entries: dict[str, str]) -> None:
-    """A distribution's metadata as pip installs it, with `ferbench.methods` entry points."""
-    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[ferbench.methods]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()))
 
 
 def test_check_method_refuses_an_unknown_method_and_check_before_running(capsys, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import write_dist_info
 
 from bench import registry
 from bench.errors import FERBenchError
@@ -39,10 +40,7 @@ def test_entry_point_plugin_registers_without_touching_the_repo(tmp_path: Path, 
         "class MyMethod(Method):\n"
         "    Args = MyArgs\n"
     )
-    dist = tmp_path / "my_plugin-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugin\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[ferbench.methods]\nmy_method = my_plugin\n")
+    write_dist_info(tmp_path, "my-plugin", {"my_method": "my_plugin"})
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(registry, "_DISCOVERED", False)
     try:

@@ -6,6 +6,7 @@ is covered by what its author can run."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -80,9 +81,7 @@ def _run_error(e: BaseException) -> str:
 
 
 def _settings(cls: type[Method], name: str, options: CheckOptions, cache: Path) -> list[str]:
-    extra = [f"{k}={v}" for k, v in getattr(cls, "check_settings", {}).items()]
-    base = tiny_settings(cache, "unused", method=name)
-    return [s for s in base if not s.startswith("output_dir=")] + extra + list(options.settings)
+    return [*tiny_settings(cache, None, method=name, **cls.check_settings), *options.settings]
 
 
 @contextmanager
@@ -232,8 +231,6 @@ def _two_process(ctx: _Context) -> tuple[bool, str] | str:
     records = list((ctx.work / "two-process" / "records").glob("*.json"))
     if launched.returncode != 0 or len(records) != 1:
         return False, f"the 2-process run failed: {_last_error_line(launched.stderr)}"
-    import json
-
     record = json.loads(records[0].read_text())
     checks = (record.get("distributed") or {}).get("method_state_checks", 0)
     return True, f"2 processes (gloo): the method state agreed at {checks} checkpoint(s)"

@@ -72,6 +72,9 @@ def _trap(reads: list[str], where: str) -> dict[str, Any]:
     return {n: trap(n) for n in HOST_READS}
 
 
+_ABSENT = object()  # an attribute `_patched` found inherited, not on the class itself
+
+
 @contextlib.contextmanager
 def _patched(owner: Any, replacements: dict[str, Any]) -> Iterator[None]:
     """Set attributes of `owner` for the block, restoring them (or removing them where `owner` only inherited)."""
@@ -87,8 +90,6 @@ def _patched(owner: Any, replacements: dict[str, Any]) -> Iterator[None]:
             else:
                 setattr(owner, n, v)
 
-
-_ABSENT = object()
 
 
 def _step_output_problem(out: Any) -> str | None:

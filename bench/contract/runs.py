@@ -33,9 +33,11 @@ TINY_RUN: dict[str, Any] = {
 }
 
 
-def tiny_settings(cache_dir: Path | str, output_dir: Path | str, **extra: Any) -> list[str]:
-    """Dotted overrides for a tiny run: `TINY_RUN`, then `extra` (a method's `check_settings`, a user's own)."""
-    base = {"data.cache_dir": str(cache_dir), **TINY_RUN, "output_dir": str(output_dir), **extra}
+def tiny_settings(cache_dir: Path | str, output_dir: Path | str | None, **extra: Any) -> list[str]:
+    """Dotted overrides for a tiny run: `TINY_RUN`, then `extra` (a method's `check_settings`, a user's own); without
+    `output_dir` when it is None (the caller adds one per run)."""
+    where = {"output_dir": str(output_dir)} if output_dir is not None else {}
+    base = {"data.cache_dir": str(cache_dir), **TINY_RUN, **where, **extra}
     return [f"{k}={v}" for k, v in base.items()]
 
 
@@ -77,7 +79,8 @@ def final_weights(output_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on this host now, for a launch's rendezvous."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -94,7 +97,7 @@ def launch_two_processes(settings: list[str], timeout_s: float = 900) -> Launche
     processes import methods from this process's import path, so a plugin found here is found there."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(_free_port()), "-m", "bench.train", "--quiet", *settings]
+           "--main_process_port", str(free_port()), "-m", "bench.train", "--quiet", *settings]
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
     try:
