@@ -118,7 +118,8 @@ class ModelConfig:
     pretrained_file: str | None = hashed(None)  # local checkpoint only; never a hub download
     drop_rate: Decay = hashed(0.0)
     # "linear": features -> dropout -> linear. "normalized": the Ada-CM lineage's head, features -> dropout ->
-    # L2-normalise -> linear, whose forward returns that normalised feature (reference/methods.md §1).
+    # L2-normalise -> linear, whose forward returns that normalised feature
+    # (docs/concepts/methods.md#the-ada-cm-code-lineage).
     head: Literal[HEADS] = hashed_when_set("linear")
     # extra timm.create_model arguments (img_size, ...)
     timm_kwargs: dict[str, Any] = hashed_when_set(factory=dict)

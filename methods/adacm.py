@@ -1,4 +1,5 @@
-"""Ada-CM (Li et al., CVPR 2022): adaptive confidence margins, as in hangyu94/Ada-CM (reference/methods.md §6).
+"""Ada-CM (Li et al., CVPR 2022): adaptive confidence margins, as in hangyu94/Ada-CM
+(docs/concepts/methods.md#ada-cm).
 
 - Class-wise thresholds T_c (init 0.8) recomputed every `epoch_iters` iterations from the EMA model on
   weak views of the labeled set: T_c = max(0.8, 0.97 * sigmoid(t) * mean max-prob of the correctly

@@ -1,7 +1,7 @@
 """DTA-SNL (Cai et al., arXiv 2601.05556): dynamic threshold adjustment and selective negative learning.
 
 No code is public and only the abstract could be read, so the recipe is RECONSTRUCTED from it as
-proposed in reference/methods.md §4.2. Every reconstructed choice is a named argument (all of them, marked
+described in docs/concepts/methods.md#dta-snl. Every reconstructed choice is a named argument (all of them, marked
 reconstructed in `DTASNLArgs` and by `ferbench methods dtasnl`), to be corrected once the paper's values are known.
 
 From the abstract [ABS/3P]: a feature extractor with local attention enhancement and random dropout of
@@ -153,8 +153,8 @@ class DTASNL(Method):
     views = ("weak", "strong")
     requires_ema = True
     Args = DTASNLArgs
-    reference = ("Cai et al. arXiv 2601.05556 (abstract only, no code): recipe RECONSTRUCTED per reference/methods.md "
-                 "§4.2 - EMA teacher, class thresholds clip(EMA conf, .5, .95), negative learning p<.05, "
+    reference = ("Cai et al. arXiv 2601.05556 (abstract only, no code): recipe RECONSTRUCTED (docs/concepts/methods.md"
+                 "#dta-snl) - EMA teacher, class thresholds clip(EMA conf, .5, .95), negative learning p<.05, "
                  "2x2 local attention + region dropout, class-balanced labeled batches")
     check_settings = {"method_args.tau_min": 0.2, "method_args.tau_max": 0.3}  # class confidences that move
 

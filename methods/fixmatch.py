@@ -1,4 +1,4 @@
-"""FixMatch (Sohn et al., NeurIPS 2020), as in USB `semilearn/algorithms/fixmatch` (reference/methods.md §7).
+"""FixMatch (Sohn et al., NeurIPS 2020), as in USB `semilearn/algorithms/fixmatch` (docs/concepts/methods.md#fixmatch).
 
 L = CE(f(weak(x)), y) + lambda_u * mean_b 1[max p_w >= tau] * CE(f(strong(u)), argmax p_w),
 with p_w = softmax(f(weak(u))) detached and the mean over the whole unlabeled batch.

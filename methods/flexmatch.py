@@ -1,6 +1,6 @@
 """FlexMatch (Zhang et al., NeurIPS 2021): curriculum pseudo-labelling with class-wise flexible thresholds.
 
-As in USB `semilearn/algorithms/flexmatch` (reference/methods.md §7):
+As in USB `semilearn/algorithms/flexmatch` (docs/concepts/methods.md#flexmatch):
 - selected_label[i] is the last class unlabeled sample i was confidently (>= tau) predicted as, or -1.
 - sigma_c = #{selected_label == c}; beta_c = sigma_c / max(max_c' sigma_c', #unused) with warm-up
   (the -1 bucket counts in the max), else sigma_c / max_c' sigma_c'.

@@ -1,6 +1,6 @@
 """FreeMatch (Wang et al., ICLR 2023): self-adaptive thresholds and a fairness term.
 
-As in USB `semilearn/algorithms/freematch` (reference/methods.md §7), with EMA momentum m:
+As in USB `semilearn/algorithms/freematch` (docs/concepts/methods.md#freematch), with EMA momentum m:
 - tau_t <- m tau_t + (1-m) mean(max p_w);  p~_t <- m p~_t + (1-m) mean(p_w);
   h_t <- m h_t + (1-m) hist(argmax p_w) / B   (all initialised to 1/C), updated before masking;
 - mask = 1[max p_w >= tau_t * p~_t(y^) / max_c p~_t(c)];

@@ -1,5 +1,5 @@
 """FR-pretraining, "Bridging the Gaps" (Song, He, Feng, Shen; arXiv 2410.17622; code zhelishisongjie/SSFER),
-as reference/methods.md §5 records it: a pipeline of three stages sharing one ViT.
+as docs/concepts/methods.md#fr-pretraining records it: a pipeline of three stages sharing one ViT.
 
 - `pretrain` (stage 0): masked-autoencoder reconstruction on the unlabeled images of the dataset plus any
   `pretrain_data` folders (mask ratio 0.75, pixel MSE on the masked patches, light decoder), AdamW 3.4e-4,
@@ -27,7 +27,7 @@ Deviations, each an option or documented:
   `fixed` every pair has IoU 1, so the loss is plain mixup CE, which is what the reference computes whenever
   its detector does not find exactly one face;
 - the reference strong view is timm's rand-m9-mstd0.5 (magnitude 9 +- 0.5); FERBench's RandAugment draws a
-  magnitude uniformly in each op's range (reference/methods.md §1), with 2 ops and no Cutout;
+  magnitude uniformly in each op's range (docs/concepts/methods.md#views-weak-and-strong), with 2 ops and no Cutout;
 - stage-2 evaluation uses the stage-2 EMA (the reference evaluates a stale stage-1 EMA: a bug);
 - the reference validates by 5-fold CV on the labeled split; FERBench reports the final model on the test
   split, as for every method.

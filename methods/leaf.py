@@ -1,5 +1,6 @@
 """LEAF (Zhang et al., CVIU 2025; arXiv 2404.15041): hierarchical expression-aware aggregation, as in
-zfkarl/LEAF `Code_LEAF/main.py` and `models/backbone.py` (reference/methods.md §3). Built on Ada-CM (§6).
+zfkarl/LEAF `Code_LEAF/main.py` and `models/backbone.py` (docs/concepts/methods.md#leaf). Built on Ada-CM
+(docs/concepts/methods.md#ada-cm).
 
 Model (`build_model` wraps any timm backbone):
     feature = L2norm(semantic_moe(dropout(backbone(x))));  logits = W instance_moe(feature)

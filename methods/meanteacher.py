@@ -1,4 +1,5 @@
-"""Mean Teacher (Tarvainen & Valpola, NeurIPS 2017), the standard form (reference/methods.md §7).
+"""Mean Teacher (Tarvainen & Valpola, NeurIPS 2017), the standard form
+(docs/concepts/methods.md#meanteacher).
 
 L = L_x + lambda_u * r(t) * MSE(softmax f_student(aug2(u)), softmax f_teacher(aug1(u))), with the
 teacher the run's EMA model (no gradient) and r(t) = clip(t / (0.4 T), 0, 1). The MSE is averaged over

@@ -1,5 +1,5 @@
 """SIT-FER (Ding et al., arXiv 2503.18463): semantic, instance and text probabilities fused into pseudo-labels,
-as in the released PatrickStarL/SIT-FER `main.py` (reference/methods.md §2).
+as in the released PatrickStarL/SIT-FER `main.py` (docs/concepts/methods.md#sit-fer).
 
 Model (`build_model` wraps any timm backbone): f = L2norm(backbone(x)) (D-d), logits = W dropout(f); fixed text
 anchors T (C x D, unit rows); a memory bank B (N_labeled x D) of labeled features with their labels. With

@@ -1,6 +1,6 @@
 """SoftMatch (Chen et al., ICLR 2023): truncated-Gaussian sample weights with uniform alignment.
 
-As in USB `semilearn/algorithms/softmatch` (reference/methods.md §7):
+As in USB `semilearn/algorithms/softmatch` (docs/concepts/methods.md#softmatch):
 - uniform distribution alignment, for the weights only: p_a = SumNorm(p_w * (1/C) / p^_model), with
   p^_model <- m p^_model + (1-m) mean(p_w) updated first. Its start (`dist_init`): "uniform" (default, FERBench's
   choice: p^_model starts at 1/C, so the first update is (1-m) mean(p_w) + m/C) or "first_batch" (USB's

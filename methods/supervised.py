@@ -1,4 +1,4 @@
-"""Supervised baseline: cross-entropy on the labeled subset only (reference/methods.md §7)."""
+"""Supervised baseline: cross-entropy on the labeled subset only (docs/concepts/methods.md#supervised)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""AffectNet readers on replicas of both distributed layouts (reference/harness.md §2.2)."""
+"""AffectNet readers on replicas of both distributed layouts (docs/guides/datasets.md#affectnet)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FERPlus readers and label protocols on replicas of both layouts (reference/harness.md §2.3)."""
+"""FERPlus readers and label protocols on replicas of both layouts (docs/guides/datasets.md#fer2013-and-ferplus)."""
 
 from __future__ import annotations
 

@@ -36,7 +36,8 @@ def test_every_recipe_builds_for_the_methods_it_is_the_reference_of() -> None:
 
 def test_recipe_values_sit_under_the_users() -> None:
     cfg = build_config(overrides=["method=adacm", "recipe=adacm"])
-    # the lineage (reference/methods.md §1, §6): Adam 5e-4 constant, B=16, mu=1, 20 x 800 iterations
+    # the lineage (docs/concepts/methods.md#the-ada-cm-code-lineage and #ada-cm): Adam 5e-4 constant, B=16, mu=1,
+    # 20 x 800 iterations
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.schedule) == ("adam", 5e-4, "constant")
     assert (cfg.train.batch_size, cfg.train.mu, cfg.train.iterations, cfg.train.eval_every) == (16, 1, 16000, 800)
     assert (cfg.model.head, cfg.model.drop_rate, cfg.train.forward) == ("normalized", 0.5, "separate")

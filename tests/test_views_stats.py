@@ -1,4 +1,5 @@
-"""The batched views against the definitions of reference/methods.md §1, statistically, and under a seed.
+"""The batched views against the definitions of docs/concepts/methods.md#views-weak-and-strong, statistically,
+and under a seed.
 
 Weak = RandomCrop(padding, reflect) with probability `crop_prob` + RandomHorizontalFlip(0.5); strong =
 RandAugment (3 ops drawn uniformly with replacement from 14, magnitude uniform in each op's range) +
@@ -84,7 +85,7 @@ def test_randaugment_magnitudes_are_uniform_over_each_ops_range() -> None:
             assert stats.chisquare(np.bincount(np.floor(m).astype(int), minlength=9)[4:]).pvalue > P_MIN
         else:
             assert stats.kstest(m, stats.uniform(lo, hi - lo).cdf).pvalue > P_MIN, name
-    # the documented ranges (reference/methods.md §1)
+    # the documented ranges (docs/concepts/methods.md#views-weak-and-strong)
     ranges = {name: (lo, hi) for name, (_, lo, hi) in R.RANDAUGMENT_OPS.items()}
     assert ranges["Rotate"] == (-30.0, 30.0) and ranges["ShearX"] == ranges["TranslateY"] == (-0.3, 0.3)
     assert ranges["Brightness"] == ranges["Sharpness"] == (0.05, 0.95) and ranges["Solarize"] == (0.0, 256.0)

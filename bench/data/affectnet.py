@@ -1,4 +1,4 @@
-"""Readers for AffectNet's two distributed layouts (reference/harness.md §2.2).
+"""Readers for AffectNet's two distributed layouts (docs/guides/datasets.md#affectnet).
 
 Legacy "Manually_Annotated" release:
     Manually_Annotated_file_lists/training.csv     (header row)

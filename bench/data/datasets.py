@@ -38,7 +38,7 @@ class DatasetSpec:
     needs_root: bool = True
     description: str = ""
     layout: str = ""  # what `--root` must point at, for error messages and `ferbench data`
-    #: the dataset's own label code -> canonical class (reference/harness.md §2.4)
+    #: the dataset's own label code -> canonical class (docs/guides/datasets.md#canonical-label-space)
     label_map: dict[int, int] = field(default_factory=dict)
 
     def native_codes(self, label_protocol: str | None = None) -> dict[int, int]:

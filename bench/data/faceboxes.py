@@ -3,8 +3,8 @@
 A provider maps a uint8 batch (N, 3, H, W) to boxes (N, 4) as (x0, y0, x1, y1) in pixels.
 
 - `fixed`: the reference code's fallback box, [25, 25, 220, 220] on a 224-px image, scaled to H x W
-  (reference/methods.md §5.2). On aligned face crops (RAF-DB aligned, AffectNet cropped to its annotated
-  box) the face fills the image, so this is what the annotation would give too.
+  (docs/concepts/methods.md#stage-1-face-mixup-fine-tuning). On aligned face crops (RAF-DB aligned, AffectNet
+  cropped to its annotated box) the face fills the image, so this is what the annotation would give too.
 - `opencv`: OpenCV's frontal-face Haar detector on each image; exactly one detection gives the box,
   anything else the fixed box (as the reference does with YOLOv7-face when it finds != 1 face).
 - `dataset`: the dataset's own face box. Readers with annotated boxes (AffectNet) crop each image to its

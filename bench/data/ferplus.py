@@ -1,4 +1,5 @@
-"""Readers for FERPlus (reference/harness.md §2.3), in either distributed form, with named label protocols.
+"""Readers for FERPlus (docs/guides/datasets.md#fer2013-and-ferplus), in either distributed form, with named
+label protocols.
 
 CSV form: `fer2013.csv` (emotion,pixels,Usage; 48x48 grayscale pixels inline) and Microsoft's
 `fer2013new.csv` (Usage,Image name,<10 vote columns>), joined by *row position*: the README says the rows

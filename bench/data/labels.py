@@ -1,6 +1,6 @@
 """Canonical label space (AffectNet order) and each dataset's map from its native codes.
 
-See reference/harness.md §2.4: every dataset maps its native codes into this one space, so that
+See docs/guides/datasets.md#canonical-label-space: every dataset maps its native codes into this one space, so that
 per-class results and cross-dataset comparisons refer to the same class index.
 """
 

@@ -1,4 +1,4 @@
-"""Reader for the RAF-DB "basic" layout (reference/harness.md §2.1).
+"""Reader for the RAF-DB "basic" layout (docs/guides/datasets.md#raf-db).
 
     basic/EmoLabel/list_patition_label.txt     (sic; some mirrors spell it "partition")
     basic/Image/aligned/<stem>_aligned.jpg

@@ -1,4 +1,4 @@
-"""Small, faithful on-disk replicas of each raw dataset layout (reference/harness.md §2.5).
+"""Small, faithful on-disk replicas of each raw dataset layout (docs/guides/datasets.md#faithful-replicas).
 
 They reproduce the formats' quirks (label-file spellings, header-less CSVs, string `_exp.npy` arrays,
 empty and duplicated FERPlus names, row-position joins), so the readers are tested against what users

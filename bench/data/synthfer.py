@@ -41,7 +41,7 @@ from bench.errors import FERBenchError
 VERSION = "synthfer-1"
 SS = 2  # supersampling factor: draw at SS x size, then box-downsample
 LABEL_FILE = "list_patition_label.txt"  # the official (misspelt) name
-# RAF-DB train counts per native label 1..7 (reference/harness.md §2.1): the class prior of both splits.
+# RAF-DB train counts per native label 1..7 (docs/guides/datasets.md#raf-db): the class prior of both splits.
 RAFDB_TRAIN_COUNTS: tuple[int, ...] = (1290, 281, 717, 4772, 1982, 705, 2524)
 SPLIT_IDS = {"train": 0, "test": 1}
 

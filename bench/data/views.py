@@ -2,8 +2,8 @@
 
 weak   = padded random crop (with probability `crop_prob`) + horizontal flip.
 strong = RandAugment (n ops sampled with replacement, magnitude uniform in each op's range, the
-         FixMatch/Ada-CM variant of reference/methods.md §1) + Cutout, then the weak pipeline
-         (`strong_order="randaugment_first"`, the Ada-CM lineage), or the weak pipeline first and then
+         FixMatch/Ada-CM variant of docs/concepts/methods.md#views-weak-and-strong) + Cutout, then the weak
+         pipeline (`strong_order="randaugment_first"`, the Ada-CM lineage), or the weak pipeline first and then
          RandAugment + Cutout (`"weak_first"`, USB's transform_strong).
 none   = the un-augmented image as the network sees it (evaluation's view).
 

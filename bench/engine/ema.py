@@ -5,11 +5,11 @@ harness's choice), or the decay holds from the first update (the official codes)
 averaged like the weights, or the student's copied at every update (USB, whose EMA shadows parameters only).
 timm walks `state_dict()`, which lists a module registered under several names once per name. Here:
 - walk "tensors": each distinct parameter and buffer once (the harness), whatever the module's aliasing;
-- walk "state_dict": once per `state_dict()` entry, in order, as the Ada-CM lineage's `WeightEMA` (reference/
-  methods.md §1): float32 entries only, `ema = ema * d + p * (1 - d)`, and after each entry's update its
-  "customised weight decay" `p *= 1 - student_decay * lr` on the student. LEAF's MoE registers its shared expert 9
-  times (`expert` plus 8 list entries), so that expert is averaged with an effective decay of d**9 and decayed 9
-  times per step (issue 14, item 8).
+- walk "state_dict": once per `state_dict()` entry, in order, as the Ada-CM lineage's `WeightEMA`
+  (docs/concepts/methods.md#ema-and-customised-weight-decay): float32 entries only, `ema = ema * d + p * (1 - d)`,
+  and after each entry's update its "customised weight decay" `p *= 1 - student_decay * lr` on the student. LEAF's
+  MoE registers its shared expert 9 times (`expert` plus 8 list entries), so that expert is averaged with an
+  effective decay of d**9 and decayed 9 times per step (issue 14, item 8).
 With walk "tensors", `student_decay` multiplies each distinct float tensor of the student once.
 """
 

@@ -1,6 +1,6 @@
 """Masked-autoencoder pretraining (He et al. 2022) around a timm ViT encoder, as FR-pretraining's stage 0
-uses it (reference/methods.md §5.1: mask ratio 0.75, pixel MSE on the masked patches only, its own light
-decoder with fixed 2-D sin-cos position embeddings, norm_pix_loss off).
+uses it (docs/concepts/methods.md#stage-0-mae-pre-training: mask ratio 0.75, pixel MSE on the masked patches
+only, its own light decoder with fixed 2-D sin-cos position embeddings, norm_pix_loss off).
 
 The encoder is the very `VisionTransformer` the classifier of the next stage uses, so its trained weights
 are handed on by reference, with no key renaming.

@@ -1,6 +1,6 @@
 """Leaderboards regenerated from run records: markdown + PNG per dataset, and LaTeX / CSV exports.
 
-Layout follows reference/harness.md Part 3: methods as rows, label budgets as columns, cells
+Layout (docs/guides/leaderboards.md#what-a-board-holds): methods as rows, label budgets as columns, cells
 `mean ± 95% half-width (n)` over seeds (and test images), what each interval covers said under each table,
 the highest mean of a column bolded, entries not distinguishable from it (all-pairs Holm) marked †, the fully
 supervised run as a single reference column, paired deltas against a baseline with raw and Holm-corrected

@@ -2,7 +2,7 @@
 
 Why Student-t and not a bootstrap: seeds are few (3-5); with n=3 a percentile bootstrap has only 10
 distinct resamples and under-covers, while the t interval is exact for normal seed noise
-(reference/harness.md Part 3). No interval is given for n < 2: there is no spread to estimate.
+(docs/concepts/statistics.md#what-an-interval-covers). No interval is given for n < 2: there is no spread to estimate.
 """
 
 from __future__ import annotations
