@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ferbench-installed
 
-.PHONY: demo test test-fast lint install clean
+.PHONY: demo test test-fast docs lint install clean
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
@@ -19,7 +19,7 @@ demo: $(STAMP)
 # The suite runs on two workers, each test file on one (its module fixtures built once); the subprocess, launch
 # and SLURM tests wait much of their time, so one worker alone left half of the two-core reference machine idle.
 # The committed leaderboards' fingerprints are checked twice: natively, and from an empty fingerprint cache on an
-# emulated AVX2-only CPU (fingerprints mean the same on every x86-64 machine: docs/fingerprints.md).
+# emulated AVX2-only CPU (fingerprints mean the same on every x86-64 machine: docs/concepts/fingerprints.md).
 AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
 	NPY_DISABLE_CPU_FEATURES="AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL AVX512_ICL AVX512_SPR"
 
@@ -36,5 +36,11 @@ test-fast: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n 2 --dist load -m "not subprocess and not cluster and not statistical"
 
+# The documentation site, into site/: strict (a warning, a broken link or a missing anchor fails the build). Its
+# reference pages and boards are generated from the code as it builds (bench/docs). NO_MKDOCS_2_WARNING quiets the
+# theme's banner about MkDocs 2, which is not FERBench's to act on.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs site

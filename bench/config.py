@@ -88,15 +88,19 @@ def unhashed(default: Any = None, *, factory: Callable[[], Any] | None = None) -
 
 @dataclass
 class DataConfig:
+    # the dataset: synthfer, rafdb, affectnet7, affectnet8, ferplus (`ferbench data prepare`)
     name: str = hashed("synthfer")
     root: str | None = unhashed(None)  # raw dataset folder; synthfer is generated into the cache when None
+    # how `budget` counts labels: a fraction of the training set, a total, or per class
     protocol: Literal[BUDGET_PROTOCOLS] = hashed("fraction")
     budget: float = hashed(0.1)  # its range depends on the protocol: bench/data/splits.py check_budget
-    image_size: ImageSide = hashed(48)
+    image_size: ImageSide = hashed(48)  # the side images are stored and trained at (prepared once per size)
     # "all": every training image is also unlabeled (USB); "rest": the others
     unlabeled: Literal["all", "rest"] = hashed("all")
     cache_dir: str | None = unhashed(None)  # default: $FERBENCH_CACHE or ~/.cache/ferbench
+    # an unreadable image: stop with its path, or leave it out (counted in the record)
     on_bad_image: Literal["fail", "skip"] = hashed("fail")
+    # synthfer's generator: images per split, its seed and difficulty knobs
     synthfer: dict[str, Any] = hashed(factory=lambda: {"n_train": 6000, "n_test": 1500, "seed": 0})
     # the dataset's label rule (ferplus: majority8 | argmax7); None: its default
     label_protocol: str | None = hashed(None)
@@ -114,9 +118,10 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
+    # a timm model name (FERBench's own small CNNs are registered there too)
     backbone: str = hashed("ferbench_cnn_small")
     pretrained_file: str | None = hashed(None)  # local checkpoint only; never a hub download
-    drop_rate: Decay = hashed(0.0)
+    drop_rate: Decay = hashed(0.0)  # dropout before the classifier
     # "linear": features -> dropout -> linear. "normalized": the Ada-CM lineage's head, features -> dropout ->
     # L2-normalise -> linear, whose forward returns that normalised feature
     # (docs/concepts/methods.md#the-ada-cm-code-lineage).
@@ -127,14 +132,14 @@ class ModelConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal[OPTIMIZERS] = hashed("sgd")
-    lr: Positive = hashed(0.03)
-    momentum: Decay = hashed(0.9)
-    nesterov: bool = hashed(True)
-    weight_decay: NonNegative = hashed(5e-4)
+    name: Literal[OPTIMIZERS] = hashed("sgd")  # the optimiser
+    lr: Positive = hashed(0.03)  # peak learning rate, for the global batch
+    momentum: Decay = hashed(0.9)  # SGD momentum
+    nesterov: bool = hashed(True)  # SGD's Nesterov momentum
+    weight_decay: NonNegative = hashed(5e-4)  # L2 weight decay (decoupled for adamw)
     # cosine: FixMatch's cos(7*pi*k / 16K); halfcosine: to min_lr
     schedule: Literal[SCHEDULES] = hashed("cosine")
-    warmup_iters: NonNegativeInt = hashed(0)
+    warmup_iters: NonNegativeInt = hashed(0)  # linear warm-up from 0 over this many iterations
     betas: tuple[Decay, Decay] = hashed_when_set((0.9, 0.999))  # adam / adamw
     min_lr: NonNegative = hashed_when_set(0.0)  # halfcosine: the floor it decays to
     # halfcosine: iterations of the decay, then min_lr; 0 = the whole run (or stage)
@@ -167,19 +172,22 @@ class AugmentConfig:
     # The strong view: "randaugment_first" = RandAugment + Cutout, then the weak pipeline (the Ada-CM lineage);
     # "weak_first" = the weak crop and flip, then RandAugment + Cutout (USB's transform_strong).
     strong_order: Literal[STRONG_ORDERS] = hashed_when_set("randaugment_first")
+    # per-channel mean subtracted from every view (ImageNet's)
     normalize_mean: tuple[float, float, float] = hashed((0.485, 0.456, 0.406))
+    # per-channel standard deviation every view is divided by (ImageNet's)
     normalize_std: tuple[Positive, Positive, Positive] = hashed((0.229, 0.224, 0.225))
 
 
 @dataclass
 class TrainConfig:
-    iterations: Count = hashed(1000)
+    iterations: Count = hashed(1000)  # optimiser steps of the run (of each stage, unless `stages` says otherwise)
     batch_size: Count = hashed(32)  # global labeled batch (all processes together)
     mu: NonNegativeInt = hashed(3)  # unlabeled batch = mu * batch_size
     ema_decay: Decay = hashed(0.999)  # 0 disables the EMA model
+    # evaluate on the test set every this many iterations (curves only: ranking uses the final checkpoint)
     eval_every: Count = hashed(100)
-    log_every: Count = unhashed(10)
-    checkpoint_every: Count = unhashed(200)
+    log_every: Count = unhashed(10)  # log losses and learning rate every this many iterations
+    checkpoint_every: Count = unhashed(200)  # write a resumable checkpoint every this many iterations
     mixed_precision: Literal[MIXED_PRECISION] = hashed("no")  # no | bf16 | fp16: autocast through Accelerate
     channels_last: bool = unhashed(False)  # model and views in NHWC memory layout (faster convolutions on GPUs)
     compile: Literal[COMPILE_MODES] = unhashed("none")  # torch.compile's mode; reduce-overhead = CUDA graphs
@@ -206,12 +214,13 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    method: str = hashed("fixmatch")
+    method: str = hashed("fixmatch")  # a registered method (`ferbench methods`)
     # the protocol: "harness" (one substrate for every method) or a reference recipe (bench/configs/recipes/<name>.yaml)
     recipe: str = hashed_when_set("harness")
     preset: str | None = hashed(None)  # a named bundle of values (bench/configs/presets/<name>.yaml)
-    seed: NonNegativeInt = hashed(0)
+    seed: NonNegativeInt = hashed(0)  # the training seed (and the split seed unless `split_seed` is set)
     split_seed: NonNegativeInt | None = hashed(None)  # defaults to seed: seed i fixes both the split and the training
+    # the method's own arguments, checked against its `Args` (`ferbench methods NAME`)
     method_args: dict[str, Any] = hashed(factory=dict)
     data: DataConfig = hashed(factory=DataConfig)
     model: ModelConfig = hashed(factory=ModelConfig)
@@ -221,7 +230,7 @@ class RunConfig:
     #: per-stage overrides of multi-stage methods: {stage name: {"optim"|"train"|"augment": {...}}}; each section's
     #: keys take part in the run id as their fields do
     stages: dict[str, Any] = hashed_when_set(factory=dict)
-    output_dir: str = unhashed("runs")
+    output_dir: str = unhashed("runs")  # where records and run folders go
 
     @property
     def effective_split_seed(self) -> int:

@@ -6,7 +6,7 @@ milliseconds) before it sleeps. When another process holds one of the cores, the
 behind that process while the spinning one burns the core it needs: a 2-core run trains 3-10x slower. A bounded
 spin count (`SPIN_COUNT`) gives the core back sooner; too small a count (1,000 and below, or the passive policy)
 puts threads to sleep between the many small parallel regions of a step and costs a third of the idle speed. The
-figures behind the choice are in the README (Performance, "A shared CPU"), measured with `ferbench bench train
+figures behind the choice are in docs/guides/performance.md ("A shared CPU"), measured with `ferbench bench train
 --contention`. The wait policy changes how fast, never what; the thread count changes the last bits of a run's
 numbers, so it follows the CPUs a process was given, never the load.
 
@@ -36,7 +36,7 @@ from pathlib import Path
 from bench.errors import FERBenchError
 
 #: GOMP_SPINCOUNT on a CPU host: between libgomp's 300,000 (fast idle, stalls when a core is taken) and
-#: 1,000 (robust, a third slower idle); README, Performance
+#: 1,000 (robust, a third slower idle); docs/guides/performance.md
 SPIN_COUNT = 4_000
 #: the variables decided here, all read by libgomp when it is loaded
 VARIABLES = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")

@@ -254,7 +254,8 @@ def test_committed_leaderboards_list_the_fingerprints_they_were_built_from() -> 
 @pytest.mark.subprocess
 @pytest.mark.parametrize("board", [p.relative_to(REPO).as_posix() for p, _ in _committed_fingerprints()])
 def test_committed_leaderboards_are_current(board: str) -> None:
-    """A change that alters a method's numerics must come with regenerated leaderboards (README, Leaderboards)."""
+    """A change that alters a method's numerics must come with regenerated leaderboards
+    (docs/concepts/runs-and-records.md)."""
     entries = read_board_fingerprints(REPO / board)
     current = current_fingerprints([config_of_fingerprint(e) for e in entries.values()])
     stale = [f"{key} ({'; '.join(changed_values(e, current[key]))})" for key, e in sorted(entries.items())

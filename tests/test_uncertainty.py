@@ -1,7 +1,7 @@
 """Intervals over seeds and test images, p-values, Holm's correction, power and seed planning: hand-worked values,
 reference libraries, and seeded Monte-Carlo calibration on simulated benchmarks whose population values are known
 (`bench.results.simulate`). Each Monte-Carlo assertion states its replicates and allows for its binomial standard
-error (SE); the README's figures come from the same experiments with more replicates."""
+error (SE); the figures in docs/concepts/statistics.md come from the same experiments with more replicates."""
 
 from __future__ import annotations
 
@@ -241,7 +241,7 @@ def test_holm_over_a_null_delta_table_keeps_the_family_wise_error_at_5_percent()
     the baseline, 6 comparisons, 2,000 tables: Holm's family-wise error with these p-values is <= 5% within 2 SE
     (SE ~0.45 points). The previous p-values (a t tail at the effective df), on the same tables, reject more
     often, by more than 1 point (paired: the SE of that difference is ~0.3 points); with 4,000 tables per figure
-    they exceed 5% (README)."""
+    they exceed 5% (docs/concepts/statistics.md)."""
     h = simulate.holm_fwer(simulate.NULL_DELTA, 6, 2000, np.random.default_rng(9))
     fwer, se = h["fwer"]
     assert 2.0 <= h["effective_df_median"][0] <= 2.1

@@ -56,5 +56,6 @@ def host_info() -> dict[str, object]:
         affinity = None
     return {"platform": platform.platform(terse=True), "cpus": os.cpu_count(), "cpu_affinity": affinity,
             "device": device, "torch_threads": torch.get_num_threads(), "openmp": in_effect(),
-            # the instruction set torch's CPU kernels use: bit-identical numbers need the same one (README)
+            # the instruction set torch's CPU kernels use: bit-identical numbers need the same one
+            # (docs/concepts/fingerprints.md)
             "cpu_capability": torch.backends.cpu.get_cpu_capability()}

@@ -1,6 +1,6 @@
 """Simulated benchmarks whose population values are known: the calibration experiments behind the leaderboards'
 statistics, run by `tests/test_uncertainty.py` (few replicates, seeded) and by `python -m bench.results.simulate`
-(the README's figures, more replicates).
+(the figures of docs/concepts/statistics.md, more replicates).
 
 The generative model (one test set; methods scored on it with several seeds): method m, seed s, image i is
 classified correctly with probability sigmoid(logit + class offset + shift_m + u_s + a_ms + b_i + g_G(i) + c_mi
@@ -238,7 +238,7 @@ def power_at_mdd(b: Benchmark, pilot: int, reps: int, rng: np.random.Generator,
 
 
 # ---------------------------------------------------------------------------------------------
-# the README's figures
+# the figures docs/concepts/statistics.md quotes
 
 COVERAGE_SETTINGS = {
     # RAF-DB-like: 5 seeds x 3,068 images near 74%; a seed shifts accuracy by ~0.5 point (test noise dominates)
@@ -256,7 +256,7 @@ GROUPED = Benchmark(5, 3068, 1.4, sd_seed=0.03, sd_image=1.0, sd_seed_image=0.3,
 
 
 def readme_figures(reps: int, seed: int = 2023) -> list[str]:
-    """Every simulated figure the README quotes, as lines of text, with Monte-Carlo errors."""
+    """Every simulated figure docs/concepts/statistics.md quotes, as lines of text, with Monte-Carlo errors."""
     rng = np.random.default_rng(seed)
     out = [f"replicates per figure: {reps} (generator seed {seed}); ± is one Monte-Carlo standard error"]
 
