@@ -4,6 +4,7 @@ and typed arguments, from the registry (bench/registry.py) and each method's `Ar
 from __future__ import annotations
 
 import inspect
+import re
 import sys
 
 from bench.docs.markdown import cell, code, page, table
@@ -13,7 +14,8 @@ from bench.method import Method, describe_arguments
 def _summary(cls: type[Method]) -> str:
     """The first paragraph of the method's module docstring (what the method is, and as in what)."""
     doc = inspect.getdoc(sys.modules[cls.__module__]) or inspect.getdoc(cls) or ""
-    return " ".join(doc.split("\n\n")[0].split())
+    first = " ".join(doc.split("\n\n")[0].split())
+    return re.sub(r"docs/([\w/.-]+\.md(?:#[\w-]+)?)", r"[\g<0>](../\1)", first)  # pointers into the site: links
 
 
 def method_section(name: str, cls: type[Method], origin: str) -> str:
@@ -23,7 +25,7 @@ def method_section(name: str, cls: type[Method], origin: str) -> str:
              ("labels", "every training label (a reference row)" if cls.labeled_source == "all" else
               "the labeled split of the budget"),
              ("stages", ", ".join(cls.stage_names)), ("keeps an EMA teacher", "yes" if cls.requires_ema else "no")]
-    lines = [f"## `{name}` {{#{name}}}\n", cell(_summary(cls)) + "\n", table(["", ""], facts)]
+    lines = [f"## `{name}` {{#{name}}}\n", cell(_summary(cls)) + "\n", table(["property", "value"], facts)]
     args = describe_arguments(cls.Args)
     if args:
         rows = [[f"`{a.name}`", a.type, code(a.default),
