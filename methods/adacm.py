@@ -9,10 +9,10 @@
 - L_s = NT-Xent (SupCon without labels, tau 0.07) over the L2-normalised features of the two weak views
   of the subset-II samples (0 when subset II is empty);
 - L = 0.5 L_x + L_u + 0.1 L_s.
-The rest of Ada-CM's step is the `adacm` recipe (bench/recipes/adacm.yaml), not this file: its head (Dropout(0.5),
-L2-normalised feature, linear: `model.head=normalized`), separate forwards, views, Adam, and the "customised
-weight decay" of the student after each EMA update (`train.student_decay`). Under the harness protocol the
-features are the backbone's and the parts share one forward.
+The rest of Ada-CM's step is the `adacm` recipe (bench/configs/recipes/adacm.yaml), not this file: its head
+(Dropout(0.5), L2-normalised feature, linear: `model.head=normalized`), separate forwards, views, Adam, and the
+"customised weight decay" of the student after each EMA update (`train.student_decay`). Under the harness protocol
+the features are the backbone's and the parts share one forward.
 """
 
 from __future__ import annotations

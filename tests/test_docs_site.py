@@ -234,21 +234,27 @@ def test_every_cited_reference_path_exists_in_the_repository() -> None:
 # ---- a quiet install --------------------------------------------------------------------------------------------
 
 @pytest.mark.subprocess
-def test_building_the_package_prints_no_setuptools_warning(tmp_path: Path) -> None:
+def test_building_the_package_and_its_editable_install_print_no_setuptools_warning(tmp_path: Path) -> None:
+    """`make demo` installs with `pip install -e`: setuptools' build of the wheel and of the editable wheel, run
+    through its PEP 517 backend on a copy of the tracked files, warn of nothing (pip --quiet shows exactly these)."""
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     src = tmp_path / "src"
     for name in tracked:
         if (REPO / name).is_file():
             (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, src / name)
-    res = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                          "-w", str(tmp_path / "wheel"), str(src)], capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
-    # pip's own notes about this machine's package indexes are not the build's
-    printed = [ln for ln in (res.stdout + res.stderr).splitlines() if ln.strip() and "WARNING: Location" not in ln]
-    assert printed == []
-    wheel = next((tmp_path / "wheel").glob("ferbench-*.whl"))
+    for hook in ("build_wheel", "build_editable"):
+        out = tmp_path / hook
+        out.mkdir()
+        res = subprocess.run([sys.executable, "-W", "default", "-c",
+                              f"from setuptools import build_meta; print(build_meta.{hook}({str(out)!r}))"],
+                             cwd=src, capture_output=True, text=True, timeout=600,
+                             env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+        assert res.returncode == 0, res.stderr[-3000:]
+        warned = [ln for ln in (res.stdout + res.stderr).splitlines() if re.search(r"warn|!!", ln, re.I)]
+        assert warned == [], f"{hook}:\n" + "\n".join(warned)
+    wheel = next((tmp_path / "build_wheel").glob("*.whl"))
     listing = subprocess.run([sys.executable, "-m", "zipfile", "-l", str(wheel)], capture_output=True, text=True,
                              check=True).stdout
     assert "bench/configs/recipes/adacm.yaml" in listing and "methods/fixmatch.py" in listing
-    assert "__pycache__" not in listing
+    assert "bench/docs/hook.py" in listing and "__pycache__" not in listing
