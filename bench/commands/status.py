@@ -8,7 +8,8 @@ from bench.commands.options import Subparsers
 
 
 def add_parser(subparsers: Subparsers) -> None:
-    st = subparsers.add_parser("status", help="done / running / pending / failed per run of a sweep's output folder")
+    st = subparsers.add_parser("status", help="done / stale / running / requeued / pending / failed per run of a "
+                                                "sweep's output folder")
     st.add_argument("output_dir")
     st.add_argument("--no-probe", action="store_true",
                     help="answer from the fingerprints cached for the code installed now; records whose key has none "
