@@ -25,7 +25,7 @@ AVX2 := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -n 2 --dist loadfile
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 	cache=$$(mktemp -d) && env $(AVX2) FERBENCH_CACHE=$$cache $(PY) -m pytest -q tests/test_freshness.py \
 		-k committed_leaderboards; status=$$?; rm -rf $$cache; exit $$status
 
