@@ -57,6 +57,7 @@ AUGMENT_OPS = ("harness", "pil")
 PAD_MODES = ("reflect", "zeros")
 CHANNEL_ORDERS = ("rgb", "bgr")
 STRONG_ORDERS = ("randaugment_first", "weak_first")
+TRACKERS = ("tensorboard", "wandb", "mlflow")
 
 
 # How a field takes part in the run id, declared on the field itself (`run_id` in its metadata):
@@ -210,6 +211,13 @@ class TrainConfig:
     # The EMA model's float buffers (BatchNorm running statistics): "average" them like the weights (timm, the
     # lineage's WeightEMA) or "copy" the student's at every update (USB: only parameters have a shadow).
     ema_buffers: Literal[EMA_BUFFERS] = hashed_when_set("average")
+    # Experiment trackers the main process logs to (bench/engine/trackers.py): one tracker run per FERBench run, named
+    # by its run id and continued across resumes; a tracker that fails is one warning, never the run's end
+    trackers: list[Literal[TRACKERS]] = unhashed(factory=lambda: ["tensorboard"])
+    # W&B project and MLflow experiment, unless $WANDB_PROJECT / $MLFLOW_EXPERIMENT_NAME says otherwise; None: the
+    # sweep's name, else "ferbench"
+    tracker_project: str | None = unhashed(None)
+    tracker_group: str | None = unhashed(None)  # the runs' group (W&B group): a sweep sets its name
 
 
 @dataclass
@@ -291,10 +299,15 @@ def _stage_identity(stages: Any) -> Any:
     return out
 
 
+def identity_values(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config's values that take part in the run id (what the run is, never how it is watched)."""
+    return _identity(RunConfig, cfg.to_dict())
+
+
 def config_hash(cfg: RunConfig) -> str:
     """sha256 of the resolved config: the fields that declare themselves part of the run id, with the dataset's
     defaults spelled out (run ids carry its first 10 hex digits)."""
-    resolved = _identity(RunConfig, cfg.to_dict())
+    resolved = identity_values(cfg)
     if cfg.data.name == "synthfer":  # the generator's defaults and version decide the data: hash them too
         from bench.data.synthfer import resolved_params
 

@@ -31,6 +31,7 @@ from bench.engine.model import build_model, parameter_checksum
 from bench.engine.optim import build_optimizer, build_scheduler
 from bench.engine.run_data import RunData, stage_run_data
 from bench.engine.streams import IndexStream, labeled_stream, step_seed
+from bench.engine.trackers import release_logs
 from bench.errors import FERBenchError
 from bench.method import (
     HookContext,
@@ -158,11 +159,12 @@ class StageRun:
     state on the device, the EMA and torch.compile (`compile_mode`, default the config's)."""
 
     def __init__(self, run: RunSetup, stage: Stage, model: torch.nn.Module, *, compile_mode: str | None = None,
-                 label: str | None = None) -> None:
+                 label: str | None = None, step_offset: int = 0) -> None:
         acc, cfg = run.accelerator, stage_config(run.cfg, stage)
         self.accelerator, self.cfg, self.stage, self.method = acc, cfg, stage, run.method
         self.run_id, self.config_sha256 = run.run_id, config_hash(run.cfg)
         self.label = label or run.run_id
+        self.step_offset = step_offset  # the earlier stages' iterations: trackers see one step axis per run
         self.data = stage_run_data(cfg, stage, run.data, acc)
         self.num_classes = self.data.data.num_classes
         self.start_checksum = parameter_checksum(model)
@@ -304,7 +306,8 @@ class StageRun:
         means = {k: float(np.mean(v)) for k, v in read_logs(self._logs).items()}
         means["lr"] = self.scheduler.get_last_lr()[0]
         self.state.curves.append({"step": self.state.step, **means})
-        self.accelerator.log({f"train/{self._prefix()}{k}": v for k, v in means.items()}, step=self.state.step)
+        self.accelerator.log({f"train/{self._prefix()}{k}": v for k, v in means.items()},
+                             step=self.step_offset + self.state.step)
         self._logs, self.last_logs = {}, means
         return means
 
@@ -316,7 +319,7 @@ class StageRun:
         entry = {"step": self.state.step, **{k: m[k] for k in ("accuracy", "mean_class_accuracy", "macro_f1")}}
         self.state.history.append(entry)
         self.accelerator.log({f"test/{self._prefix()}{k}": v for k, v in entry.items() if k != "step"},
-                             step=self.state.step)
+                             step=self.step_offset + self.state.step)
         self.final_metrics = m
         return m
 
@@ -353,6 +356,7 @@ class StageRun:
         self.close_session()
         save_checkpoint(self.accelerator, directory, self.state.step, self.identity)
         self._totals = {}
+        release_logs(self.accelerator)  # what the trackers were told waits for the checkpoint that covers it
 
     def close_session(self) -> None:
         """Add the wall time since the session (or its last checkpoint) began."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,12 +22,13 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
 
-from bench.config import RunConfig, config_hash, run_id
+from bench.config import RunConfig, config_hash, identity_values, run_id
 from bench.data.datasets import get_dataset
 from bench.data.splits import check_budget
 from bench.engine.checkpoints import check_owner, remove_checkpoints
 from bench.engine.fingerprint import current_fingerprint
 from bench.engine.model import check_model
+from bench.engine.provenance import git_commit
 from bench.engine.run_data import prepare_run_data
 from bench.engine.run_record import build_record, scored_stage
 from bench.engine.stage import (
@@ -39,6 +41,15 @@ from bench.engine.stage import (
     stage_config,
 )
 from bench.engine.streams import LABELED_SAMPLING
+from bench.engine.tracker_results import hand_over_record, run_values, tell_results, tell_session
+from bench.engine.trackers import (
+    TrackerRun,
+    check_trackers,
+    guarded_trackers,
+    make_trackers,
+    release_logs,
+    tracker_statuses,
+)
 from bench.errors import FERBenchError
 from bench.method import Method, SetupInfo, Stage
 from bench.registry import create_method, get_method_class
@@ -99,6 +110,7 @@ def validate(cfg: RunConfig) -> type[Method]:
         _check_stage(cfg, cls, stage)
     check_budget(cfg.data.protocol, cfg.data.budget)  # budget out of range for its protocol
     check_model(cfg.model)  # unknown backbone; a pretrained file that does not fit it
+    check_trackers(cfg.train.trackers)  # a tracker whose package is not installed
     return cls
 
 
@@ -132,22 +144,14 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _tracker() -> str | None:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return None
-    return "tensorboard"
-
-
 def make_accelerator(cfg: RunConfig, project_dir: Path | None = None) -> Accelerator:
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"  # set by accelerate launch
     handlers = []
     if deepspeed and not torch.cuda.is_available():
         # DeepSpeed on CPU hosts: without a gloo process group accelerate sees one process per rank
         handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    # the trackers are added by `start_trackers`, on the main process only
     tracking = {} if project_dir is None else {
-        "log_with": _tracker(),
         "project_config": ProjectConfiguration(project_dir=str(project_dir), logging_dir=str(project_dir / "tb"))}
     return Accelerator(
         # multi-process launches on CPU-only hosts: MULTI_CPU over gloo (cpu=True would turn DeepSpeed off)
@@ -207,8 +211,7 @@ def train(cfg: RunConfig, progress: Any = None,
     run = set_up_run(cfg, accelerator, method_cls)
     slot = CheckpointSlot()
     accelerator.register_for_checkpointing(slot)
-    if accelerator.is_main_process:
-        accelerator.init_trackers(run.run_id, config=_flat(cfg.to_dict()))
+    start_trackers(run, paths, fingerprint)
     stages = run.method.stages()
     multi = len(stages) > 1
     previous: torch.nn.Module | None = None
@@ -221,7 +224,10 @@ def train(cfg: RunConfig, progress: Any = None,
         if multi and (stage_dir / "stage.json").is_file():  # finished before an interruption: rebuild it
             results.append(_finished_stage(run, stage, model, stage_dir))
         else:
-            slot.current = StageRun(run, stage, model, label=f"{run.run_id}:{stage.name}" if multi else None)
+            # a tracker's steps continue across stages: each stage's steps follow the earlier stages' iterations
+            offset = sum(r.summary["iterations"] for r in results)
+            slot.current = StageRun(run, stage, model, label=f"{run.run_id}:{stage.name}" if multi else None,
+                                    step_offset=offset)
             result = run_stage_loop(slot.current, stage_dir / "checkpoint", progress, should_stop)
             if result is None:  # stopped on purpose (stop_after, should_stop): the checkpoint holds the state
                 accelerator.end_training()
@@ -233,6 +239,20 @@ def train(cfg: RunConfig, progress: Any = None,
     record = _finish_run(run, results, paths, pretrained=pretrained, fingerprint=fingerprint)
     accelerator.end_training()
     return record
+
+
+def start_trackers(run: RunSetup, paths: RunPaths, fingerprint: dict[str, Any] | None) -> None:
+    """The run's trackers (`train.trackers`), on the main process: each continues the tracker run an earlier session
+    of this run started, and is told the values that name the run and the facts of this session."""
+    acc, cfg = run.accelerator, run.cfg
+    if not acc.is_main_process:
+        return
+    t = cfg.train
+    acc.log_with = make_trackers(t.trackers, TrackerRun(run.run_id, paths.run_dir, t.tracker_project, t.tracker_group))
+    acc.init_trackers(run.run_id, config=run_values(run.run_id, cfg.recipe, run.data.manifest, fingerprint,
+                                                    _flat(identity_values(cfg))))
+    tell_session(guarded_trackers(acc), {"git_commit": git_commit() or "unknown", "host": platform.node(),
+                                         "world_size": str(acc.num_processes)})
 
 
 def refuse_foreign_checkpoints(cfg: RunConfig, method_cls: type[Method], paths: RunPaths) -> None:
@@ -293,12 +313,19 @@ def _finish_run(run: RunSetup, results: list[StageResult], paths: RunPaths, *, p
     record = build_record(run, results, pretrained=pretrained, predictions=predictions, artifacts=artifacts,
                           fingerprint=fingerprint)
     if acc.is_main_process:
-        from bench.results.plots import plot_run_curves
+        from bench.results.plots import plot_run_confusion, plot_run_curves
 
         with writing(f"the results of run {run.run_id}"):
             plot_run_curves(record, paths.run_dir / "curves.png")
+            confusion = plot_run_confusion(record, paths.run_dir / "confusion.png")
+        trackers = guarded_trackers(acc)
+        release_logs(acc)
+        tell_results(trackers, record, confusion)
+        record["trackers"] = tracker_statuses(acc)  # which trackers received every log and the results
+        with writing(f"the results of run {run.run_id}"):
             # a record is never overwritten: if a duplicate job of this run finished first, its record stays
             write_json_atomic(paths.record, record, overwrite=False)
+        hand_over_record(trackers, paths.record)
         remove_checkpoints(paths.checkpoint)  # the record and the final weights are the result
     acc.wait_for_everyone()
     return record

@@ -176,6 +176,7 @@ def cells(spec: SweepSpec, overrides: list[str] | None = None) -> list[tuple[str
             cfg.method_args = {**cfg.method_args, **entry["args"]}
             cfg.seed = seed
             cfg.output_dir = spec.output_dir
+            cfg.train.tracker_group = spec.name  # the trackers group a sweep's runs (W&B group, MLflow experiment)
             if budget is not None:
                 cfg.data.budget = budget
             apply_overrides(cfg, for_method(overrides, entry, spec))

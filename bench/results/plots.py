@@ -217,8 +217,10 @@ def plot_single_budget(
         return _save(fig, path)
 
 
-def plot_confusions(title: str, matrices: Mapping[str, object], class_names: Sequence[str], path: Path) -> Path:
-    """One row-normalised confusion matrix (%) per method, true classes as rows, in the given class order."""
+def plot_confusions(title: str, matrices: Mapping[str, object], class_names: Sequence[str], path: Path, *,
+                    over: str = "mean over seeds") -> Path:
+    """One row-normalised confusion matrix (%) per method, true classes as rows, in the given class order; `over`:
+    what each matrix is the mean over, for the title."""
     import numpy as np
 
     names = list(matrices)
@@ -248,8 +250,19 @@ def plot_confusions(title: str, matrices: Mapping[str, object], class_names: Seq
             ax.set_title(method, fontsize="medium")
         for ax in list(axes.flat)[len(names):]:
             ax.axis("off")
-        fig.suptitle(f"{title}\nconfusion matrices, row-normalised (%), mean over seeds", fontsize="medium")
+        fig.suptitle(f"{title}\nconfusion matrices, row-normalised (%), {over}", fontsize="medium")
         return _save(fig, path)
+
+
+def plot_run_confusion(record: Mapping, path: Path) -> Path:
+    """One run's final confusion matrix, row-normalised (%): the figure its trackers receive."""
+    import numpy as np
+
+    counts = np.asarray(record["metrics"]["final"]["confusion_matrix"], dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rows = counts / counts.sum(axis=1, keepdims=True)
+    return plot_confusions(record["run_id"], {record["method"]: rows}, record["class_names"], path,
+                           over=f"final checkpoint, {int(counts.sum())} test images")
 
 
 def _numeric_series(entries: Sequence[Mapping], key: str, run_id: str, field: str) -> tuple[list, list]:

@@ -149,6 +149,8 @@ class Record(TypedDict):
     # digest, vector, labels, exact, settings, live, source (bench/engine/fingerprint.py); or `unavailable` with why.
     # Checked as a `Fingerprint` of its own (`fingerprint_problem`)
     fingerprint: NotRequired[dict[str, Any]]
+    # each tracker the run logged to: "received" (every log and the final results) or what failed, and when
+    trackers: NotRequired[dict[str, str]]
     host: dict[str, Any]
     created_utc: str
 
