@@ -304,3 +304,32 @@ def test_a_tracker_run_is_named_by_the_run_id() -> None:
     assert TrackerRun("m" * 80, Path("x"), None, None).wandb_id == "m" * 64
     assert run.project_for("FERBENCH_TEST_UNSET_VARIABLE") == "sweep"
     assert TrackerRun("r", Path("x"), "mine", "sweep").project_for("FERBENCH_TEST_UNSET_VARIABLE") == "mine"
+
+
+def test_a_run_that_fails_leaves_no_tracker_run_open_for_the_next(monkeypatch: pytest.MonkeyPatch, shared_cache: Path,
+                                                                  tmp_path: Path) -> None:
+    """An inline sweep trains its runs in one process, where MLflow keeps one active run: a run that raises must
+    close its tracker run, or the next run's tracker could not start."""
+    mlflow = require("mlflow", "the MLflow tests need mlflow (pip install -e '.[mlflow]')")
+    from bench.config import build_config
+    from bench.engine.trainer import train
+    from methods.fixmatch import FixMatch
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    original, calls = FixMatch.training_step, []
+
+    def failing_step(self, model, batch, ctx):
+        calls.append(ctx.step)
+        if len(calls) == 5:
+            raise RuntimeError("a bug in the method")
+        return original(self, model, batch, ctx)
+
+    monkeypatch.setattr(FixMatch, "training_step", failing_step)
+    with pytest.raises(RuntimeError, match="a bug in the method"):
+        train(build_config(None, tiny_overrides(shared_cache, tmp_path / "a", method="fixmatch",
+                                                **{"train.trackers": "[mlflow]"})))
+    assert mlflow.active_run() is None
+    monkeypatch.setattr(FixMatch, "training_step", original)
+    record = train(build_config(None, tiny_overrides(shared_cache, tmp_path / "b", method="fixmatch",
+                                                     **{"train.trackers": "[mlflow]", "seed": 1})))
+    assert record["trackers"] == {"mlflow": "received"}

@@ -17,7 +17,8 @@ import importlib.util
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -176,6 +177,18 @@ def release_logs(accelerator: Accelerator) -> None:
     """Every waiting log to its tracker (after a checkpoint is written, and at the end of a run)."""
     for tracker in guarded_trackers(accelerator):
         tracker.release()
+
+
+@contextmanager
+def closed_on_error(accelerator: Accelerator) -> Iterator[None]:
+    """A run that fails leaves no tracker run open in this process, so the next run of an inline sweep starts its
+    own (MLflow keeps one active run per process)."""
+    try:
+        yield
+    except BaseException:
+        for tracker in guarded_trackers(accelerator):
+            tracker.finish()
+        raise
 
 
 def tracker_statuses(accelerator: Accelerator) -> dict[str, str]:

@@ -45,6 +45,7 @@ from bench.engine.tracker_results import hand_over_record, run_values, tell_resu
 from bench.engine.trackers import (
     TrackerRun,
     check_trackers,
+    closed_on_error,
     guarded_trackers,
     make_trackers,
     release_logs,
@@ -212,7 +213,14 @@ def train(cfg: RunConfig, progress: Any = None,
     slot = CheckpointSlot()
     accelerator.register_for_checkpointing(slot)
     start_trackers(run, paths, fingerprint)
-    stages = run.method.stages()
+    with closed_on_error(accelerator):
+        return _train_stages(run, paths, slot, progress, should_stop, fingerprint=fingerprint)
+
+
+def _train_stages(run: RunSetup, paths: RunPaths, slot: CheckpointSlot, progress: Any,
+                  should_stop: Callable[[], bool] | None, *, fingerprint: dict[str, Any] | None) -> Record | None:
+    """Each stage in order (a finished one rebuilt from its folder), then the record; None when stopped early."""
+    accelerator, stages = run.accelerator, run.method.stages()
     multi = len(stages) > 1
     previous: torch.nn.Module | None = None
     pretrained: dict[str, Any] | None = None
