@@ -58,7 +58,7 @@ class MLflowServer:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
             self.proc.wait(timeout=60)
-        self.log.close()
+        self.log.close()  # closing twice is harmless: the stop test and the fixture both stop it
 
     def client(self):  # noqa: ANN201 - an MlflowClient
         from mlflow import MlflowClient
@@ -143,15 +143,16 @@ def test_an_interrupted_run_is_one_mlflow_run_with_every_step_once(mlflow_server
 
 
 @pytest.mark.subprocess
-def test_an_mlflow_server_that_stops_mid_run_costs_one_warning_and_nothing_else(shared_cache: Path,
+def test_an_mlflow_server_that_stops_mid_run_costs_one_warning_and_nothing_else(mlflow_server: MLflowServer,
+                                                                                shared_cache: Path,
                                                                                 tmp_path: Path) -> None:
-    server = MLflowServer(tmp_path / "server")
-    env = {"MLFLOW_TRACKING_URI": server.uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    """The module's last use of its server: it stops here, while the run is half done."""
+    env = {"MLFLOW_TRACKING_URI": mlflow_server.uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
     try:
         ferbench(tiny_run(shared_cache, tmp_path / "out", "train.trackers=[mlflow]", "train.stop_after=6"), env,
                  tmp_path)
     finally:
-        server.stop()  # the server goes away while the run is half done
+        mlflow_server.stop()
     resumed = ferbench(tiny_run(shared_cache, tmp_path / "out", "train.trackers=[mlflow]"), env, tmp_path)
     warnings = [ln for ln in resumed.stderr.splitlines() if ln.startswith("ferbench: warning:")]
     assert len(warnings) == 1 and "tracker 'mlflow' failed at start" in warnings[0], resumed.stderr[-3000:]
