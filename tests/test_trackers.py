@@ -317,6 +317,7 @@ def test_a_run_that_fails_leaves_no_tracker_run_open_for_the_next(monkeypatch: p
     from methods.fixmatch import FixMatch
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)  # MLflow keeps a SQLite store's artifacts under ./mlruns
     original, calls = FixMatch.training_step, []
 
     def failing_step(self, model, batch, ctx):
